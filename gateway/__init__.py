@@ -1,0 +1,3 @@
+"""The reservation gateway: holds on slots, filtered by Redis, decided by PostgreSQL."""
+
+__version__ = "0.1.0"

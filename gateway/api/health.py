@@ -1,0 +1,30 @@
+"""/health (the process lives) and /ready (it can serve: Postgres up; says whether Redis fronts it)."""
+
+import asyncio
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from gateway.holds import HoldService
+from gateway.models import Health, Readiness
+
+
+@get("/health", summary="Liveness", tags=["operations"])
+async def health() -> Health:
+    return Health(status="ok")
+
+
+@get("/ready", summary="Readiness: 503 while Postgres is down", tags=["operations"])
+async def ready(state: State) -> Response[Readiness]:
+    service: HoldService = state.holds
+    front = service.front
+    if front is None:
+        database_up, redis_up = await service.store.ping(), False
+    else:
+        database_up, redis_up = await asyncio.gather(service.store.ping(), front.ping())
+    body = Readiness(
+        database="up" if database_up else "down",
+        redis="up" if redis_up else "down",
+        mode="redis-front" if redis_up and service.mode == "redis-front" else "db-only",
+    )
+    return Response(body, status_code=200 if database_up else 503)

@@ -1,0 +1,78 @@
+"""/v1/holds: create, read, confirm, cancel."""
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from gateway.errors import HoldNotFound, InvalidRequest
+from gateway.holds import HoldService
+from gateway.models import CreateHold, Hold, HolderAction
+
+# A hold id is 22 base64url characters; anything else cannot exist, so it is a 404 without a query.
+_HOLD_ID_LENGTH = 22
+_HOLD_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _service(state: State) -> HoldService:
+    service: HoldService = state.holds
+    return service
+
+
+def _check_hold_id(hold_id: str) -> None:
+    if len(hold_id) != _HOLD_ID_LENGTH or not _HOLD_ID_ALPHABET.issuperset(hold_id):
+        raise HoldNotFound()
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is None:
+        return
+    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
+        raise InvalidRequest("header `Idempotency-Key` must be 1 to 255 printable ASCII characters")
+
+
+class HoldsController(Controller):
+    path = "/v1/holds"
+    tags = ["holds"]
+
+    @post(
+        "/",
+        status_code=201,
+        summary="Hold slots",
+        description="All slots of the request are held, or none. 201 a new hold; 200 the holder's existing "
+        "hold on exactly these slots, or a replay of an Idempotency-Key's first response; "
+        "409 slot-unavailable with `conflicts`; 422 idempotency-key-reused or invalid input; "
+        "503 with Retry-After when the hold cannot be committed.",
+    )
+    async def create_hold(
+        self,
+        state: State,
+        data: CreateHold,
+        idempotency_key: Annotated[
+            str | None, Parameter(header="Idempotency-Key", required=False, max_length=255)
+        ] = None,
+    ) -> Response[Hold]:
+        _check_idempotency_key(idempotency_key)
+        service = _service(state)
+        result = await service.create(service.validate(data, idempotency_key))
+        headers = {"Location": f"/v1/holds/{result.hold.id}"}
+        if result.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(result.hold, status_code=result.status_code, headers=headers)
+
+    @get("/{hold_id:str}", summary="Read a hold")
+    async def get_hold(self, state: State, hold_id: str) -> Hold:
+        _check_hold_id(hold_id)
+        return await _service(state).get(hold_id)
+
+    @post("/{hold_id:str}/confirm", status_code=200, summary="Confirm a held hold")
+    async def confirm_hold(self, state: State, hold_id: str, data: HolderAction) -> Hold:
+        _check_hold_id(hold_id)
+        return await _service(state).confirm(hold_id, data.holder)
+
+    @post("/{hold_id:str}/cancel", status_code=200, summary="Cancel a hold and release its slots")
+    async def cancel_hold(self, state: State, hold_id: str, data: HolderAction) -> Hold:
+        _check_hold_id(hold_id)
+        return await _service(state).cancel(hold_id, data.holder)

@@ -1,0 +1,121 @@
+"""create_app(settings): the Litestar application, its lifespan (pools, scripts, sweeper) and error rendering."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from gateway import __version__
+from gateway.api.health import health, ready
+from gateway.api.holds import HoldsController
+from gateway.api.slots import SlotsController
+from gateway.config import Settings
+from gateway.errors import PROBLEM_TYPE_BASE, GatewayError
+from gateway.holds import HoldService
+from gateway.redis_front import RedisFront
+from gateway.store import Store
+from gateway.sweeper import run_sweeper
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The gateway as an ASGI app. `settings` must carry database_url (and redis_url, or run db-only)."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url; `gateway serve` starts an embedded one")
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        store = await Store.open(settings)
+        front = await RedisFront.open(settings) if settings.redis_url else None
+        service = HoldService(store, front, settings)
+        app.state.holds = service
+        sweeper = asyncio.create_task(run_sweeper(store, settings), name="sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
+            if front is not None:
+                await front.close()
+            await store.close()
+
+    return Litestar(
+        route_handlers=[HoldsController, SlotsController, health, ready],
+        lifespan=[lifespan],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_exception,
+            HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Reservation gateway", version=__version__, path="/schema"),
+        debug=False,
+    )
+
+
+def _problem(status: int, problem: str, title: str, detail: str, *, headers: dict[str, str] | None = None,
+             **extensions: object) -> Response[dict[str, object]]:
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE_BASE + problem,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extensions,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _gateway_error(_: Request[object, object, object], exc: GatewayError) -> Response[dict[str, object]]:
+    return _problem(exc.status_code, exc.problem, exc.title, exc.detail, headers=exc.headers(),
+                    **exc.extensions)
+
+
+def _http_exception(_: Request[object, object, object], exc: HTTPException) -> Response[dict[str, object]]:
+    """Litestar's own errors (bad JSON, wrong types, body too large, unknown route) as problem+json."""
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        detail = _validation_detail(exc)
+        malformed = "malformed" in detail.lower() or "json is malformed" in detail.lower()
+        if malformed:
+            return _problem(400, "malformed-request", "Malformed request", detail)
+        return _problem(422, "invalid-request", "Invalid request", detail)
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+              415: "Unsupported media type"}
+    slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
+            415: "unsupported-media-type"}.get(status, "http-error")
+    headers = dict(exc.headers or {})
+    return _problem(status, slug, titles.get(status, "HTTP error"), str(exc.detail), headers=headers)
+
+
+def _validation_detail(exc: ValidationException) -> str:
+    """msgspec's message with the field path: e.g. "Expected `str`, got `int` - at `$.event_id`"."""
+    extra = exc.extra
+    if isinstance(extra, list) and extra:
+        parts = []
+        for item in extra:
+            if isinstance(item, dict):
+                message = str(item.get("message", ""))
+                key = item.get("key")
+                source = item.get("source")
+                where = f"`{key}`" if key else "the body"
+                parts.append(f"{where} ({source}): {message}" if source and source != "body" else
+                             f"{where}: {message}")
+        if parts:
+            return "; ".join(parts)
+    return str(exc.detail)
+
+
+def _internal_error(_: Request[object, object, object], exc: Exception) -> Response[dict[str, object]]:
+    log.exception("unhandled error", exc_info=exc)
+    return _problem(500, "internal-error", "Internal error", "The gateway failed to process the request.")
+
+

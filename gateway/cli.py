@@ -1,0 +1,102 @@
+"""The `gateway` command: serve (migrating first) and migrate. Uses argparse: a few flags need no more."""
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import uvicorn
+from litestar import Litestar
+
+from gateway.config import ConfigError, Settings, settings_from_env
+from gateway.migrations import MigrationError, migrate_url
+
+log = logging.getLogger("gateway")
+
+
+def app_from_env() -> Litestar:
+    """The uvicorn factory each worker process calls: settings come from the environment."""
+    from gateway.app import create_app  # noqa: PLC0415 - keep `gateway --help` free of the web stack
+
+    return create_app(settings_from_env())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="apply pending migrations, then serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    commands.add_parser("migrate", help="apply pending migrations and exit")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = settings_from_env()
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    with ExitStack() as servers:
+        settings = _with_embedded_servers(settings, servers)
+        try:
+            applied = asyncio.run(migrate_url(_required(settings.database_url)))
+        except (MigrationError, OSError) as exc:
+            print(f"gateway: cannot migrate the database: {exc}", file=sys.stderr)
+            return 1
+        log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+        if args.command == "migrate":
+            return 0
+        # Worker processes read their settings from the environment, embedded servers' URLs included.
+        os.environ["GATEWAY_DATABASE_URL"] = _required(settings.database_url)
+        if settings.redis_url:
+            os.environ["GATEWAY_REDIS_URL"] = settings.redis_url
+        uvicorn.run(
+            "gateway.cli:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=settings.log_level.lower(),
+        )
+    return 0
+
+
+def _with_embedded_servers(settings: Settings, servers: ExitStack) -> Settings:
+    """Start a local Postgres and Redis in `data_dir` for whichever of the two is not configured."""
+    if settings.database_url and settings.redis_url:
+        return settings
+    from gateway.embedded import LocalPostgres, LocalRedis  # noqa: PLC0415 - only needed in embedded mode
+
+    data_dir = Path(settings.data_dir).resolve()
+    overrides: dict[str, str] = {}
+    if not settings.database_url:
+        postgres = servers.enter_context(LocalPostgres(data_dir / "postgres"))
+        postgres.start()
+        log.info("no GATEWAY_DATABASE_URL: started an embedded PostgreSQL in %s at %s", postgres.data_dir,
+                 postgres.dsn)
+        overrides["database_url"] = postgres.dsn
+    if not settings.redis_url:
+        redis_server = servers.enter_context(LocalRedis(data_dir / "redis", persistent=True))
+        redis_server.start()
+        log.info("no GATEWAY_REDIS_URL: started an embedded Redis in %s at %s", redis_server.data_dir,
+                 redis_server.url)
+        overrides["redis_url"] = redis_server.url
+    return settings_from_env(**overrides)
+
+
+def _required(url: str | None) -> str:
+    assert url is not None
+    return url
+
+
+if __name__ == "__main__":
+    sys.exit(main())

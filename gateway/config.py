@@ -1,0 +1,107 @@
+"""Settings, read once from GATEWAY_* environment variables into one frozen, typed object."""
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+ENV_PREFIX = "GATEWAY_"
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every setting of the gateway. Each field is read from GATEWAY_<FIELD NAME IN CAPITALS>."""
+
+    # PostgreSQL DSN. Unset: `gateway serve` starts an embedded PostgreSQL in `data_dir`.
+    database_url: str | None = None
+    # Redis URL. Unset: `gateway serve` starts an embedded Redis in `data_dir`.
+    redis_url: str | None = None
+    # Where embedded servers keep their data.
+    data_dir: str = ".gateway-data"
+
+    # Hold rules.
+    default_ttl_s: PositiveInt = 300
+    min_ttl_s: PositiveInt = 5
+    max_ttl_s: PositiveInt = 3600
+    max_slots_per_hold: Annotated[int, Meta(ge=1, le=1000)] = 10
+    # Largest request body accepted; larger gets 413 before any work.
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 65_536
+
+    # Redis front.
+    # Namespace of every key; lets several gateways (or tests) share one Redis.
+    redis_key_prefix: Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,32}\Z")] = "gw"
+    # Per-call socket budget. A burst of 200 requests lags one worker's loop by ~100 ms, so tighter misreads a
+    # busy loop as a dead Redis; looser makes a frozen Redis cost every request that much.
+    redis_timeout_s: PositiveFloat = 0.3
+    # After a Redis failure, go straight to Postgres for this long, then let one request probe Redis.
+    redis_retry_interval_s: PositiveFloat = 1.0
+    redis_max_connections: PositiveInt = 64
+    # How long an acquired lease lives before its commit extends it: enough for one Postgres commit, short
+    # enough that a crash between acquire and commit blocks the slot for seconds only.
+    lease_pending_ms: PositiveInt = 5_000
+    # Lease TTL of a confirmed hold; past it the next request asks Postgres, which refreshes the lease.
+    confirmed_lease_ms: PositiveInt = 3_600_000  # 1 hour
+
+    # PostgreSQL.
+    db_pool_min_size: Annotated[int, Meta(ge=0)] = 2
+    db_pool_max_size: PositiveInt = 20
+    # Waiting for a pooled connection; past it the request gets 503.
+    db_acquire_timeout_s: PositiveFloat = 2.0
+    # Client-side budget for one statement.
+    db_command_timeout_s: PositiveFloat = 5.0
+    # Server-side statement_timeout, so a stuck query is cancelled in Postgres too.
+    db_statement_timeout_ms: PositiveInt = 5_000
+
+    # Idempotency records are kept at least this long (24 hours).
+    idempotency_retention_s: Annotated[int, Meta(ge=86_400)] = 86_400
+    # The sweeper marks lapsed holds expired this often, at most `sweep_batch_size` per statement.
+    sweep_interval_s: PositiveFloat = 1.0
+    sweep_batch_size: PositiveInt = 1_000
+
+    # `Retry-After` seconds on 503.
+    retry_after_s: PositiveInt = 1
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.min_ttl_s > self.max_ttl_s:
+            raise ValueError("min_ttl_s must not exceed max_ttl_s")
+        if not self.min_ttl_s <= self.default_ttl_s <= self.max_ttl_s:
+            raise ValueError("default_ttl_s must lie between min_ttl_s and max_ttl_s")
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("db_pool_min_size must not exceed db_pool_max_size")
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build the settings from GATEWAY_* variables (and explicit overrides); raise ConfigError naming the fault."""
+    environ = os.environ if environ is None else environ
+    known = set(Settings.__struct_fields__)
+    raw: dict[str, object] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST_"):
+            continue
+        field = name.removeprefix(ENV_PREFIX).lower()
+        if field not in known:
+            raise ConfigError(f"unknown setting {name}; known: {', '.join(sorted(known))}")
+        raw[field] = value if value != "" else None
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_env_name(str(exc))}") from exc
+
+
+def _env_name(message: str) -> str:
+    """Rewrite msgspec's `$.field` paths as the environment variable a user sets."""
+    if "`$." in message:
+        head, _, rest = message.partition("`$.")
+        field, _, tail = rest.partition("`")
+        return f"{head}{ENV_PREFIX}{field.upper()}{tail}"
+    return message

@@ -1,0 +1,103 @@
+"""Domain errors. Each knows its HTTP status and problem type; one handler renders them as problem+json."""
+
+from typing import ClassVar
+
+PROBLEM_TYPE_BASE = "/problems/"
+
+
+class GatewayError(Exception):
+    """The request could not be processed."""
+
+    status_code: ClassVar[int] = 500
+    problem: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, **extensions: object) -> None:
+        self.detail = detail or (self.__doc__ or self.title).strip()
+        self.extensions = extensions
+        super().__init__(self.detail)
+
+    @property
+    def problem_type(self) -> str:
+        return PROBLEM_TYPE_BASE + self.problem
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(GatewayError):
+    """The request is invalid."""
+
+    status_code = 422
+    problem = "invalid-request"
+    title = "Invalid request"
+
+
+class MalformedRequest(InvalidRequest):
+    """The request body is not valid JSON."""
+
+    status_code = 400
+    problem = "malformed-request"
+    title = "Malformed request"
+
+
+class SlotUnavailable(GatewayError):
+    """Some of the requested slots are held by someone else."""
+
+    status_code = 409
+    problem = "slot-unavailable"
+    title = "Slot unavailable"
+
+    def __init__(self, conflicts: list[str]) -> None:
+        super().__init__(f"{len(conflicts)} of the requested slots are taken", conflicts=conflicts)
+        self.conflicts = conflicts
+
+
+class HoldNotFound(GatewayError):
+    """No hold has this id."""
+
+    status_code = 404
+    problem = "hold-not-found"
+    title = "Hold not found"
+
+
+class NotHolder(GatewayError):
+    """The hold belongs to another holder."""
+
+    status_code = 403
+    problem = "not-holder"
+    title = "Not the holder"
+
+
+class InvalidTransition(GatewayError):
+    """The hold cannot make this transition from its current status."""
+
+    status_code = 409
+    problem = "invalid-transition"
+    title = "Invalid transition"
+
+    def __init__(self, action: str, current_status: str) -> None:
+        super().__init__(f"cannot {action} a hold that is {current_status}", current_status=current_status)
+
+
+class IdempotencyKeyReused(GatewayError):
+    """This Idempotency-Key was already used with a different request."""
+
+    status_code = 422
+    problem = "idempotency-key-reused"
+    title = "Idempotency key reused"
+
+
+class BackendUnavailable(GatewayError):
+    """The database is unavailable; retry shortly."""
+
+    status_code = 503
+    problem = "backend-unavailable"
+    title = "Backend unavailable"
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        super().__init__()
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}

@@ -1,0 +1,289 @@
+"""The hold service: Redis first, then Postgres; and Postgres alone when Redis is down.
+
+Create: validate; take pending leases in Redis (a rival's lease is a 409 with no database work); claim in
+Postgres, whose partial unique index decides; on success stretch the leases to the hold's life, on failure
+drop them. Postgres is the truth: Redis only spares it the losers.
+"""
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from gateway.config import Settings
+from gateway.errors import (
+    HoldNotFound,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    InvalidTransition,
+    NotHolder,
+    SlotUnavailable,
+)
+from gateway.models import CreateHold, Hold, SlotState
+from gateway.redis_front import AcquireOutcome, Lease, RedisFront, RedisUnavailable
+from gateway.store import HoldRow, SlotOwner, Store
+
+log = logging.getLogger(__name__)
+
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResponse:
+    hold: Hold
+    status_code: int  # 201 created, 200 existing hold (a retry) or replay of a 200
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """A validated create request, in canonical form."""
+
+    event_id: str
+    slots: list[str]  # sorted, distinct
+    holder: str
+    ttl_ms: int
+    idempotency_key: str | None
+    request_hash: str | None  # of the canonical request, with an Idempotency-Key only
+    token: str  # the lease owner token; derived from the key, so a retry reclaims its own leases
+
+
+def new_hold_id() -> str:
+    """128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+class HoldService:
+    def __init__(self, store: Store, front: RedisFront | None, settings: Settings) -> None:
+        self.store = store
+        self.front = front
+        self.settings = settings
+
+    @property
+    def mode(self) -> str:
+        return "redis-front" if self.front is not None and self.front.available else "db-only"
+
+    def validate(self, body: CreateHold, idempotency_key: str | None) -> HoldRequest:
+        """The checks that depend on settings; raise InvalidRequest naming the field."""
+        settings = self.settings
+        if len(body.slots) > settings.max_slots_per_hold:
+            raise InvalidRequest(
+                f"`slots` has {len(body.slots)} items; at most {settings.max_slots_per_hold} are allowed"
+            )
+        slots = sorted(set(body.slots))
+        if len(slots) != len(body.slots):
+            raise InvalidRequest("`slots` contains duplicates")
+        ttl_s = settings.default_ttl_s if body.ttl_seconds is None else body.ttl_seconds
+        if not settings.min_ttl_s <= ttl_s <= settings.max_ttl_s:
+            raise InvalidRequest(
+                f"`ttl_seconds` must be between {settings.min_ttl_s} and {settings.max_ttl_s}, got {ttl_s}"
+            )
+        request_hash = None
+        if idempotency_key is None:
+            token = secrets.token_hex(16)
+        else:
+            canonical = _canonical_encoder.encode(
+                {"event_id": body.event_id, "slots": slots, "holder": body.holder, "ttl_seconds": ttl_s}
+            )
+            request_hash = hashlib.sha256(canonical).hexdigest()
+            token = hashlib.sha256(
+                b"\0".join([b"token", body.holder.encode(), idempotency_key.encode(), request_hash.encode()])
+            ).hexdigest()[:32]
+        return HoldRequest(body.event_id, slots, body.holder, ttl_s * 1000, idempotency_key, request_hash, token)
+
+    async def create(self, request: HoldRequest) -> HoldResponse:
+        front = self.front
+        if front is None:
+            return await self._create_in_postgres(request, lease=None)
+        lease = front.lease(request.event_id, request.slots, request.token, request.holder)
+        record_key = (
+            None
+            if request.idempotency_key is None
+            else front.idempotency_record_key(request.event_id, request.holder, request.idempotency_key)
+        )
+        try:
+            acquired = await front.acquire(lease, self.settings.lease_pending_ms, record_key, request.request_hash)
+        except RedisUnavailable:
+            return await self._create_in_postgres(request, lease=None)
+        match acquired.outcome:
+            case AcquireOutcome.CONFLICT:
+                raise SlotUnavailable(acquired.conflicts)
+            case AcquireOutcome.KEY_REUSED:
+                raise IdempotencyKeyReused()
+            case AcquireOutcome.REPLAY:
+                replay = await self._replay(request)
+                if replay is not None:
+                    return replay
+                return await self._create_in_postgres(request, lease=None)
+            case AcquireOutcome.HELD_BY_HOLDER:
+                # Likely a retry of a hold this holder already has: Postgres tells which.
+                return await self._create_in_postgres(request, lease=None)
+            case AcquireOutcome.ACQUIRED:
+                return await self._create_in_postgres(request, lease=lease)
+
+    async def _create_in_postgres(self, request: HoldRequest, lease: Lease | None) -> HoldResponse:
+        hold_id = new_hold_id()
+        try:
+            result = await self.store.claim(
+                hold_id=hold_id,
+                token=request.token,
+                event_id=request.event_id,
+                holder=request.holder,
+                slots=request.slots,
+                ttl_ms=request.ttl_ms,
+                idempotency_key=request.idempotency_key,
+                request_hash=request.request_hash,
+            )
+        except BaseException:
+            if lease is not None:
+                await self._release(lease)
+            raise
+        if result.created:
+            assert result.created_at is not None and result.expires_at is not None
+            hold = HoldRow(
+                id=hold_id,
+                token=request.token,
+                event_id=request.event_id,
+                holder=request.holder,
+                slots=request.slots,
+                status="held",
+                created_at=result.created_at,
+                expires_at=result.expires_at,
+                confirmed_at=None,
+                cancelled_at=None,
+                db_now=result.db_now,
+            )
+            await self._extend_after_commit(hold, request)
+            log.info("hold %s created: event %s, %d slots", hold_id, request.event_id, len(request.slots))
+            return HoldResponse(hold.to_model(), 201)
+
+        # Not created: the slots are taken, or the Idempotency-Key was used before.
+        if request.idempotency_key is not None:
+            replay = await self._replay(request)
+            if replay is not None:
+                # The leases carrying this token belong to that committed hold: keep them.
+                return replay
+        if lease is not None:
+            await self._release(lease)
+        taken = sorted(set(request.slots) - set(result.claimed_slots))
+        owners = await self.store.slot_owners(request.event_id, taken)
+        await self._adopt(owners)
+        existing = _same_holders_hold(owners, request)
+        if existing is not None:
+            return HoldResponse(existing.to_model(), 200)
+        # A slot whose owner committed and then released between the claim and this read counts as taken:
+        # the claim lost to it.
+        raise SlotUnavailable(taken)
+
+    async def _replay(self, request: HoldRequest) -> HoldResponse | None:
+        """The first response to this Idempotency-Key, or None if the key is unused."""
+        assert request.idempotency_key is not None
+        record = await self.store.idempotency_record(request.holder, request.idempotency_key)
+        if record is None:
+            return None
+        if record.request_hash != request.request_hash:
+            raise IdempotencyKeyReused()
+        hold = await self.store.get_hold(record.hold_id)
+        assert hold is not None  # the record references the hold
+        return HoldResponse(hold.to_model(), record.status_code, replayed=True)
+
+    async def _extend_after_commit(self, hold: HoldRow, request: HoldRequest) -> None:
+        front = self.front
+        if front is None:
+            return
+        lease = front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
+        record_key = (
+            None
+            if request.idempotency_key is None
+            else front.idempotency_record_key(hold.event_id, hold.holder, request.idempotency_key)
+        )
+        remaining_ms = int((hold.expires_at - hold.db_now).total_seconds() * 1000)
+        await front.extend(lease, remaining_ms, record_key, request.request_hash)
+
+    async def _release(self, lease: Lease) -> None:
+        if self.front is not None:
+            await self.front.release(lease)
+
+    async def _adopt(self, owners: list[SlotOwner]) -> None:
+        """Teach Redis the leases Postgres knows, so the next rivals stop at Redis."""
+        front = self.front
+        if front is None or not owners:
+            return
+        holds = {owner.hold.id: owner.hold for owner in owners}
+        await front.adopt([(front.lease(h.event_id, h.slots, h.token, h.holder), self._lease_ttl_ms(h))
+                           for h in holds.values()])
+
+    def _lease_ttl_ms(self, hold: HoldRow) -> int:
+        if hold.status == "confirmed":
+            return self.settings.confirmed_lease_ms
+        return max(1, int((hold.expires_at - hold.db_now).total_seconds() * 1000))
+
+    async def get(self, hold_id: str) -> Hold:
+        hold = await self.store.get_hold(hold_id)
+        if hold is None:
+            raise HoldNotFound()
+        return hold.to_model()
+
+    async def confirm(self, hold_id: str, holder: str) -> Hold:
+        transition = await self.store.confirm(hold_id, holder)
+        if transition is None:
+            raise HoldNotFound()
+        hold = transition.hold
+        if hold.holder != holder:
+            raise NotHolder()
+        if transition.changed:
+            log.info("hold %s confirmed", hold.id)
+            if self.front is not None:
+                lease = self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
+                await self.front.extend(lease, self.settings.confirmed_lease_ms)
+        elif hold.effective_status != "confirmed":
+            raise InvalidTransition("confirm", hold.effective_status)
+        return hold.to_model()
+
+    async def cancel(self, hold_id: str, holder: str) -> Hold:
+        transition = await self.store.cancel(hold_id, holder)
+        if transition is None:
+            raise HoldNotFound()
+        hold = transition.hold
+        if hold.holder != holder:
+            raise NotHolder()
+        if transition.changed:
+            log.info("hold %s cancelled", hold.id)
+            if self.front is not None:
+                await self.front.release(self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder))
+        elif hold.effective_status != "cancelled":
+            raise InvalidTransition("cancel", hold.effective_status)
+        return hold.to_model()
+
+    async def slot_state(self, event_id: str, slot_id: str) -> SlotState:
+        row = await self.store.slot_state(event_id, slot_id)
+        if row is None:
+            return SlotState(event_id=event_id, slot_id=slot_id, state="free", hold_id=None, expires_at=None,
+                             ttl_ms=None)
+        held = row.status == "held"
+        return SlotState(
+            event_id=event_id,
+            slot_id=slot_id,
+            state="held" if held else "confirmed",
+            hold_id=row.hold_id,
+            expires_at=row.expires_at if held else None,
+            ttl_ms=_remaining_ms(row.expires_at, row.db_now) if held else None,
+        )
+
+
+def _remaining_ms(expires_at: datetime, now: datetime) -> int:
+    return max(0, int((expires_at - now).total_seconds() * 1000))
+
+
+def _same_holders_hold(owners: list[SlotOwner], request: HoldRequest) -> HoldRow | None:
+    """The live hold of this holder on exactly these slots, if that is what blocked the claim."""
+    hold_ids = {owner.hold.id for owner in owners}
+    if len(hold_ids) != 1 or len(owners) != len(request.slots):
+        return None
+    hold = owners[0].hold
+    if hold.holder == request.holder and sorted(hold.slots) == request.slots:
+        return hold
+    return None

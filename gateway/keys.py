@@ -1,0 +1,29 @@
+"""Every Redis key name and lease value the gateway uses. The keys of one event share the hash tag {event_id},
+so one script only ever touches one Redis Cluster slot."""
+
+import hashlib
+
+
+def slot_key(prefix: str, event_id: str, slot_id: str) -> str:
+    """The lease on one slot: its value is the owning hold's lease value."""
+    return f"{prefix}:{{{event_id}}}:slot:{slot_id}"
+
+
+def idempotency_key(prefix: str, event_id: str, holder: str, key: str) -> str:
+    """The record of an Idempotency-Key used for this event; its value is the request's fingerprint."""
+    return f"{prefix}:{{{event_id}}}:idem:{_digest(holder, key)}"
+
+
+def holder_fingerprint(holder: str) -> str:
+    """A short digest of the holder, the suffix of each of its lease values (tells a retry from a rival)."""
+    return _digest(holder)[:16]
+
+
+def lease_value(token: str, holder: str) -> str:
+    """What a lease key holds: the hold's token, then the holder fingerprint."""
+    return f"{token}:{holder_fingerprint(holder)}"
+
+
+def _digest(*parts: str) -> str:
+    # NUL cannot occur in validated ids, so joining on it is unambiguous.
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

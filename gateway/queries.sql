@@ -1,0 +1,190 @@
+-- claim_hold --
+-- Claim every slot for a new hold (taking over lapsed holds) and insert the hold only if all were claimed.
+-- $1 hold id, $2 token, $3 event id, $4 holder, $5 sorted slots, $6 ttl ms, $7 idempotency key or null,
+-- $8 request hash or null. Run alone for one slot without a key (atomic); otherwise inside a transaction
+-- that the caller rolls back unless `created` and, with a key, `idempotency_recorded`.
+WITH claimed AS (
+    INSERT INTO hold_slots AS hs (hold_id, event_id, slot_id, status, expires_at)
+    SELECT $1, $3, requested.slot_id, 'held', now() + $6 * interval '1 millisecond'
+    FROM unnest($5::text[]) AS requested (slot_id)
+    ORDER BY requested.slot_id  -- one lock order for every claim: opposite orders deadlock
+    ON CONFLICT (event_id, slot_id) WHERE status IN ('held', 'confirmed')
+    DO UPDATE SET hold_id = excluded.hold_id, status = 'held', expires_at = excluded.expires_at
+    WHERE hs.status = 'held' AND hs.expires_at <= now()
+    RETURNING hs.slot_id
+), new_hold AS (
+    INSERT INTO holds (id, token, event_id, holder, slots, status, expires_at)
+    SELECT $1, $2, $3, $4, $5, 'held', now() + $6 * interval '1 millisecond'
+    WHERE (SELECT count(*) FROM claimed) = cardinality($5::text[])
+    ON CONFLICT (token) DO NOTHING
+    RETURNING id, created_at, expires_at
+), idempotency AS (
+    INSERT INTO idempotency_keys (holder, key, request_hash, hold_id, status_code)
+    SELECT $4, $7, $8, new_hold.id, 201 FROM new_hold WHERE $7::text IS NOT NULL
+    ON CONFLICT (holder, key) DO NOTHING
+    RETURNING 1
+)
+SELECT
+    new_hold.id IS NOT NULL AS created,
+    EXISTS (SELECT 1 FROM idempotency) AS idempotency_recorded,
+    coalesce((SELECT array_agg(slot_id) FROM claimed), '{}') AS claimed_slots,
+    new_hold.created_at,
+    new_hold.expires_at,
+    now() AS db_now
+FROM (SELECT) AS one
+LEFT JOIN new_hold ON true;
+
+-- slot_owners --
+-- The live holds that own any of the given slots of an event. $1 event id, $2 slot ids.
+SELECT hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
+       h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, now() AS db_now
+FROM hold_slots AS hs
+JOIN holds AS h ON h.id = hs.hold_id
+WHERE hs.event_id = $1
+  AND hs.slot_id = ANY($2::text[])
+  AND hs.status IN ('held', 'confirmed')
+  AND NOT (hs.status = 'held' AND hs.expires_at <= now());
+
+-- get_hold --
+-- One hold by id. $1 hold id.
+SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+       now() AS db_now
+FROM holds
+WHERE id = $1;
+
+-- get_idempotency_record --
+-- The recorded outcome of an Idempotency-Key. $1 holder, $2 key.
+SELECT request_hash, hold_id, status_code
+FROM idempotency_keys
+WHERE holder = $1 AND key = $2;
+
+-- confirm_hold --
+-- Confirm a live held hold of this holder, in one statement. Locks the hold row, then its slot rows in
+-- slot order (the sweeper's order), and confirms only if the hold still owns every slot: a claim may have
+-- taken over a slot the instant the hold lapsed, so "held and not past expires_at" alone is not enough.
+-- $1 hold id, $2 holder. Returns no row for an unknown id; `changed` says whether this call confirmed it.
+WITH target AS (
+    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+           expires_at > now() AS live
+    FROM holds
+    WHERE id = $1
+    FOR UPDATE
+), owned AS (
+    SELECT hs.slot_id
+    FROM hold_slots AS hs
+    WHERE hs.hold_id = (SELECT id FROM target) AND hs.status = 'held'
+    ORDER BY hs.event_id, hs.slot_id
+    FOR UPDATE
+), allowed AS (
+    SELECT id FROM target
+    WHERE holder = $2 AND status = 'held' AND live AND cardinality(slots) = (SELECT count(*) FROM owned)
+), confirmed_slots AS (
+    UPDATE hold_slots SET status = 'confirmed'
+    WHERE hold_id IN (SELECT id FROM allowed) AND status = 'held'
+), confirmed AS (
+    UPDATE holds SET status = 'confirmed', confirmed_at = now()
+    WHERE id IN (SELECT id FROM allowed)
+    RETURNING id, status, confirmed_at
+)
+-- `target` is the row as locked (its latest version); the statement's snapshot may be older.
+SELECT t.id, t.token, t.event_id, t.holder, t.slots,
+       coalesce(confirmed.status, t.status) AS status,
+       t.created_at, t.expires_at,
+       coalesce(confirmed.confirmed_at, t.confirmed_at) AS confirmed_at,
+       t.cancelled_at, now() AS db_now,
+       confirmed.id IS NOT NULL AS changed
+FROM target AS t
+LEFT JOIN confirmed ON confirmed.id = t.id;
+
+-- cancel_hold --
+-- Cancel a confirmed or live held hold of this holder and release its slots, in one statement.
+-- Locks the hold row, then its slot rows in slot order. $1 hold id, $2 holder.
+-- Returns no row for an unknown id; `changed` says whether this call cancelled it.
+WITH target AS (
+    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+           expires_at > now() AS live
+    FROM holds
+    WHERE id = $1
+    FOR UPDATE
+), allowed AS (
+    SELECT id FROM target
+    WHERE holder = $2 AND (status = 'confirmed' OR (status = 'held' AND live))
+), owned AS (
+    SELECT hs.hold_id, hs.slot_id
+    FROM hold_slots AS hs
+    WHERE hs.hold_id IN (SELECT id FROM allowed) AND hs.status IN ('held', 'confirmed')
+    ORDER BY hs.event_id, hs.slot_id
+    FOR UPDATE
+), released AS (
+    UPDATE hold_slots AS hs SET status = 'cancelled'
+    FROM owned
+    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id
+), cancelled AS (
+    UPDATE holds SET status = 'cancelled', cancelled_at = now()
+    WHERE id IN (SELECT id FROM allowed)
+    RETURNING id, status, cancelled_at
+)
+SELECT t.id, t.token, t.event_id, t.holder, t.slots,
+       coalesce(cancelled.status, t.status) AS status,
+       t.created_at, t.expires_at, t.confirmed_at,
+       coalesce(cancelled.cancelled_at, t.cancelled_at) AS cancelled_at,
+       now() AS db_now,
+       cancelled.id IS NOT NULL AS changed
+FROM target AS t
+LEFT JOIN cancelled ON cancelled.id = t.id;
+
+-- slot_state --
+-- The live hold on one slot, if any. $1 event id, $2 slot id.
+SELECT hs.hold_id, hs.status, hs.expires_at, now() AS db_now
+FROM hold_slots AS hs
+WHERE hs.event_id = $1
+  AND hs.slot_id = $2
+  AND hs.status IN ('held', 'confirmed')
+  AND NOT (hs.status = 'held' AND hs.expires_at <= now());
+
+-- expire_holds --
+-- Mark up to $1 lapsed held holds and their slot rows as expired. Locks hold rows (skipping any a confirm
+-- or cancel holds), then their slot rows in slot order, like confirm and cancel. Returns the count.
+WITH due AS (
+    SELECT id
+    FROM holds
+    WHERE status = 'held' AND expires_at <= now()
+    ORDER BY expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), owned AS (
+    SELECT hs.hold_id, hs.slot_id
+    FROM hold_slots AS hs
+    WHERE hs.hold_id IN (SELECT id FROM due) AND hs.status = 'held'
+    ORDER BY hs.event_id, hs.slot_id
+    FOR UPDATE
+), expired_slots AS (
+    UPDATE hold_slots AS hs SET status = 'expired'
+    FROM owned
+    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id
+), expired AS (
+    UPDATE holds SET status = 'expired'
+    WHERE id IN (SELECT id FROM due)
+    RETURNING id
+)
+SELECT count(*) AS expired FROM expired;
+
+-- purge_idempotency_keys --
+-- Delete up to $2 idempotency records older than $1 seconds. Returns the count.
+WITH old AS (
+    SELECT holder, key
+    FROM idempotency_keys
+    WHERE created_at < now() - $1 * interval '1 second'
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), purged AS (
+    DELETE FROM idempotency_keys AS k
+    USING old
+    WHERE k.holder = old.holder AND k.key = old.key
+    RETURNING 1
+)
+SELECT count(*) AS purged FROM purged;
+
+-- ping --
+-- A round trip to the database.
+SELECT 1;

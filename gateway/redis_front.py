@@ -1,0 +1,250 @@
+"""The Redis front: leases on slots, taken and dropped by the Lua scripts in lua/, behind a circuit breaker.
+
+Redis only filters. A "no" from Redis is a fast 409; a "yes" sends the request on to Postgres, which
+decides; an error or a timeout sends it straight to Postgres and opens the breaker for a while.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from gateway import keys
+from gateway.config import Settings
+from gateway.resources import resource_dir
+
+log = logging.getLogger(__name__)
+
+SCRIPT_NAMES: Final = ("acquire", "extend", "release")
+
+
+class AcquireOutcome(IntEnum):
+    """The first element of acquire.lua's reply."""
+
+    ACQUIRED = 0
+    CONFLICT = 1
+    HELD_BY_HOLDER = 2
+    REPLAY = 3
+    KEY_REUSED = 4
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time, or the breaker is open; the caller goes to Postgres."""
+
+
+class UnexpectedReply(Exception):
+    """A script answered with a code this code does not know: the Lua and the Python disagree."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The leases of one hold: one key per slot (sorted by slot id), all holding `value`."""
+
+    event_id: str
+    slots: Sequence[str]
+    value: str
+    slot_keys: list[str]
+
+    @classmethod
+    def build(cls, prefix: str, event_id: str, slots: Sequence[str], token: str, holder: str) -> "Lease":
+        ordered = sorted(slots)
+        return cls(
+            event_id=event_id,
+            slots=ordered,
+            value=keys.lease_value(token, holder),
+            slot_keys=[keys.slot_key(prefix, event_id, slot) for slot in ordered],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireResult:
+    outcome: AcquireOutcome
+    conflicts: list[str]
+
+
+class CircuitBreaker:
+    """Closed: use Redis. Open: skip it until `retry_interval_s` has passed on the monotonic clock.
+    Then half-open: exactly one call probes Redis; its success closes the breaker, its failure reopens it."""
+
+    def __init__(self, retry_interval_s: float) -> None:
+        self._retry_interval_s = retry_interval_s
+        self._opened_at: float | None = None
+        self._probe_in_flight = False
+
+    @property
+    def is_closed(self) -> bool:
+        return self._opened_at is None
+
+    def allow(self) -> bool:
+        """Whether this call may use Redis; in half-open state only the first caller gets True."""
+        if self._opened_at is None:
+            return True
+        if self._probe_in_flight or time.monotonic() - self._opened_at < self._retry_interval_s:
+            return False
+        self._probe_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        if self._opened_at is not None and self._probe_in_flight:
+            log.info("redis is back: leaving db-only mode")
+        if self._probe_in_flight or self._opened_at is not None:
+            self._opened_at = None
+        self._probe_in_flight = False
+
+    def record_failure(self) -> None:
+        if self._opened_at is None:
+            log.warning("redis unavailable: db-only mode")
+        self._opened_at = time.monotonic()
+        self._probe_in_flight = False
+
+
+class RedisFront:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._prefix = settings.redis_key_prefix
+        self.breaker = CircuitBreaker(settings.redis_retry_interval_s)
+        # Registered per client (never per class or module: a script object binds to the first event loop).
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script((resource_dir("lua") / f"{name}.lua").read_text())
+            for name in SCRIPT_NAMES
+        }
+
+    @classmethod
+    async def open(cls, settings: Settings) -> "RedisFront":
+        assert settings.redis_url is not None
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_s,  # waiting for a free pooled connection
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            retry=Retry(NoBackoff(), 0),  # no library retries: on failure, Postgres answers instead
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        front = cls(redis.Redis(connection_pool=pool), settings)
+        await front.start()
+        return front
+
+    async def start(self) -> None:
+        """Load the scripts (a Lua syntax error stops the boot) and open connections before traffic arrives.
+        A Redis that is down now is not fatal: the gateway starts in db-only mode."""
+        try:
+            await self.load_scripts()
+            await self._open_connections(min(16, self._settings.redis_max_connections))
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            log.warning("redis not reachable at start (%s): db-only mode", exc)
+            self.breaker.record_failure()
+
+    async def load_scripts(self) -> None:
+        for script in self._scripts.values():
+            sha = await self._client.script_load(script.script)
+            script.sha = sha
+
+    async def _open_connections(self, count: int) -> None:
+        # A burst of requests on cold connections would pay connect time on the request path.
+        await asyncio.gather(*(self._client.ping() for _ in range(count)))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    @property
+    def available(self) -> bool:
+        """Whether the gateway is in redis-front mode (the breaker is closed)."""
+        return self.breaker.is_closed
+
+    async def ping(self) -> bool:
+        """A round trip to Redis; it also serves as the breaker's probe, so an idle gateway notices recovery."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            self._failed("ping", exc)
+            return False
+        self.breaker.record_success()
+        return True
+
+    async def acquire(self, lease: Lease, pending_ttl_ms: int, idempotency_record_key: str | None,
+                      request_fp: str | None) -> AcquireResult:
+        """Take pending leases on all slots of `lease`, or report why not. Raises RedisUnavailable."""
+        keys_ = list(lease.slot_keys)
+        if idempotency_record_key is not None:
+            keys_.append(idempotency_record_key)
+        args = [lease.value, lease.value.rsplit(":", 1)[1], pending_ttl_ms, request_fp or "", len(lease.slots)]
+        reply = await self._call("acquire", keys_, args)
+        try:
+            outcome = AcquireOutcome(int(reply[0]))
+        except ValueError:
+            raise UnexpectedReply(f"acquire.lua returned {reply!r}") from None
+        conflicts = [lease.slots[int(i) - 1] for i in reply[1:]] if outcome is AcquireOutcome.CONFLICT else []
+        return AcquireResult(outcome, conflicts)
+
+    async def extend(self, lease: Lease, ttl_ms: int, idempotency_record_key: str | None = None,
+                     request_fp: str | None = None) -> int | None:
+        """After the commit: stretch the leases to `ttl_ms` and record the idempotency key. Best effort:
+        a failure leaves the pending leases to lapse, and Postgres still turns rivals away."""
+        keys_ = list(lease.slot_keys)
+        if idempotency_record_key is not None:
+            keys_.append(idempotency_record_key)
+        args = [lease.value, max(1, ttl_ms), len(lease.slots), request_fp or "",
+                self._settings.idempotency_retention_s * 1000]
+        return await self._best_effort("extend", keys_, args)
+
+    async def release(self, lease: Lease) -> int | None:
+        """Drop the leases still owned by `lease.value`. Best effort: unreleased leases lapse by their TTL."""
+        return await self._best_effort("release", list(lease.slot_keys), [lease.value])
+
+    async def adopt(self, leases: Sequence[tuple[Lease, int]]) -> None:
+        """Set leases for holds that Postgres says exist but Redis did not know about (it restarted, or a
+        lease lapsed early), so the next rivals are turned away by Redis again. SET NX: never overwrite."""
+        if not leases or not self.breaker.allow():
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for lease, ttl_ms in leases:
+                    for key in lease.slot_keys:
+                        pipe.set(key, lease.value, px=max(1, ttl_ms), nx=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("adopt", exc)
+        else:
+            self.breaker.record_success()
+
+    async def _best_effort(self, name: str, keys_: list[str], args: list[object]) -> int | None:
+        try:
+            reply = await self._call(name, keys_, args)
+        except RedisUnavailable:
+            return None
+        return int(reply)
+
+    async def _call(self, name: str, keys_: list[str], args: list[object]) -> list[int] | int:
+        if not self.breaker.allow():
+            raise RedisUnavailable("circuit open")
+        try:
+            reply: list[int] | int = await self._scripts[name](keys=keys_, args=args)  # type: ignore[arg-type]
+        except (RedisError, OSError) as exc:
+            self._failed(name, exc)
+            raise RedisUnavailable(str(exc)) from exc
+        self.breaker.record_success()
+        return reply
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        log.warning("redis %s failed: %s: %s", operation, type(exc).__name__, exc)
+        self.breaker.record_failure()
+
+    def idempotency_record_key(self, event_id: str, holder: str, key: str) -> str:
+        return keys.idempotency_key(self._prefix, event_id, holder, key)
+
+    def lease(self, event_id: str, slots: Sequence[str], token: str, holder: str) -> Lease:
+        return Lease.build(self._prefix, event_id, slots, token, holder)

@@ -1,0 +1,36 @@
+"""All runtime SQL, read once from queries.sql: blocks headed `-- name --` then a one-line description."""
+
+import re
+from pathlib import Path
+from typing import Final
+
+_QUERIES_FILE = Path(__file__).with_name("queries.sql")
+_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split the file into {name: statement}."""
+    parts = _HEADER.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+QUERIES: Final = parse_queries(_QUERIES_FILE.read_text())
+
+CLAIM_HOLD: Final = QUERIES["claim_hold"]
+SLOT_OWNERS: Final = QUERIES["slot_owners"]
+GET_HOLD: Final = QUERIES["get_hold"]
+GET_IDEMPOTENCY_RECORD: Final = QUERIES["get_idempotency_record"]
+CONFIRM_HOLD: Final = QUERIES["confirm_hold"]
+CANCEL_HOLD: Final = QUERIES["cancel_hold"]
+SLOT_STATE: Final = QUERIES["slot_state"]
+EXPIRE_HOLDS: Final = QUERIES["expire_holds"]
+PURGE_IDEMPOTENCY_KEYS: Final = QUERIES["purge_idempotency_keys"]
+PING: Final = QUERIES["ping"]
+
+# Constraint names the store compares driver errors with (see db/migrations).
+ONE_ACTIVE_HOLD_PER_SLOT: Final = "hold_slots_one_active_hold"

@@ -1,0 +1,281 @@
+"""PostgreSQL access: the named queries of queries.sql over an asyncpg pool. Driver errors that mean "the
+database cannot answer now" become BackendUnavailable here, with the driver error as __cause__."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from gateway import sql
+from gateway.config import Settings
+from gateway.errors import BackendUnavailable
+from gateway.models import Hold, HoldStatus
+
+log = logging.getLogger(__name__)
+
+# What a database that is down, restarting, overloaded or stuck looks like to asyncpg.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now, statement_timeout
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock or serialization failure: retryable
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """A hold as stored, with the database's clock at the time it was read."""
+
+    id: str
+    token: str
+    event_id: str
+    holder: str
+    slots: list[str]
+    status: HoldStatus
+    created_at: datetime
+    expires_at: datetime
+    confirmed_at: datetime | None
+    cancelled_at: datetime | None
+    db_now: datetime
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> "HoldRow":
+        return cls(
+            id=record["id"],
+            token=record["token"],
+            event_id=record["event_id"],
+            holder=record["holder"],
+            slots=list(record["slots"]),
+            status=record["status"],
+            created_at=record["created_at"],
+            expires_at=record["expires_at"],
+            confirmed_at=record["confirmed_at"],
+            cancelled_at=record["cancelled_at"],
+            db_now=record["db_now"],
+        )
+
+    @property
+    def lapsed(self) -> bool:
+        """Held, but past expires_at: it reads as expired even before the sweeper marks it."""
+        return self.status == "held" and self.expires_at <= self.db_now
+
+    @property
+    def effective_status(self) -> HoldStatus:
+        return "expired" if self.lapsed else self.status
+
+    @property
+    def ttl_ms(self) -> int | None:
+        if self.effective_status != "held":
+            return None
+        return max(0, int((self.expires_at - self.db_now).total_seconds() * 1000))
+
+    def to_model(self) -> Hold:
+        return Hold(
+            id=self.id,
+            event_id=self.event_id,
+            slots=self.slots,
+            holder=self.holder,
+            status=self.effective_status,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            ttl_ms=self.ttl_ms,
+            confirmed_at=self.confirmed_at,
+            cancelled_at=self.cancelled_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    created: bool
+    # With an Idempotency-Key: whether this claim recorded it (false: the key was already used).
+    idempotency_recorded: bool
+    claimed_slots: list[str]
+    created_at: datetime | None
+    expires_at: datetime | None
+    db_now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SlotOwner:
+    slot_id: str
+    hold: HoldRow
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    request_hash: str
+    hold_id: str
+    status_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    hold: HoldRow
+    # Whether this call made the transition (false: the hold was already there, or could not move).
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRow:
+    hold_id: str
+    status: HoldStatus
+    expires_at: datetime
+    db_now: datetime
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    # The gateway keeps no session state (no LISTEN, no session advisory locks, no SET), so asyncpg's full
+    # reset query is a wasted round trip per request; an unfinished transaction still gets the full reset.
+    if conn.is_in_transaction():
+        await conn.reset()
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+
+    @classmethod
+    async def open(cls, settings: Settings) -> "Store":
+        """Create the pool; a database that is down now makes the pool connect lazily, not fail the boot."""
+        pool = asyncpg.create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.db_pool_max_size,
+            command_timeout=settings.db_command_timeout_s,
+            reset=_reset_connection,
+            server_settings={
+                "application_name": "reservation-gateway",
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        )
+        await pool
+        store = cls(pool, settings)
+        await store.warm_up(settings.db_pool_min_size)
+        return store
+
+    async def warm_up(self, connections: int) -> None:
+        """Open connections before traffic arrives; failures are left for requests to report."""
+        try:
+            async with asyncio.timeout(self._settings.db_acquire_timeout_s * 2):
+                held = [await self._pool.acquire() for _ in range(connections)]
+                for conn in held:
+                    await self._pool.release(conn)
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("database not reachable at start: %s", exc)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire(timeout=self._settings.db_acquire_timeout_s) as conn:
+                yield conn
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable(self._settings.retry_after_s) from exc
+
+    async def ping(self) -> bool:
+        try:
+            async with self._connection() as conn:
+                await conn.fetchval(sql.PING)
+        except BackendUnavailable:
+            return False
+        return True
+
+    async def claim(
+        self,
+        *,
+        hold_id: str,
+        token: str,
+        event_id: str,
+        holder: str,
+        slots: Sequence[str],
+        ttl_ms: int,
+        idempotency_key: str | None,
+        request_hash: str | None,
+    ) -> ClaimResult:
+        """Try to create the hold. All slots or none; never raises for a lost race."""
+        args = (hold_id, token, event_id, holder, list(slots), ttl_ms, idempotency_key, request_hash)
+        async with self._connection() as conn:
+            if len(slots) == 1 and idempotency_key is None:
+                # One statement is atomic on its own: it claims the one slot and inserts the hold, or neither.
+                return _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                result = _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
+            except BaseException:
+                await transaction.rollback()
+                raise
+            keep = result.created and (idempotency_key is None or result.idempotency_recorded)
+            await (transaction.commit() if keep else transaction.rollback())
+            if result.created and not keep:
+                # Rolled back because the key was taken: report nothing as created.
+                return ClaimResult(False, False, [], None, None, result.db_now)
+            return result
+
+    async def slot_owners(self, event_id: str, slots: Sequence[str]) -> list[SlotOwner]:
+        async with self._connection() as conn:
+            records = await conn.fetch(sql.SLOT_OWNERS, event_id, list(slots))
+        return [SlotOwner(r["slot_id"], HoldRow.from_record(r)) for r in records]
+
+    async def get_hold(self, hold_id: str) -> HoldRow | None:
+        async with self._connection() as conn:
+            record = await conn.fetchrow(sql.GET_HOLD, hold_id)
+        return None if record is None else HoldRow.from_record(record)
+
+    async def idempotency_record(self, holder: str, key: str) -> IdempotencyRecord | None:
+        async with self._connection() as conn:
+            record = await conn.fetchrow(sql.GET_IDEMPOTENCY_RECORD, holder, key)
+        if record is None:
+            return None
+        return IdempotencyRecord(record["request_hash"], record["hold_id"], record["status_code"])
+
+    async def confirm(self, hold_id: str, holder: str) -> Transition | None:
+        return await self._transition(sql.CONFIRM_HOLD, hold_id, holder)
+
+    async def cancel(self, hold_id: str, holder: str) -> Transition | None:
+        return await self._transition(sql.CANCEL_HOLD, hold_id, holder)
+
+    async def _transition(self, query: str, hold_id: str, holder: str) -> Transition | None:
+        async with self._connection() as conn:
+            record = await conn.fetchrow(query, hold_id, holder)
+        if record is None:
+            return None
+        return Transition(HoldRow.from_record(record), record["changed"])
+
+    async def slot_state(self, event_id: str, slot_id: str) -> SlotRow | None:
+        async with self._connection() as conn:
+            record = await conn.fetchrow(sql.SLOT_STATE, event_id, slot_id)
+        if record is None:
+            return None
+        return SlotRow(record["hold_id"], record["status"], record["expires_at"], record["db_now"])
+
+    async def expire_holds(self, batch_size: int) -> int:
+        async with self._connection() as conn:
+            expired: int = await conn.fetchval(sql.EXPIRE_HOLDS, batch_size)
+        return expired
+
+    async def purge_idempotency_keys(self, older_than_s: int, batch_size: int) -> int:
+        async with self._connection() as conn:
+            purged: int = await conn.fetchval(sql.PURGE_IDEMPOTENCY_KEYS, older_than_s, batch_size)
+        return purged
+
+
+def _claim_result(record: asyncpg.Record) -> ClaimResult:
+    return ClaimResult(
+        created=record["created"],
+        idempotency_recorded=record["idempotency_recorded"],
+        claimed_slots=list(record["claimed_slots"]),
+        created_at=record["created_at"],
+        expires_at=record["expires_at"],
+        db_now=record["db_now"],
+    )

@@ -1,0 +1,38 @@
+"""Marks lapsed holds expired, and purges old idempotency records, in the background of each worker.
+
+Correctness never waits for it: reads treat a lapsed hold as expired and claims take over lapsed slots.
+Several workers sweep side by side; FOR UPDATE SKIP LOCKED keeps them off each other's rows.
+"""
+
+import asyncio
+import logging
+
+from gateway.config import Settings
+from gateway.errors import BackendUnavailable
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_once(store: Store, settings: Settings) -> int:
+    """Expire lapsed holds until none are left (batch by batch); return how many were expired."""
+    total = 0
+    while True:
+        expired = await store.expire_holds(settings.sweep_batch_size)
+        total += expired
+        if expired < settings.sweep_batch_size:
+            break
+    await store.purge_idempotency_keys(settings.idempotency_retention_s, settings.sweep_batch_size)
+    if total:
+        log.info("expired %d holds", total)
+    return total
+
+
+async def run_sweeper(store: Store, settings: Settings) -> None:
+    """Sweep every `sweep_interval_s` until cancelled; a database outage only delays the next sweep."""
+    while True:
+        try:
+            await sweep_once(store, settings)
+        except BackendUnavailable as exc:
+            log.warning("sweep skipped: database unavailable (%s)", exc.__cause__)
+        await asyncio.sleep(settings.sweep_interval_s)
