@@ -80,13 +80,11 @@ def _with_embedded_servers(settings: Settings, servers: ExitStack) -> Settings:
     overrides: dict[str, str] = {}
     if not settings.database_url:
         postgres = servers.enter_context(LocalPostgres(data_dir / "postgres"))
-        postgres.start()
         log.info("no GATEWAY_DATABASE_URL: started an embedded PostgreSQL in %s at %s", postgres.data_dir,
                  postgres.dsn)
         overrides["database_url"] = postgres.dsn
     if not settings.redis_url:
         redis_server = servers.enter_context(LocalRedis(data_dir / "redis", persistent=True))
-        redis_server.start()
         log.info("no GATEWAY_REDIS_URL: started an embedded Redis in %s at %s", redis_server.data_dir,
                  redis_server.url)
         overrides["redis_url"] = redis_server.url

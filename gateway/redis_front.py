@@ -158,7 +158,7 @@ class RedisFront:
         await asyncio.gather(*(self._client.ping() for _ in range(count)))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     @property
     def available(self) -> bool:

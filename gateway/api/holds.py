@@ -1,19 +1,46 @@
 """/v1/holds: create, read, confirm, cancel."""
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from gateway.errors import HoldNotFound, InvalidRequest
 from gateway.holds import HoldService
 from gateway.models import CreateHold, Hold, HolderAction
 
+BodyT = TypeVar("BodyT", CreateHold, HolderAction)
+
 # A hold id is 22 base64url characters; anything else cannot exist, so it is a 404 without a query.
 _HOLD_ID_LENGTH = 22
 _HOLD_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+# Litestar validates bodies leniently (it would turn "300" into 300); the gateway wants JSON types exact, so
+# the body Litestar parsed (and documents in the OpenAPI) is decoded once more, strictly: microseconds.
+_STRICT_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    CreateHold: msgspec.json.Decoder(CreateHold),
+    HolderAction: msgspec.json.Decoder(HolderAction),
+}
+
+AnyRequest = Request[Any, Any, State]
+
+
+async def strict_body(request: AnyRequest, model: type[BodyT]) -> BodyT:
+    try:
+        decoded: BodyT = _STRICT_DECODERS[model].decode(await request.body())
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(field_message(str(exc))) from None
+    return decoded
+
+
+def field_message(message: str) -> str:
+    """msgspec says "Expected `int`, got `str` - at `$.ttl_seconds`"; name the field first, as elsewhere."""
+    text, _, path = message.rpartition(" - at ")
+    if not text:
+        return message
+    return f"{path.replace('$.', '')}: {text}"
 
 
 def _service(state: State) -> HoldService:
@@ -35,7 +62,7 @@ def _check_idempotency_key(key: str | None) -> None:
 
 class HoldsController(Controller):
     path = "/v1/holds"
-    tags = ["holds"]
+    tags = ["holds"]  # noqa: RUF012 - Litestar's own class attribute
 
     @post(
         "/",
@@ -48,31 +75,42 @@ class HoldsController(Controller):
     )
     async def create_hold(
         self,
+        request: AnyRequest,
         state: State,
-        data: CreateHold,
+        data: JSONBody[CreateHold],
         idempotency_key: Annotated[
-            str | None, Parameter(header="Idempotency-Key", required=False, max_length=255)
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key", required=False, description="1 to 255 printable ASCII characters"
+            ),
         ] = None,
     ) -> Response[Hold]:
+        body = await strict_body(request, CreateHold)
         _check_idempotency_key(idempotency_key)
         service = _service(state)
-        result = await service.create(service.validate(data, idempotency_key))
+        result = await service.create(service.validate(body, idempotency_key))
         headers = {"Location": f"/v1/holds/{result.hold.id}"}
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"
         return Response(result.hold, status_code=result.status_code, headers=headers)
 
     @get("/{hold_id:str}", summary="Read a hold")
-    async def get_hold(self, state: State, hold_id: str) -> Hold:
+    async def get_hold(self, state: State, hold_id: FromPath[str]) -> Hold:
         _check_hold_id(hold_id)
         return await _service(state).get(hold_id)
 
     @post("/{hold_id:str}/confirm", status_code=200, summary="Confirm a held hold")
-    async def confirm_hold(self, state: State, hold_id: str, data: HolderAction) -> Hold:
+    async def confirm_hold(
+        self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
+    ) -> Hold:
+        body = await strict_body(request, HolderAction)
         _check_hold_id(hold_id)
-        return await _service(state).confirm(hold_id, data.holder)
+        return await _service(state).confirm(hold_id, body.holder)
 
     @post("/{hold_id:str}/cancel", status_code=200, summary="Cancel a hold and release its slots")
-    async def cancel_hold(self, state: State, hold_id: str, data: HolderAction) -> Hold:
+    async def cancel_hold(
+        self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
+    ) -> Hold:
+        body = await strict_body(request, HolderAction)
         _check_hold_id(hold_id)
-        return await _service(state).cancel(hold_id, data.holder)
+        return await _service(state).cancel(hold_id, body.holder)

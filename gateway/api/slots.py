@@ -4,6 +4,7 @@ import re
 
 from litestar import Controller, get
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from gateway.errors import InvalidRequest
 from gateway.holds import HoldService
@@ -22,7 +23,7 @@ class SlotsController(Controller):
     tags = ["slots"]
 
     @get("/{slot_id:str}", summary="The state of one slot")
-    async def slot_state(self, state: State, event_id: str, slot_id: str) -> SlotState:
+    async def slot_state(self, state: State, event_id: FromPath[str], slot_id: FromPath[str]) -> SlotState:
         check_identifier("event_id", event_id)
         check_identifier("slot_id", slot_id)
         service: HoldService = state.holds

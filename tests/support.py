@@ -1,0 +1,116 @@
+"""Test support: run a gateway in-process behind a real uvicorn socket, and small helpers."""
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import redis.asyncio as redis
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.embedded import free_port
+from gateway.holds import HoldService
+
+
+@dataclass
+class Gateway:
+    """A running gateway and what a test needs to poke at it."""
+
+    url: str
+    client: httpx.AsyncClient
+    settings: Settings
+    server: uvicorn.Server
+
+    @property
+    def service(self) -> HoldService:
+        service: HoldService = self.server.config.loaded_app.app.state.holds  # type: ignore[union-attr]
+        return service
+
+    async def hold(self, event_id: str, slots: list[str], holder: str = "alice", **extra: Any) -> httpx.Response:
+        return await self.client.post(
+            "/v1/holds", json={"event_id": event_id, "slots": slots, "holder": holder, **extra}
+        )
+
+
+@asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """Serve create_app(settings) on a free port in this event loop, with a client of generous limits."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+        access_log=False, loop="none", backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(400):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.025)
+    if not server.started:
+        server.should_exit = True
+        await task
+        raise RuntimeError("the gateway did not start")
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
+        try:
+            yield Gateway(f"http://127.0.0.1:{port}", client, settings, server)
+        finally:
+            server.should_exit = True
+            await task
+
+
+async def released_together(count: int, request: Callable[[int], Awaitable[httpx.Response]]) -> list[httpx.Response]:
+    """Fire `count` requests that all wait at one barrier before sending."""
+    barrier = asyncio.Barrier(count)
+
+    async def one(i: int) -> httpx.Response:
+        await barrier.wait()
+        return await request(i)
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def statuses(responses: Iterable[httpx.Response]) -> Counter[int]:
+    return Counter(r.status_code for r in responses)
+
+
+async def active_holds_per_slot(database_url: str) -> dict[tuple[str, str], int]:
+    """(event, slot) -> number of live holds on it, per Postgres; more than 1 anywhere is two winners."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT h.event_id, s.slot, count(*) AS holds
+            FROM holds AS h, unnest(h.slots) AS s (slot)
+            WHERE h.status = 'confirmed' OR (h.status = 'held' AND h.expires_at > now())
+            GROUP BY h.event_id, s.slot
+            """
+        )
+    finally:
+        await conn.close()
+    return {(r["event_id"], r["slot"]): r["holds"] for r in rows}
+
+
+async def redis_keys(url: str, prefix: str) -> list[str]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return sorted([key async for key in client.scan_iter(match=f"{prefix}:*")])
+    finally:
+        await client.aclose()
+
+
+async def row_counts(database_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {
+            table: await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed table names
+            for table in ("holds", "hold_slots", "idempotency_keys")
+        }
+    finally:
+        await conn.close()
