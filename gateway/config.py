@@ -45,7 +45,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_timeout_s: PositiveFloat = 0.3
     # After a Redis failure, go straight to Postgres for this long, then let one request probe Redis.
     redis_retry_interval_s: PositiveFloat = 1.0
-    redis_max_connections: PositiveInt = 64
+    # Each in-flight Redis call holds a connection; a 300-request burst on one worker needs that many.
+    redis_max_connections: PositiveInt = 256
+    # Waiting for a free Redis connection is local overload, not a Redis outage: past this, 503.
+    redis_queue_timeout_s: PositiveFloat = 2.0
     # How long an acquired lease lives before its commit extends it: enough for one Postgres commit, short
     # enough that a crash between acquire and commit blocks the slot for seconds only.
     lease_pending_ms: PositiveInt = 5_000

@@ -88,6 +88,21 @@ class IdempotencyKeyReused(GatewayError):
     title = "Idempotency key reused"
 
 
+class Overloaded(GatewayError):
+    """The gateway is overloaded; retry shortly."""
+
+    status_code = 503
+    problem = "overloaded"
+    title = "Overloaded"
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        super().__init__()
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class BackendUnavailable(GatewayError):
     """The database is unavailable; retry shortly."""
 

@@ -7,7 +7,8 @@ decides; an error or a timeout sends it straight to Postgres and opens the break
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway import keys
 from gateway.config import Settings
+from gateway.errors import Overloaded
 from gateway.resources import resource_dir
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,10 @@ class CircuitBreaker:
             self._opened_at = None
         self._probe_in_flight = False
 
+    def release_probe(self) -> None:
+        """The probe never reached Redis (local overload): let the next call probe instead."""
+        self._probe_in_flight = False
+
     def record_failure(self) -> None:
         if self._opened_at is None:
             log.warning("redis unavailable: db-only mode")
@@ -113,6 +119,9 @@ class RedisFront:
         self._settings = settings
         self._prefix = settings.redis_key_prefix
         self.breaker = CircuitBreaker(settings.redis_retry_interval_s)
+        # Bulkhead: calls wait here, never in the connection pool, so a burst larger than the pool queues
+        # (and past redis_queue_timeout_s is shed as 503) instead of looking like a dead Redis.
+        self._bulkhead = asyncio.Semaphore(settings.redis_max_connections)
         # Registered per client (never per class or module: a script object binds to the first event loop).
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script((resource_dir("lua") / f"{name}.lua").read_text())
@@ -168,12 +177,27 @@ class RedisFront:
     async def ping(self) -> bool:
         """A round trip to Redis; it also serves as the breaker's probe, so an idle gateway notices recovery."""
         try:
-            await self._client.ping()
+            async with self._connection_slot():
+                await self._client.ping()
         except (RedisError, OSError) as exc:
             self._failed("ping", exc)
             return False
+        except Overloaded:
+            return self.breaker.is_closed
         self.breaker.record_success()
         return True
+
+    @asynccontextmanager
+    async def _connection_slot(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._settings.redis_queue_timeout_s):
+                await self._bulkhead.acquire()
+        except TimeoutError:
+            raise Overloaded(self._settings.retry_after_s) from None
+        try:
+            yield
+        finally:
+            self._bulkhead.release()
 
     async def acquire(self, lease: Lease, pending_ttl_ms: int, idempotency_record_key: str | None,
                       request_fp: str | None) -> AcquireResult:
@@ -211,11 +235,14 @@ class RedisFront:
         if not leases or not self.breaker.allow():
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
                 for lease, ttl_ms in leases:
                     for key in lease.slot_keys:
                         pipe.set(key, lease.value, px=max(1, ttl_ms), nx=True)
                 await pipe.execute()
+        except Overloaded:
+            self.breaker.release_probe()
+            return
         except (RedisError, OSError) as exc:
             self._failed("adopt", exc)
         else:
@@ -224,7 +251,7 @@ class RedisFront:
     async def _best_effort(self, name: str, keys_: list[str], args: list[object]) -> int | None:
         try:
             reply = await self._call(name, keys_, args)
-        except RedisUnavailable:
+        except (RedisUnavailable, Overloaded):
             return None
         return int(reply)
 
@@ -232,7 +259,11 @@ class RedisFront:
         if not self.breaker.allow():
             raise RedisUnavailable("circuit open")
         try:
-            reply: list[int] | int = await self._scripts[name](keys=keys_, args=args)  # type: ignore[arg-type]
+            async with self._connection_slot():
+                reply: list[int] | int = await self._scripts[name](keys=keys_, args=args)  # type: ignore[arg-type]
+        except Overloaded:
+            self.breaker.release_probe()
+            raise
         except (RedisError, OSError) as exc:
             self._failed(name, exc)
             raise RedisUnavailable(str(exc)) from exc

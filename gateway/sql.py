@@ -9,13 +9,18 @@ _HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
 
 
 def parse_queries(text: str) -> dict[str, str]:
-    """Split the file into {name: statement}."""
+    """Split the file into {name: statement}; the leading comment lines (the description) are not sent."""
     parts = _HEADER.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = body.strip()
+        lines = body.strip().splitlines()
+        while lines and lines[0].startswith("--"):
+            lines.pop(0)
+        if not lines:
+            raise ValueError(f"query {name!r} is empty")
+        queries[name] = "\n".join(lines)
     return queries
 
 

@@ -1,6 +1,7 @@
 """Test support: run a gateway in-process behind a real uvicorn socket, and small helpers."""
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -33,9 +34,27 @@ class Gateway:
         return service
 
     async def hold(self, event_id: str, slots: list[str], holder: str = "alice", **extra: Any) -> httpx.Response:
-        return await self.client.post(
-            "/v1/holds", json={"event_id": event_id, "slots": slots, "holder": holder, **extra}
-        )
+        return await self.post("/v1/holds", {"event_id": event_id, "slots": slots, "holder": holder, **extra})
+
+    async def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+        """POST on a connection of its own. httpx's pool slows down sharply with hundreds of connections opened
+        at once (its bookkeeping grows with the square of them), which would make the storm the client's."""
+        port = int(self.url.rpartition(":")[2])
+        payload = json.dumps(body).encode()
+        head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json",
+                f"Content-Length: {len(payload)}", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+            raw = await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        status_line, _, rest = raw.partition(b"\r\n")
+        header_block, _, content = rest.partition(b"\r\n\r\n")
+        response_headers = [tuple(line.decode("latin-1").split(": ", 1)) for line in header_block.split(b"\r\n")]
+        return httpx.Response(int(status_line.split()[1]), headers=response_headers, content=content)
 
 
 @asynccontextmanager

@@ -1,0 +1,84 @@
+"""While Redis is up, a rejected request costs Redis work only: counted from Postgres's own statement log."""
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateway.embedded import LocalPostgres
+from gateway.migrations import migrate
+from tests.conftest import make_settings
+from tests.support import Gateway, released_together, running_gateway, statuses
+
+CONTENDERS = 300
+# With log_statement=all every statement a backend runs is logged; %d puts the database on each line.
+LOGGED_STATEMENT = re.compile(r" db=(\S+) LOG:  (?:statement|execute [^:]*):")
+
+
+@pytest.fixture(scope="module", name="logging_postgres")
+def fx_logging_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A Postgres of this module's own that logs every statement."""
+    settings = {"log_statement": "all", "log_line_prefix": "%m [%p] db=%d "}
+    with LocalPostgres(tmp_path_factory.mktemp("logging-postgres"), durable=False, settings=settings) as server:
+        yield server
+
+
+@pytest.fixture(name="logged_database")
+async def fx_logged_database(logging_postgres: LocalPostgres, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    name = "counted_" + re.sub(r"\W", "_", request.node.name).lower()[:40]
+    admin = await asyncpg.connect(logging_postgres.dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    url = logging_postgres.dsn.rpartition("/")[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    yield url
+
+
+def statements_logged_since(log_path: Path, offset: int, database: str) -> list[str]:
+    with log_path.open(encoding="utf-8", errors="replace") as log:
+        log.seek(offset)
+        return [line for line in log if (m := LOGGED_STATEMENT.search(line)) and m.group(1) == database]
+
+
+async def storm(gateway: Gateway, log_path: Path, database: str) -> tuple[dict[int, int], list[str]]:
+    """CONTENDERS holds on one free slot at once; the statuses, and the statements Postgres ran meanwhile."""
+    await asyncio.sleep(0.3)  # let start-up statements (the first sweep) land in the log first
+    offset = log_path.stat().st_size
+    responses = await released_together(CONTENDERS, lambda i: gateway.hold("show-1", ["A-1"], holder=f"u{i}"))
+    await asyncio.sleep(0.3)  # the log is written as statements run; leave a moment for the last lines
+    return dict(statuses(responses)), statements_logged_since(log_path, offset, database)
+
+
+async def test_losers_cost_no_postgres_statement_with_redis_in_front(
+    logging_postgres: LocalPostgres, logged_database: str, redis_url: str, key_prefix: str
+) -> None:
+    settings = make_settings(logged_database, redis_url, key_prefix, sweep_interval_s=3600.0)
+    async with running_gateway(settings) as gateway:
+        counts, statements = await storm(gateway, logging_postgres.log_path, logged_database.rpartition("/")[2])
+
+    assert counts == {201: 1, 409: CONTENDERS - 1}
+    # The winner's claim is the only statement: one INSERT ... ON CONFLICT that claims the slot and inserts
+    # the hold. None of the 299 losers reached Postgres.
+    assert len(statements) == 1, statements
+    assert statements[0].rstrip().endswith("WITH claimed AS (")  # claim_hold's first line
+
+
+async def test_the_counter_sees_every_loser_in_db_only_mode(
+    logging_postgres: LocalPostgres, logged_database: str, key_prefix: str
+) -> None:
+    """The control for the test above: without Redis the same storm runs statements for every request."""
+    settings = make_settings(logged_database, None, key_prefix, sweep_interval_s=3600.0)
+    async with running_gateway(settings) as gateway:
+        counts, statements = await storm(gateway, logging_postgres.log_path, logged_database.rpartition("/")[2])
+
+    assert counts == {201: 1, 409: CONTENDERS - 1}
+    assert len(statements) >= CONTENDERS
