@@ -1,9 +1,10 @@
-"""create_app(settings): the Litestar application, its lifespan (pools, scripts, sweeper) and error rendering."""
+"""create_app(settings): the Litestar app, its lifespan (pools, scripts, sweeper) and error rendering."""
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -62,8 +63,15 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
-def _problem(status: int, problem: str, title: str, detail: str, *, headers: dict[str, str] | None = None,
-             **extensions: object) -> Response[dict[str, object]]:
+def _problem(
+    status: int,
+    problem: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extensions: object,
+) -> Response[dict[str, object]]:
     body: dict[str, object] = {
         "type": PROBLEM_TYPE_BASE + problem,
         "title": title,
@@ -74,12 +82,13 @@ def _problem(status: int, problem: str, title: str, detail: str, *, headers: dic
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _gateway_error(_: Request[object, object, object], exc: GatewayError) -> Response[dict[str, object]]:
-    return _problem(exc.status_code, exc.problem, exc.title, exc.detail, headers=exc.headers(),
-                    **exc.extensions)
+def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[dict[str, object]]:
+    return _problem(
+        exc.status_code, exc.problem, exc.title, exc.detail, headers=exc.headers(), **exc.extensions
+    )
 
 
-def _http_exception(_: Request[object, object, object], exc: HTTPException) -> Response[dict[str, object]]:
+def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
     """Litestar's own errors (bad JSON, wrong types, body too large, unknown route) as problem+json."""
     status = exc.status_code
     if isinstance(exc, ValidationException):
@@ -88,10 +97,18 @@ def _http_exception(_: Request[object, object, object], exc: HTTPException) -> R
         if malformed:
             return _problem(400, "malformed-request", "Malformed request", detail)
         return _problem(422, "invalid-request", "Invalid request", detail)
-    titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large",
-              415: "Unsupported media type"}
-    slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
-            415: "unsupported-media-type"}.get(status, "http-error")
+    titles = {
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Request body too large",
+        415: "Unsupported media type",
+    }
+    slug = {
+        404: "not-found",
+        405: "method-not-allowed",
+        413: "body-too-large",
+        415: "unsupported-media-type",
+    }.get(status, "http-error")
     headers = dict(exc.headers or {})
     return _problem(status, slug, titles.get(status, "HTTP error"), str(exc.detail), headers=headers)
 
@@ -107,15 +124,14 @@ def _validation_detail(exc: ValidationException) -> str:
                 key = item.get("key")
                 source = item.get("source")
                 where = f"`{key}`" if key else "the body"
-                parts.append(f"{where} ({source}): {message}" if source and source != "body" else
-                             f"{where}: {message}")
+                parts.append(
+                    f"{where} ({source}): {message}" if source and source != "body" else f"{where}: {message}"
+                )
         if parts:
             return "; ".join(parts)
     return str(exc.detail)
 
 
-def _internal_error(_: Request[object, object, object], exc: Exception) -> Response[dict[str, object]]:
+def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
     log.exception("unhandled error", exc_info=exc)
     return _problem(500, "internal-error", "Internal error", "The gateway failed to process the request.")
-
-

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -40,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
 
     with ExitStack() as servers:
         settings = _with_embedded_servers(settings, servers)
@@ -56,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["GATEWAY_DATABASE_URL"] = _required(settings.database_url)
         if settings.redis_url:
             os.environ["GATEWAY_REDIS_URL"] = settings.redis_url
+        # uvicorn re-raises the signal that stopped it once it has shut down; turn SIGTERM into SystemExit so
+        # the embedded servers are stopped on the way out rather than left running.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(
             "gateway.cli:app_from_env",
             factory=True,
@@ -80,15 +86,25 @@ def _with_embedded_servers(settings: Settings, servers: ExitStack) -> Settings:
     overrides: dict[str, str] = {}
     if not settings.database_url:
         postgres = servers.enter_context(LocalPostgres(data_dir / "postgres"))
-        log.info("no GATEWAY_DATABASE_URL: started an embedded PostgreSQL in %s at %s", postgres.data_dir,
-                 postgres.dsn)
+        log.info(
+            "no GATEWAY_DATABASE_URL: started an embedded PostgreSQL in %s at %s",
+            postgres.data_dir,
+            postgres.dsn,
+        )
         overrides["database_url"] = postgres.dsn
     if not settings.redis_url:
         redis_server = servers.enter_context(LocalRedis(data_dir / "redis", persistent=True))
-        log.info("no GATEWAY_REDIS_URL: started an embedded Redis in %s at %s", redis_server.data_dir,
-                 redis_server.url)
+        log.info(
+            "no GATEWAY_REDIS_URL: started an embedded Redis in %s at %s",
+            redis_server.data_dir,
+            redis_server.url,
+        )
         overrides["redis_url"] = redis_server.url
     return settings_from_env(**overrides)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _required(url: str | None) -> str:

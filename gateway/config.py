@@ -8,7 +8,7 @@ import msgspec
 from msgspec import Meta
 
 ENV_PREFIX = "GATEWAY_"
-# Variables with the prefix that are not settings: read by gateway.embedded, or by the test suite (GATEWAY_TEST_*).
+# Prefixed variables that are not settings: read by gateway.embedded, or by the tests (GATEWAY_TEST_*).
 NOT_SETTINGS = frozenset({"GATEWAY_POSTGRES_BIN_DIR", "GATEWAY_REDIS_SERVER"})
 
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -84,8 +84,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError("db_pool_min_size must not exceed db_pool_max_size")
 
 
-def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Build the settings from GATEWAY_* variables (and explicit overrides); raise ConfigError naming the fault."""
+def settings_from_env(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
+    """Build the settings from GATEWAY_* variables and overrides; raise ConfigError naming the fault."""
     environ = os.environ if environ is None else environ
     known = set(Settings.__struct_fields__)
     raw: dict[str, object] = {}

@@ -92,7 +92,9 @@ class HoldService:
             token = hashlib.sha256(
                 b"\0".join([b"token", body.holder.encode(), idempotency_key.encode(), request_hash.encode()])
             ).hexdigest()[:32]
-        return HoldRequest(body.event_id, slots, body.holder, ttl_s * 1000, idempotency_key, request_hash, token)
+        return HoldRequest(
+            body.event_id, slots, body.holder, ttl_s * 1000, idempotency_key, request_hash, token
+        )
 
     async def create(self, request: HoldRequest) -> HoldResponse:
         front = self.front
@@ -105,7 +107,9 @@ class HoldService:
             else front.idempotency_record_key(request.event_id, request.holder, request.idempotency_key)
         )
         try:
-            acquired = await front.acquire(lease, self.settings.lease_pending_ms, record_key, request.request_hash)
+            acquired = await front.acquire(
+                lease, self.settings.lease_pending_ms, record_key, request.request_hash
+            )
         except RedisUnavailable:
             return await self._create_in_postgres(request, lease=None)
         match acquired.outcome:
@@ -142,7 +146,8 @@ class HoldService:
                 await self._release(lease)
             raise
         if result.created:
-            assert result.created_at is not None and result.expires_at is not None
+            assert result.created_at is not None
+            assert result.expires_at is not None
             hold = HoldRow(
                 id=hold_id,
                 token=request.token,
@@ -213,8 +218,12 @@ class HoldService:
         if front is None or not owners:
             return
         holds = {owner.hold.id: owner.hold for owner in owners}
-        await front.adopt([(front.lease(h.event_id, h.slots, h.token, h.holder), self._lease_ttl_ms(h))
-                           for h in holds.values()])
+        await front.adopt(
+            [
+                (front.lease(h.event_id, h.slots, h.token, h.holder), self._lease_ttl_ms(h))
+                for h in holds.values()
+            ]
+        )
 
     def _lease_ttl_ms(self, hold: HoldRow) -> int:
         if hold.status == "confirmed":
@@ -261,8 +270,9 @@ class HoldService:
     async def slot_state(self, event_id: str, slot_id: str) -> SlotState:
         row = await self.store.slot_state(event_id, slot_id)
         if row is None:
-            return SlotState(event_id=event_id, slot_id=slot_id, state="free", hold_id=None, expires_at=None,
-                             ttl_ms=None)
+            return SlotState(
+                event_id=event_id, slot_id=slot_id, state="free", hold_id=None, expires_at=None, ttl_ms=None
+            )
         held = row.status == "held"
         return SlotState(
             event_id=event_id,

@@ -36,14 +36,14 @@ class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Base of every request body: unknown fields are an error, not silently dropped."""
 
 
-class CreateHold(Body):
+class CreateHold(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
     event_id: Identifier
     slots: Annotated[list[Identifier], Meta(min_length=1)]
     holder: Holder
     ttl_seconds: int | None = None
 
 
-class HolderAction(Body):
+class HolderAction(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
     holder: Holder
 
 

@@ -175,7 +175,7 @@ class RedisFront:
         return self.breaker.is_closed
 
     async def ping(self) -> bool:
-        """A round trip to Redis; it also serves as the breaker's probe, so an idle gateway notices recovery."""
+        """A round trip to Redis; also the breaker's probe, so an idle gateway notices recovery."""
         try:
             async with self._connection_slot():
                 await self._client.ping()
@@ -199,14 +199,23 @@ class RedisFront:
         finally:
             self._bulkhead.release()
 
-    async def acquire(self, lease: Lease, pending_ttl_ms: int, idempotency_record_key: str | None,
-                      request_fp: str | None) -> AcquireResult:
+    async def acquire(
+        self, lease: Lease, pending_ttl_ms: int, idempotency_record_key: str | None, request_fp: str | None
+    ) -> AcquireResult:
         """Take pending leases on all slots of `lease`, or report why not. Raises RedisUnavailable."""
         keys_ = list(lease.slot_keys)
         if idempotency_record_key is not None:
             keys_.append(idempotency_record_key)
-        args = [lease.value, lease.value.rsplit(":", 1)[1], pending_ttl_ms, request_fp or "", len(lease.slots)]
+        args = [
+            lease.value,
+            lease.value.rsplit(":", 1)[1],
+            pending_ttl_ms,
+            request_fp or "",
+            len(lease.slots),
+        ]
         reply = await self._call("acquire", keys_, args)
+        if not isinstance(reply, list) or not reply:
+            raise UnexpectedReply(f"acquire.lua returned {reply!r}")
         try:
             outcome = AcquireOutcome(int(reply[0]))
         except ValueError:
@@ -214,15 +223,25 @@ class RedisFront:
         conflicts = [lease.slots[int(i) - 1] for i in reply[1:]] if outcome is AcquireOutcome.CONFLICT else []
         return AcquireResult(outcome, conflicts)
 
-    async def extend(self, lease: Lease, ttl_ms: int, idempotency_record_key: str | None = None,
-                     request_fp: str | None = None) -> int | None:
+    async def extend(
+        self,
+        lease: Lease,
+        ttl_ms: int,
+        idempotency_record_key: str | None = None,
+        request_fp: str | None = None,
+    ) -> int | None:
         """After the commit: stretch the leases to `ttl_ms` and record the idempotency key. Best effort:
         a failure leaves the pending leases to lapse, and Postgres still turns rivals away."""
         keys_ = list(lease.slot_keys)
         if idempotency_record_key is not None:
             keys_.append(idempotency_record_key)
-        args = [lease.value, max(1, ttl_ms), len(lease.slots), request_fp or "",
-                self._settings.idempotency_retention_s * 1000]
+        args = [
+            lease.value,
+            max(1, ttl_ms),
+            len(lease.slots),
+            request_fp or "",
+            self._settings.idempotency_retention_s * 1000,
+        ]
         return await self._best_effort("extend", keys_, args)
 
     async def release(self, lease: Lease) -> int | None:
@@ -253,7 +272,9 @@ class RedisFront:
             reply = await self._call(name, keys_, args)
         except (RedisUnavailable, Overloaded):
             return None
-        return int(reply)
+        if not isinstance(reply, int):
+            raise UnexpectedReply(f"{name}.lua returned {reply!r}")
+        return reply
 
     async def _call(self, name: str, keys_: list[str], args: list[object]) -> list[int] | int:
         if not self.breaker.allow():

@@ -1,9 +1,12 @@
-"""Where the SQL migrations and Lua scripts are: inside the package in a wheel, at the repository top otherwise."""
+"""Where the SQL migrations and Lua scripts are: in the package in a wheel, else at the repository top."""
 
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_REPOSITORY_DIRS = {"migrations": _PACKAGE_DIR.parent / "db" / "migrations", "lua": _PACKAGE_DIR.parent / "lua"}
+_REPOSITORY_DIRS = {
+    "migrations": _PACKAGE_DIR.parent / "db" / "migrations",
+    "lua": _PACKAGE_DIR.parent / "lua",
+}
 
 
 def resource_dir(name: str) -> Path:

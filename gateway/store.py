@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway import sql
 from gateway.config import Settings
@@ -175,7 +176,7 @@ class Store:
         await self._pool.close()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator["PoolConnectionProxy[asyncpg.Record]"]:
         try:
             async with self._pool.acquire(timeout=self._settings.db_acquire_timeout_s) as conn:
                 yield conn
@@ -270,7 +271,8 @@ class Store:
         return purged
 
 
-def _claim_result(record: asyncpg.Record) -> ClaimResult:
+def _claim_result(record: asyncpg.Record | None) -> ClaimResult:
+    assert record is not None  # claim_hold always returns one row
     return ClaimResult(
         created=record["created"],
         idempotency_recorded=record["idempotency_recorded"],

@@ -33,16 +33,23 @@ class Gateway:
         service: HoldService = self.server.config.loaded_app.app.state.holds  # type: ignore[union-attr]
         return service
 
-    async def hold(self, event_id: str, slots: list[str], holder: str = "alice", **extra: Any) -> httpx.Response:
+    async def hold(
+        self, event_id: str, slots: list[str], holder: str = "alice", **extra: Any
+    ) -> httpx.Response:
         return await self.post("/v1/holds", {"event_id": event_id, "slots": slots, "holder": holder, **extra})
 
     async def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
-        """POST on a connection of its own. httpx's pool slows down sharply with hundreds of connections opened
-        at once (its bookkeeping grows with the square of them), which would make the storm the client's."""
+        """POST on a connection of its own. httpx's pool slows down sharply with hundreds of connections
+        opened at once (its bookkeeping grows with their square), which would make the storm the client's."""
         port = int(self.url.rpartition(":")[2])
         payload = json.dumps(body).encode()
-        head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json",
-                f"Content-Length: {len(payload)}", "Connection: close"]
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+            "Connection: close",
+        ]
         head += [f"{name}: {value}" for name, value in (headers or {}).items()]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -53,7 +60,9 @@ class Gateway:
             await writer.wait_closed()
         status_line, _, rest = raw.partition(b"\r\n")
         header_block, _, content = rest.partition(b"\r\n\r\n")
-        response_headers = [tuple(line.decode("latin-1").split(": ", 1)) for line in header_block.split(b"\r\n")]
+        response_headers = [
+            tuple(line.decode("latin-1").split(": ", 1)) for line in header_block.split(b"\r\n")
+        ]
         return httpx.Response(int(status_line.split()[1]), headers=response_headers, content=content)
 
 
@@ -62,8 +71,14 @@ async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     """Serve create_app(settings) on a free port in this event loop, with a client of generous limits."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-        access_log=False, loop="none", backlog=4096,
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        loop="none",
+        backlog=4096,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -84,7 +99,9 @@ async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             await task
 
 
-async def released_together(count: int, request: Callable[[int], Awaitable[httpx.Response]]) -> list[httpx.Response]:
+async def released_together(
+    count: int, request: Callable[[int], Awaitable[httpx.Response]]
+) -> list[httpx.Response]:
     """Fire `count` requests that all wait at one barrier before sending."""
     barrier = asyncio.Barrier(count)
 

@@ -11,12 +11,16 @@ from tests.support import Gateway, active_holds_per_slot, released_together, sta
 
 @pytest.fixture(params=["redis-front", "db-only"], name="any_gateway")
 def fx_any_gateway(request: pytest.FixtureRequest) -> Gateway:
-    gateway: Gateway = request.getfixturevalue("gateway" if request.param == "redis-front" else "db_only_gateway")
+    gateway: Gateway = request.getfixturevalue(
+        "gateway" if request.param == "redis-front" else "db_only_gateway"
+    )
     return gateway
 
 
 @pytest.mark.parametrize("contenders", [2, 50, 200])
-async def test_concurrent_holds_on_one_slot_have_exactly_one_winner(any_gateway: Gateway, contenders: int) -> None:
+async def test_concurrent_holds_on_one_slot_have_exactly_one_winner(
+    any_gateway: Gateway, contenders: int
+) -> None:
     responses = await released_together(
         contenders, lambda i: any_gateway.hold("show-1", ["A-1"], holder=f"user-{i}")
     )
@@ -63,13 +67,15 @@ async def test_concurrent_duplicates_with_one_idempotency_key_create_one_hold(an
     payload = {"event_id": "show-1", "slots": ["A-1", "A-2"], "holder": "alice"}
 
     responses = await released_together(
-        20, lambda _: any_gateway.client.post("/v1/holds", json=payload, headers={"Idempotency-Key": "order-1"})
+        20,
+        lambda _: any_gateway.client.post("/v1/holds", json=payload, headers={"Idempotency-Key": "order-1"}),
     )
 
     assert statuses(responses) == {201: 20}
     assert len({r.json()["id"] for r in responses}) == 1
     assert await active_holds_per_slot(any_gateway.settings.database_url or "") == {
-        ("show-1", "A-1"): 1, ("show-1", "A-2"): 1
+        ("show-1", "A-1"): 1,
+        ("show-1", "A-2"): 1,
     }
 
 

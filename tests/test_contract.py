@@ -8,8 +8,18 @@ import pytest
 from tests.support import Gateway
 
 RFC3339_UTC = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\Z")
-HOLD_FIELDS = {"id", "event_id", "slots", "holder", "status", "created_at", "expires_at", "ttl_ms",
-               "confirmed_at", "cancelled_at"}
+HOLD_FIELDS = {
+    "id",
+    "event_id",
+    "slots",
+    "holder",
+    "status",
+    "created_at",
+    "expires_at",
+    "ttl_ms",
+    "confirmed_at",
+    "cancelled_at",
+}
 
 
 async def test_create_returns_201_with_location_and_the_hold(gateway: Gateway) -> None:
@@ -23,7 +33,8 @@ async def test_create_returns_201_with_location_and_the_hold(gateway: Gateway) -
     assert (hold["event_id"], hold["holder"], hold["status"]) == ("show-42", "user-123", "held")
     assert sorted(hold["slots"]) == ["A-12", "A-13"]
     assert 119_000 < hold["ttl_ms"] <= 120_000
-    assert hold["confirmed_at"] is None and hold["cancelled_at"] is None
+    assert hold["confirmed_at"] is None
+    assert hold["cancelled_at"] is None
     for field in ("created_at", "expires_at"):
         assert RFC3339_UTC.match(hold[field]), hold[field]
     created = datetime.fromisoformat(hold["created_at"])
@@ -106,8 +117,14 @@ async def test_confirm_then_confirm_again_is_idempotent(gateway: Gateway) -> Non
     assert RFC3339_UTC.match(first.json()["confirmed_at"])
     assert again.json()["confirmed_at"] == first.json()["confirmed_at"]
     state = (await gateway.client.get("/v1/events/show-1/slots/A-1")).json()
-    assert state == {"event_id": "show-1", "slot_id": "A-1", "state": "confirmed", "hold_id": hold["id"],
-                     "expires_at": None, "ttl_ms": None}
+    assert state == {
+        "event_id": "show-1",
+        "slot_id": "A-1",
+        "state": "confirmed",
+        "hold_id": hold["id"],
+        "expires_at": None,
+        "ttl_ms": None,
+    }
 
 
 async def test_confirm_by_another_holder_is_403_and_changes_nothing(gateway: Gateway) -> None:
@@ -122,7 +139,9 @@ async def test_confirm_by_another_holder_is_403_and_changes_nothing(gateway: Gat
 
 async def test_confirm_and_cancel_unknown_hold_is_404(gateway: Gateway) -> None:
     for action in ("confirm", "cancel"):
-        response = await gateway.client.post(f"/v1/holds/AAAAAAAAAAAAAAAAAAAAAA/{action}", json={"holder": "a"})
+        response = await gateway.client.post(
+            f"/v1/holds/AAAAAAAAAAAAAAAAAAAAAA/{action}", json={"holder": "a"}
+        )
         assert response.status_code == 404
 
 
@@ -176,8 +195,14 @@ async def test_cancel_twice_is_idempotent_and_wrong_holder_is_403(gateway: Gatew
 
 async def test_slot_state_free_and_held_never_shows_the_holder(gateway: Gateway) -> None:
     free = (await gateway.client.get("/v1/events/show-1/slots/A-1")).json()
-    assert free == {"event_id": "show-1", "slot_id": "A-1", "state": "free", "hold_id": None,
-                    "expires_at": None, "ttl_ms": None}
+    assert free == {
+        "event_id": "show-1",
+        "slot_id": "A-1",
+        "state": "free",
+        "hold_id": None,
+        "expires_at": None,
+        "ttl_ms": None,
+    }
 
     hold = (await gateway.hold("show-1", ["A-1"], holder="secret-holder", ttl_seconds=60)).json()
     response = await gateway.client.get("/v1/events/show-1/slots/A-1")
@@ -204,5 +229,12 @@ async def test_openapi_schema_is_served(gateway: Gateway) -> None:
 
     assert response.status_code == 200
     paths = response.json()["paths"]
-    assert {"/v1/holds", "/v1/holds/{hold_id}", "/v1/holds/{hold_id}/confirm", "/v1/holds/{hold_id}/cancel",
-            "/v1/events/{event_id}/slots/{slot_id}", "/health", "/ready"} <= set(paths)
+    assert {
+        "/v1/holds",
+        "/v1/holds/{hold_id}",
+        "/v1/holds/{hold_id}/confirm",
+        "/v1/holds/{hold_id}/cancel",
+        "/v1/events/{event_id}/slots/{slot_id}",
+        "/health",
+        "/ready",
+    } <= set(paths)

@@ -1,4 +1,4 @@
-"""Expiry: lapsed holds read as expired at once, their slots can be taken at once, and the sweeper marks them."""
+"""Expiry: a lapsed hold reads as expired and frees its slots at once; the sweeper marks it later."""
 
 import asyncio
 import random
@@ -62,11 +62,15 @@ async def test_slot_of_a_lapsed_hold_can_be_taken_at_once(unswept_gateway: Gatew
 
     assert new.status_code == 201
     assert (await unswept_gateway.client.get(f"/v1/holds/{old['id']}")).json()["status"] == "expired"
-    assert (await unswept_gateway.client.get("/v1/events/show-1/slots/A-2")).json()["hold_id"] == new.json()["id"]
+    assert (await unswept_gateway.client.get("/v1/events/show-1/slots/A-2")).json()["hold_id"] == new.json()[
+        "id"
+    ]
     # The old hold's other slot is free too, and the lapsed hold can no longer be confirmed or cancelled.
     assert (await unswept_gateway.client.get("/v1/events/show-1/slots/A-1")).json()["state"] == "free"
     for action in ("confirm", "cancel"):
-        response = await unswept_gateway.client.post(f"/v1/holds/{old['id']}/{action}", json={"holder": "alice"})
+        response = await unswept_gateway.client.post(
+            f"/v1/holds/{old['id']}/{action}", json={"holder": "alice"}
+        )
         assert response.status_code == 409
         assert response.json()["current_status"] == "expired"
 
@@ -88,7 +92,9 @@ async def test_sweeper_marks_lapsed_holds_expired(database_url: str, redis_url: 
         assert await stored_status(database_url, keeper["id"]) == "held"
         conn = await asyncpg.connect(database_url)
         try:
-            slot_statuses = await conn.fetch("SELECT DISTINCT status FROM hold_slots WHERE slot_id LIKE 'A-%'")
+            slot_statuses = await conn.fetch(
+                "SELECT DISTINCT status FROM hold_slots WHERE slot_id LIKE 'A-%'"
+            )
         finally:
             await conn.close()
         assert [r["status"] for r in slot_statuses] == ["expired"]
@@ -97,8 +103,10 @@ async def test_sweeper_marks_lapsed_holds_expired(database_url: str, redis_url: 
 async def test_confirm_racing_expiry_and_a_rival_never_gives_two_winners(unswept_gateway: Gateway) -> None:
     """Confirms and rival holds land around each hold's expires_at: per slot, one of them wins, never both."""
     rng = random.Random(11)
-    holds = [(await unswept_gateway.hold("race", [f"R-{i}"], holder="alice", ttl_seconds=1)).json()
-             for i in range(30)]
+    holds = [
+        (await unswept_gateway.hold("race", [f"R-{i}"], holder="alice", ttl_seconds=1)).json()
+        for i in range(30)
+    ]
 
     async def race(hold: dict[str, str], slot: str) -> tuple[int, int]:
         await sleep_until(datetime.fromisoformat(hold["expires_at"]))

@@ -15,7 +15,9 @@ from tests.support import Gateway, active_holds_per_slot, released_together, run
 
 
 @pytest.fixture(name="gateway_on_own_redis")
-async def fx_gateway_on_own_redis(database_url: str, own_redis: LocalRedis, key_prefix: str) -> AsyncIterator[Gateway]:
+async def fx_gateway_on_own_redis(
+    database_url: str, own_redis: LocalRedis, key_prefix: str
+) -> AsyncIterator[Gateway]:
     async with running_gateway(make_settings(database_url, own_redis.url, key_prefix)) as gateway:
         yield gateway
 
@@ -42,7 +44,9 @@ async def test_redis_down_at_start_serves_from_postgres(database_url: str, key_p
     assert await active_holds_per_slot(database_url) == {("show-1", "A-1"): 1, ("show-1", "B-1"): 1}
 
 
-async def test_redis_killed_mid_run_then_restarted(gateway_on_own_redis: Gateway, own_redis: LocalRedis) -> None:
+async def test_redis_killed_mid_run_then_restarted(
+    gateway_on_own_redis: Gateway, own_redis: LocalRedis
+) -> None:
     gateway = gateway_on_own_redis
     before = (await gateway.hold("show-1", ["A-1"], holder="early")).json()
 
@@ -111,5 +115,6 @@ async def test_lease_lost_in_redis_is_refused_by_postgres_and_relearned(
     assert first_rival.status_code == 409
     assert first_rival.json()["conflicts"] == ["A-2"]
     assert relearned[0] == relearned[1]
-    assert relearned[0] is not None and relearned[0].endswith(":" + holder_fingerprint("alice"))
+    assert relearned[0] is not None
+    assert relearned[0].endswith(":" + holder_fingerprint("alice"))
     assert 290_000 < ttl_ms <= 300_000

@@ -50,7 +50,9 @@ BAD_BODIES = [
 
 async def assert_nothing_written(gateway: Gateway) -> None:
     assert await row_counts(gateway.settings.database_url or "") == {
-        "holds": 0, "hold_slots": 0, "idempotency_keys": 0
+        "holds": 0,
+        "hold_slots": 0,
+        "idempotency_keys": 0,
     }
     assert await redis_keys(gateway.settings.redis_url or "", gateway.settings.redis_key_prefix) == []
 
@@ -72,11 +74,21 @@ async def test_bad_body_is_422_naming_the_field_and_changes_nothing(
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{", b"not json", b"", b"[]", b'"a string"', b"null", b'{"event_id": "\\ud800", "slots": ["A"], "holder": "a"}'],
+    [
+        b"{",
+        b"not json",
+        b"",
+        b"[]",
+        b'"a string"',
+        b"null",
+        b'{"event_id": "\\ud800", "slots": ["A"], "holder": "a"}',
+    ],
     ids=["truncated", "not json", "empty", "array", "string", "null", "lone surrogate"],
 )
 async def test_malformed_body_is_4xx_problem_and_changes_nothing(gateway: Gateway, raw: bytes) -> None:
-    response = await gateway.client.post("/v1/holds", content=raw, headers={"content-type": "application/json"})
+    response = await gateway.client.post(
+        "/v1/holds", content=raw, headers={"content-type": "application/json"}
+    )
 
     assert response.status_code in (400, 422), response.text
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -86,7 +98,9 @@ async def test_malformed_body_is_4xx_problem_and_changes_nothing(gateway: Gatewa
 
 async def test_holder_with_lone_surrogate_is_rejected_before_any_io(gateway: Gateway) -> None:
     raw = b'{"event_id": "show-1", "slots": ["A-1"], "holder": "a\\udc00"}'
-    response = await gateway.client.post("/v1/holds", content=raw, headers={"content-type": "application/json"})
+    response = await gateway.client.post(
+        "/v1/holds", content=raw, headers={"content-type": "application/json"}
+    )
 
     assert response.status_code in (400, 422), response.text
     await assert_nothing_written(gateway)
@@ -107,11 +121,11 @@ async def test_body_over_the_limit_is_413_and_changes_nothing(gateway: Gateway) 
     await assert_nothing_written(gateway)
 
 
-@pytest.mark.parametrize("key", ["", "k" * 256, "tab\there", "ключ"], ids=["empty", "256 chars", "tab", "non-ascii"])
+@pytest.mark.parametrize(
+    "key", ["", "k" * 256, "tab\there", "ключ"], ids=["empty", "256 chars", "tab", "non-ascii"]
+)
 async def test_bad_idempotency_key_is_422_naming_the_header(gateway: Gateway, key: str) -> None:
-    response = await gateway.client.post(
-        "/v1/holds", json=GOOD, headers=[(b"Idempotency-Key", key.encode())]
-    )
+    response = await gateway.client.post("/v1/holds", json=GOOD, headers=[(b"Idempotency-Key", key.encode())])
 
     assert response.status_code == 422, response.text
     assert "Idempotency-Key" in response.json()["detail"]

@@ -20,7 +20,7 @@ def check_identifier(name: str, value: str) -> None:
 
 class SlotsController(Controller):
     path = "/v1/events/{event_id:str}/slots"
-    tags = ["slots"]
+    tags = ["slots"]  # noqa: RUF012 - Litestar's own class attribute
 
     @get("/{slot_id:str}", summary="The state of one slot")
     async def slot_state(self, state: State, event_id: FromPath[str], slot_id: FromPath[str]) -> SlotState:

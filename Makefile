@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test lint format typecheck check clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)  ## Serve the gateway on :8000 (embedded Postgres and Redis unless GATEWAY_*_URL are set)
+	$(BIN)/gateway serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --workers $${WORKERS:-1}
+
+test: $(STAMP)  ## Run the test suite against real Postgres and Redis servers it starts itself
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff check and format check
+	$(BIN)/ruff check gateway tests loadtests
+	$(BIN)/ruff format --check gateway tests loadtests
+
+format: $(STAMP)  ## ruff format
+	$(BIN)/ruff format gateway tests loadtests
+
+typecheck: $(STAMP)  ## mypy --strict on gateway/
+	$(BIN)/mypy gateway
+
+check: lint typecheck test  ## Everything CI runs
+
+clean:  ## Remove .venv and the embedded servers' data
+	rm -rf $(VENV) .gateway-data

@@ -1,0 +1,95 @@
+"""The Lua scripts and key names, against a real Redis."""
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+
+from gateway import keys
+from gateway.config import Settings
+from gateway.redis_front import SCRIPT_NAMES, AcquireOutcome, RedisFront
+from gateway.resources import resource_dir
+
+
+@pytest.fixture(name="front")
+async def fx_front(settings: Settings) -> AsyncIterator[RedisFront]:
+    front = await RedisFront.open(settings)
+    yield front
+    await front.close()
+
+
+def test_key_formats() -> None:
+    assert keys.slot_key("gw", "show-42", "A-12") == "gw:{show-42}:slot:A-12"
+    assert keys.idempotency_key("gw", "show-42", "alice", "k1") == (
+        "gw:{show-42}:idem:" + keys._digest("alice", "k1")
+    )
+    assert keys.holder_fingerprint("alice") == keys._digest("alice")[:16]
+    assert keys.lease_value("tok", "alice") == "tok:" + keys.holder_fingerprint("alice")
+
+
+def test_every_script_file_is_loaded_and_documents_its_contract() -> None:
+    files = sorted(path.stem for path in resource_dir("lua").glob("*.lua"))
+    assert files == sorted(SCRIPT_NAMES)
+    for name in SCRIPT_NAMES:
+        header = (resource_dir("lua") / f"{name}.lua").read_text().split("]]")[0]
+        for part in ("KEYS[", "ARGV[1]", "Returns"):
+            assert part in header, (name, part)
+
+
+async def test_scripts_work_after_script_flush(front: RedisFront, settings: Settings) -> None:
+    """Redis may lose its script cache (restart, SCRIPT FLUSH): EVALSHA's NOSCRIPT falls back to EVAL."""
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    lease = front.lease("show-1", ["A-2", "A-1"], "token-1", "alice")
+
+    acquired = await front.acquire(lease, 5_000, None, None)
+    extended = await front.extend(lease, 60_000)
+    released = await front.release(lease)
+
+    assert acquired.outcome is AcquireOutcome.ACQUIRED
+    assert (extended, released) == (2, 2)
+
+
+async def test_acquire_outcomes(front: RedisFront) -> None:
+    alice = front.lease("show-1", ["A-1", "A-2"], "token-a", "alice")
+    alice_again = front.lease("show-1", ["A-2", "A-1"], "token-a2", "alice")
+    bob = front.lease("show-1", ["A-0", "A-2", "A-3"], "token-b", "bob")
+
+    assert (await front.acquire(alice, 5_000, None, None)).outcome is AcquireOutcome.ACQUIRED
+    # The same token again (a retried call whose reply was lost) is not its own rival.
+    assert (await front.acquire(alice, 5_000, None, None)).outcome is AcquireOutcome.ACQUIRED
+    assert (await front.acquire(alice_again, 5_000, None, None)).outcome is AcquireOutcome.HELD_BY_HOLDER
+    conflict = await front.acquire(bob, 5_000, None, None)
+    assert conflict.outcome is AcquireOutcome.CONFLICT
+    assert conflict.conflicts == ["A-2"]
+    # All or nothing: bob's free slots were not leased.
+    bob_alone = front.lease("show-1", ["A-0", "A-3"], "token-c", "carol")
+    assert (await front.acquire(bob_alone, 5_000, None, None)).outcome is AcquireOutcome.ACQUIRED
+
+
+async def test_release_and_extend_only_touch_their_own_token(front: RedisFront, settings: Settings) -> None:
+    owner = front.lease("show-1", ["A-1"], "token-a", "alice")
+    impostor = front.lease("show-1", ["A-1"], "token-x", "alice")
+    await front.acquire(owner, 5_000, None, None)
+
+    assert await front.release(impostor) == 0
+    assert await front.extend(impostor, 60_000) == 0
+    client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    try:
+        assert await client.get(owner.slot_keys[0]) == owner.value
+        assert 0 < await client.pttl(owner.slot_keys[0]) <= 5_000
+    finally:
+        await client.aclose()
+
+
+async def test_idempotency_record_outcomes(front: RedisFront) -> None:
+    lease = front.lease("show-1", ["A-1"], "token-a", "alice")
+    record_key = front.idempotency_record_key("show-1", "alice", "key-1")
+    await front.acquire(lease, 5_000, record_key, "fp-1")
+    await front.extend(lease, 60_000, record_key, "fp-1")
+
+    assert (await front.acquire(lease, 5_000, record_key, "fp-1")).outcome is AcquireOutcome.REPLAY
+    assert (await front.acquire(lease, 5_000, record_key, "fp-2")).outcome is AcquireOutcome.KEY_REUSED
