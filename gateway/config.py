@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_timeout_s: PositiveFloat = 0.3
     # After a Redis failure, go straight to Postgres for this long, then let one request probe Redis.
     redis_retry_interval_s: PositiveFloat = 1.0
+    # Opening a connection is a few round trips (connect, HELLO, CLIENT SETINFO) that a busy loop stretches;
+    # the pool is opened in full at start, so this is paid on the request path only after Redis restarts.
+    redis_connect_timeout_s: PositiveFloat = 1.0
     # Each in-flight Redis call holds a connection; a 300-request burst on one worker needs that many.
     redis_max_connections: PositiveInt = 256
     # Waiting for a free Redis connection is local overload, not a Redis outage: past this, 503.

@@ -88,31 +88,28 @@ class IdempotencyKeyReused(GatewayError):
     title = "Idempotency key reused"
 
 
-class Overloaded(GatewayError):
-    """The gateway is overloaded; retry shortly."""
+class RetryLater(GatewayError):
+    """The request could not be served now; retry after `Retry-After` seconds."""
 
     status_code = 503
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        super().__init__()
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class Overloaded(RetryLater):
+    """The gateway is overloaded; retry shortly."""
+
     problem = "overloaded"
     title = "Overloaded"
 
-    def __init__(self, retry_after_s: int = 1) -> None:
-        super().__init__()
-        self.retry_after_s = retry_after_s
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
-
-
-class BackendUnavailable(GatewayError):
+class BackendUnavailable(RetryLater):
     """The database is unavailable; retry shortly."""
 
-    status_code = 503
     problem = "backend-unavailable"
     title = "Backend unavailable"
-
-    def __init__(self, retry_after_s: int = 1) -> None:
-        super().__init__()
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}

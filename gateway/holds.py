@@ -10,6 +10,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import msgspec
 
@@ -237,35 +238,36 @@ class HoldService:
         return hold.to_model()
 
     async def confirm(self, hold_id: str, holder: str) -> Hold:
-        transition = await self.store.confirm(hold_id, holder)
-        if transition is None:
-            raise HoldNotFound()
-        hold = transition.hold
-        if hold.holder != holder:
-            raise NotHolder()
-        if transition.changed:
-            log.info("hold %s confirmed", hold.id)
-            if self.front is not None:
-                lease = self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
-                await self.front.extend(lease, self.settings.confirmed_lease_ms)
-        elif hold.effective_status != "confirmed":
-            raise InvalidTransition("confirm", hold.effective_status)
+        hold, changed = await self._transition("confirm", hold_id, holder)
+        if changed and self.front is not None:
+            lease = self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
+            await self.front.extend(lease, self.settings.confirmed_lease_ms)
         return hold.to_model()
 
     async def cancel(self, hold_id: str, holder: str) -> Hold:
-        transition = await self.store.cancel(hold_id, holder)
+        hold, changed = await self._transition("cancel", hold_id, holder)
+        if changed and self.front is not None:
+            await self.front.release(self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder))
+        return hold.to_model()
+
+    async def _transition(
+        self, action: Literal["confirm", "cancel"], hold_id: str, holder: str
+    ) -> tuple[HoldRow, bool]:
+        """Run the transition in Postgres; the hold afterwards, and whether this call made the change.
+        Doing it again is fine (200, unchanged); any other status it cannot leave is a 409."""
+        run = self.store.confirm if action == "confirm" else self.store.cancel
+        transition = await run(hold_id, holder)
         if transition is None:
             raise HoldNotFound()
         hold = transition.hold
         if hold.holder != holder:
             raise NotHolder()
+        target = "confirmed" if action == "confirm" else "cancelled"
         if transition.changed:
-            log.info("hold %s cancelled", hold.id)
-            if self.front is not None:
-                await self.front.release(self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder))
-        elif hold.effective_status != "cancelled":
-            raise InvalidTransition("cancel", hold.effective_status)
-        return hold.to_model()
+            log.info("hold %s %s", hold.id, target)
+        elif hold.effective_status != target:
+            raise InvalidTransition(action, hold.effective_status)
+        return hold, transition.changed
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotState:
         row = await self.store.slot_state(event_id, slot_id)

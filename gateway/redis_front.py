@@ -136,7 +136,7 @@ class RedisFront:
             max_connections=settings.redis_max_connections,
             timeout=settings.redis_timeout_s,  # waiting for a free pooled connection
             socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_connect_timeout_s,
             retry=Retry(NoBackoff(), 0),  # no library retries: on failure, Postgres answers instead
             retry_on_timeout=False,
             health_check_interval=0,
@@ -150,7 +150,7 @@ class RedisFront:
         A Redis that is down now is not fatal: the gateway starts in db-only mode."""
         try:
             await self.load_scripts()
-            await self._open_connections(min(16, self._settings.redis_max_connections))
+            await self._open_connections(self._settings.redis_max_connections)
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
@@ -163,7 +163,8 @@ class RedisFront:
             script.sha = sha
 
     async def _open_connections(self, count: int) -> None:
-        # A burst of requests on cold connections would pay connect time on the request path.
+        # Open the whole pool now: a burst on cold connections pays connect time on the request path, and a
+        # connect stretched by a busy event loop past its timeout would read as a Redis outage.
         await asyncio.gather(*(self._client.ping() for _ in range(count)))
 
     async def close(self) -> None:
