@@ -9,7 +9,6 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -25,7 +24,7 @@ from gateway.errors import (
 )
 from gateway.models import CreateHold, Hold, SlotState
 from gateway.redis_front import AcquireOutcome, Lease, RedisFront, RedisUnavailable
-from gateway.store import HoldRow, SlotOwner, Store
+from gateway.store import HoldRow, SlotOwner, Store, remaining_ms
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +101,9 @@ class HoldService:
         if front is None:
             return await self._create_in_postgres(request, lease=None)
         lease = front.lease(request.event_id, request.slots, request.token, request.holder)
-        record_key = (
-            None
-            if request.idempotency_key is None
-            else front.idempotency_record_key(request.event_id, request.holder, request.idempotency_key)
-        )
         try:
             acquired = await front.acquire(
-                lease, self.settings.lease_pending_ms, record_key, request.request_hash
+                lease, self.settings.lease_pending_ms, _record_key(front, request), request.request_hash
             )
         except RedisUnavailable:
             return await self._create_in_postgres(request, lease=None)
@@ -201,13 +195,7 @@ class HoldService:
         if front is None:
             return
         lease = front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
-        record_key = (
-            None
-            if request.idempotency_key is None
-            else front.idempotency_record_key(hold.event_id, hold.holder, request.idempotency_key)
-        )
-        remaining_ms = int((hold.expires_at - hold.db_now).total_seconds() * 1000)
-        await front.extend(lease, remaining_ms, record_key, request.request_hash)
+        await front.extend(lease, hold.remaining_ms, _record_key(front, request), request.request_hash)
 
     async def _release(self, lease: Lease) -> None:
         if self.front is not None:
@@ -229,7 +217,7 @@ class HoldService:
     def _lease_ttl_ms(self, hold: HoldRow) -> int:
         if hold.status == "confirmed":
             return self.settings.confirmed_lease_ms
-        return max(1, int((hold.expires_at - hold.db_now).total_seconds() * 1000))
+        return max(1, hold.remaining_ms)
 
     async def get(self, hold_id: str) -> Hold:
         hold = await self.store.get_hold(hold_id)
@@ -282,12 +270,15 @@ class HoldService:
             state="held" if held else "confirmed",
             hold_id=row.hold_id,
             expires_at=row.expires_at if held else None,
-            ttl_ms=_remaining_ms(row.expires_at, row.db_now) if held else None,
+            ttl_ms=remaining_ms(row.expires_at, row.db_now) if held else None,
         )
 
 
-def _remaining_ms(expires_at: datetime, now: datetime) -> int:
-    return max(0, int((expires_at - now).total_seconds() * 1000))
+def _record_key(front: RedisFront, request: HoldRequest) -> str | None:
+    """The Redis key of the request's idempotency record, if it has an Idempotency-Key."""
+    if request.idempotency_key is None:
+        return None
+    return front.idempotency_record_key(request.event_id, request.holder, request.idempotency_key)
 
 
 def _same_holders_hold(owners: list[SlotOwner], request: HoldRequest) -> HoldRow | None:

@@ -30,6 +30,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def remaining_ms(expires_at: datetime, now: datetime) -> int:
+    """Milliseconds from `now` to `expires_at`, never negative."""
+    return max(0, int((expires_at - now).total_seconds() * 1000))
+
+
 @dataclass(frozen=True, slots=True)
 class HoldRow:
     """A hold as stored, with the database's clock at the time it was read."""
@@ -72,10 +77,13 @@ class HoldRow:
         return "expired" if self.lapsed else self.status
 
     @property
+    def remaining_ms(self) -> int:
+        """Time left before expires_at, by the database's clock; 0 once past it."""
+        return remaining_ms(self.expires_at, self.db_now)
+
+    @property
     def ttl_ms(self) -> int | None:
-        if self.effective_status != "held":
-            return None
-        return max(0, int((self.expires_at - self.db_now).total_seconds() * 1000))
+        return self.remaining_ms if self.effective_status == "held" else None
 
     def to_model(self) -> Hold:
         return Hold(
