@@ -7,17 +7,21 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from gateway import __version__
+from gateway import __version__, metrics
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController
+from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.slots import SlotsController
 from gateway.config import Settings
 from gateway.errors import PROBLEM_TYPE_BASE, GatewayError
 from gateway.holds import HoldService
+from gateway.observability import ObservedLitestar
+from gateway.ops import OpsService
 from gateway.redis_front import RedisFront
 from gateway.store import Store
 from gateway.sweeper import run_sweeper
@@ -38,10 +42,18 @@ def create_app(settings: Settings) -> Litestar:
         front = await RedisFront.open(settings) if settings.redis_url else None
         service = HoldService(store, front, settings)
         app.state.holds = service
+        app.state.ops = OpsService(service)
+        if settings.ops_token is None:
+            log.warning(
+                "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "
+                "who can reach this port"
+            )
+        metrics.worker_started()
         sweeper = asyncio.create_task(run_sweeper(store, settings), name="sweeper")
         try:
             yield
         finally:
+            metrics.worker_stopped()
             sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await sweeper
@@ -49,8 +61,17 @@ def create_app(settings: Settings) -> Litestar:
                 await front.close()
             await store.close()
 
-    return Litestar(
-        route_handlers=[HoldsController, SlotsController, health, ready],
+    app = ObservedLitestar(
+        route_handlers=[
+            HoldsController,
+            SlotsController,
+            OpsController,
+            health,
+            ready,
+            prometheus_metrics,
+            ops_page,
+            ops_page_asset,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _gateway_error,
@@ -60,7 +81,10 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Reservation gateway", version=__version__, path="/schema"),
         debug=False,
+        state=State({"settings": settings}),
     )
+    app.access_log_enabled = settings.access_log
+    return app
 
 
 def _problem(
@@ -123,6 +147,7 @@ def _validation_detail(exc: ValidationException) -> str:
                 message = str(item.get("message", ""))
                 key = item.get("key")
                 source = item.get("source")
+                source = getattr(source, "value", source)  # a ParamType enum for parameters
                 where = f"`{key}`" if key else "the body"
                 parts.append(
                     f"{where} ({source}): {message}" if source and source != "body" else f"{where}: {message}"

@@ -3,9 +3,11 @@
 import argparse
 import asyncio
 import logging
+import logging.config
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,6 +16,7 @@ import uvicorn
 from litestar import Litestar
 
 from gateway.config import ConfigError, Settings, settings_from_env
+from gateway.logs import logging_config
 from gateway.migrations import MigrationError, migrate_url
 
 log = logging.getLogger("gateway")
@@ -41,9 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    log_config = logging_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
 
     with ExitStack() as servers:
         settings = _with_embedded_servers(settings, servers)
@@ -59,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["GATEWAY_DATABASE_URL"] = _required(settings.database_url)
         if settings.redis_url:
             os.environ["GATEWAY_REDIS_URL"] = settings.redis_url
+        # Every worker writes its metrics here and /metrics sums them; a fresh folder per run, so counts start
+        # at zero and no dead worker's files linger. Set before any worker imports prometheus_client.
+        metrics_dir = servers.enter_context(tempfile.TemporaryDirectory(prefix="gateway-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         # uvicorn re-raises the signal that stopped it once it has shut down; turn SIGTERM into SystemExit so
         # the embedded servers are stopped on the way out rather than left running.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -70,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             loop="uvloop",
             http="httptools",
-            access_log=False,
+            access_log=False,  # the gateway logs each request itself, with its request id
+            log_config=log_config,
             log_level=settings.log_level.lower(),
         )
     return 0

@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -76,7 +76,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # `Retry-After` seconds on 503.
     retry_after_s: PositiveInt = 1
-    log_level: str = "INFO"
+
+    # Operations. With a token, /v1/holds (the listing), /v1/stats, /v1/events/{e}/stats, /ops and
+    # /metrics require it (`Authorization: Bearer <token>`); without one they are open, and the gateway
+    # says so at start.
+    ops_token: Annotated[str, Meta(min_length=16)] | None = None
+    # Page sizes of the operations listings.
+    list_default_limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    # The Redis/Postgres agreement check in /v1/stats compares at most this many live slots.
+    agreement_sample_size: Annotated[int, Meta(ge=0, le=100_000)] = 10_000
+
+    # Logging: `json` (one object per line) or `text`; one line per request unless access_log is off.
+    log_level: Annotated[str, Meta(pattern=r"\A(?i:debug|info|warning|error)\Z")] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
 
     def __post_init__(self) -> None:
         if self.min_ttl_s > self.max_ttl_s:

@@ -113,3 +113,15 @@ class BackendUnavailable(RetryLater):
 
     problem = "backend-unavailable"
     title = "Backend unavailable"
+
+
+class Unauthorized(GatewayError):
+    """This route needs the operations token: `Authorization: Bearer <GATEWAY_OPS_TOKEN>`."""
+
+    status_code = 401
+    problem = "unauthorized"
+    title = "Unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        # Basic lets a browser prompt for the token on /ops (any user name; the token as password).
+        return {"WWW-Authenticate": 'Bearer realm="gateway-ops", Basic realm="gateway-ops"'}

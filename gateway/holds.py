@@ -13,6 +13,7 @@ from typing import Literal
 
 import msgspec
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import (
     HoldNotFound,
@@ -22,6 +23,7 @@ from gateway.errors import (
     NotHolder,
     SlotUnavailable,
 )
+from gateway.logs import note_request
 from gateway.models import CreateHold, Hold, SlotState
 from gateway.redis_front import AcquireOutcome, Lease, RedisFront, RedisUnavailable
 from gateway.store import HoldRow, SlotOwner, Store, remaining_ms
@@ -109,8 +111,11 @@ class HoldService:
             return await self._create_in_postgres(request, lease=None)
         match acquired.outcome:
             case AcquireOutcome.CONFLICT:
+                metrics.HOLDS_REJECTED.labels("redis").inc()
+                note_request(layer="redis")
                 raise SlotUnavailable(acquired.conflicts)
             case AcquireOutcome.KEY_REUSED:
+                note_request(layer="redis")
                 raise IdempotencyKeyReused()
             case AcquireOutcome.REPLAY:
                 replay = await self._replay(request)
@@ -124,6 +129,7 @@ class HoldService:
                 return await self._create_in_postgres(request, lease=lease)
 
     async def _create_in_postgres(self, request: HoldRequest, lease: Lease | None) -> HoldResponse:
+        note_request(layer="postgres")
         hold_id = new_hold_id()
         try:
             result = await self.store.claim(
@@ -157,7 +163,13 @@ class HoldService:
                 db_now=result.db_now,
             )
             await self._extend_after_commit(hold, request)
-            log.info("hold %s created: event %s, %d slots", hold_id, request.event_id, len(request.slots))
+            metrics.HOLDS_CREATED.inc()
+            note_request(hold_id=hold_id)
+            log.info(
+                "hold %s created",
+                hold_id,
+                extra={"hold_id": hold_id, "event_id": request.event_id, "slots": len(request.slots)},
+            )
             return HoldResponse(hold.to_model(), 201)
 
         # Not created: the slots are taken, or the Idempotency-Key was used before.
@@ -173,9 +185,11 @@ class HoldService:
         await self._adopt(owners)
         existing = _same_holders_hold(owners, request)
         if existing is not None:
+            note_request(hold_id=existing.id)
             return HoldResponse(existing.to_model(), 200)
         # A slot whose owner committed and then released between the claim and this read counts as taken:
         # the claim lost to it.
+        metrics.HOLDS_REJECTED.labels("postgres").inc()
         raise SlotUnavailable(taken)
 
     async def _replay(self, request: HoldRequest) -> HoldResponse | None:
@@ -188,6 +202,7 @@ class HoldService:
             raise IdempotencyKeyReused()
         hold = await self.store.get_hold(record.hold_id)
         assert hold is not None  # the record references the hold
+        note_request(hold_id=hold.id)
         return HoldResponse(hold.to_model(), record.status_code, replayed=True)
 
     async def _extend_after_commit(self, hold: HoldRow, request: HoldRequest) -> None:
@@ -227,6 +242,12 @@ class HoldService:
 
     async def confirm(self, hold_id: str, holder: str) -> Hold:
         hold, changed = await self._transition("confirm", hold_id, holder)
+        if changed:
+            assert hold.confirmed_at is not None
+            held_s = (hold.confirmed_at - hold.created_at).total_seconds()
+            metrics.HOLDS_CONFIRMED.inc()
+            metrics.HOLD_TIME_TO_CONFIRM_SECONDS.observe(held_s)
+            metrics.HOLD_LIFETIME_SECONDS.labels("confirmed").observe(held_s)
         if changed and self.front is not None:
             lease = self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
             await self.front.extend(lease, self.settings.confirmed_lease_ms)
@@ -234,6 +255,11 @@ class HoldService:
 
     async def cancel(self, hold_id: str, holder: str) -> Hold:
         hold, changed = await self._transition("cancel", hold_id, holder)
+        if changed:
+            metrics.HOLDS_CANCELLED.inc()
+            if hold.confirmed_at is None and hold.cancelled_at is not None:  # it ends its life as a hold now
+                held_s = (hold.cancelled_at - hold.created_at).total_seconds()
+                metrics.HOLD_LIFETIME_SECONDS.labels("cancelled").observe(held_s)
         if changed and self.front is not None:
             await self.front.release(self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder))
         return hold.to_model()
@@ -243,6 +269,7 @@ class HoldService:
     ) -> tuple[HoldRow, bool]:
         """Run the transition in Postgres; the hold afterwards, and whether this call made the change.
         Doing it again is fine (200, unchanged); any other status it cannot leave is a 409."""
+        note_request(hold_id=hold_id, layer="postgres")
         run = self.store.confirm if action == "confirm" else self.store.cancel
         transition = await run(hold_id, holder)
         if transition is None:
@@ -252,7 +279,7 @@ class HoldService:
             raise NotHolder()
         target = "confirmed" if action == "confirm" else "cancelled"
         if transition.changed:
-            log.info("hold %s %s", hold.id, target)
+            log.info("hold %s %s", hold.id, target, extra={"hold_id": hold.id, "status": target})
         elif hold.effective_status != target:
             raise InvalidTransition(action, hold.effective_status)
         return hold, transition.changed

@@ -77,3 +77,73 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     database: Literal["up", "down"]
     redis: Literal["up", "down"]
     mode: Literal["redis-front", "db-only"]
+    # Why the gateway is in db-only mode: Redis not configured, or its last failure.
+    mode_reason: str | None = None
+
+
+Mode = Literal["redis-front", "db-only"]
+
+
+class HoldPage(msgspec.Struct, frozen=True, kw_only=True):
+    holds: list[Hold]
+    # Pass as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
+
+
+class SlotPage(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    slots: list[SlotState]
+    next_cursor: str | None
+
+
+class HoldCounts(msgspec.Struct, frozen=True, kw_only=True):
+    active: int  # held and not yet expired
+    confirmed: int
+    confirmed_slots: int
+    expiring_within_10s: int
+    expiring_within_60s: int
+    expired_last_minute: int
+
+
+class SweeperLag(msgspec.Struct, frozen=True, kw_only=True):
+    # How far past its expiry the oldest held row is that the sweeper has not marked yet; 0 when caught up.
+    lag_ms: int
+    oldest_lapsed_expires_at: datetime | None
+
+
+class RoundTrips(msgspec.Struct, frozen=True, kw_only=True):
+    postgres_ms: float | None  # null: it did not answer
+    redis_ms: float | None
+
+
+class Agreement(msgspec.Struct, frozen=True, kw_only=True):
+    """Live slots in Postgres compared with the leases in Redis (at most `agreement_sample_size` slots)."""
+
+    checked_slots: int
+    complete: bool  # false when there were more live slots than were checked
+    leased: int  # Redis holds the lease of the hold Postgres has
+    missing: int  # no lease: harmless, the next rival asks Postgres, which puts the lease back
+    other_token: int  # a lease of another hold: Redis would turn away requests Postgres would too, or lie
+
+
+class Counters(msgspec.Struct, frozen=True, kw_only=True):
+    """Totals since the gateway started, over all its workers and all events."""
+
+    holds_created: int
+    rejected_by_redis: int
+    rejected_by_postgres: int
+    holds_confirmed: int
+    holds_cancelled: int
+    holds_expired: int
+
+
+class Stats(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str | None  # null: all events
+    mode: Mode
+    mode_reason: str | None  # why the gateway is in db-only mode
+    holds: HoldCounts
+    sweeper: SweeperLag
+    round_trip_ms: RoundTrips
+    agreement: Agreement | None  # null when Redis is not in use or did not answer
+    counters: Counters
+    generated_at: datetime  # by the database's clock

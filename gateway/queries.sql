@@ -144,7 +144,8 @@ WHERE hs.event_id = $1
 
 -- expire_holds --
 -- Mark up to $1 lapsed held holds and their slot rows as expired. Locks hold rows (skipping any a confirm
--- or cancel holds), then their slot rows in slot order, like confirm and cancel. Returns the count.
+-- or cancel holds), then their slot rows in slot order, like confirm and cancel. Returns the lifetime in
+-- seconds of each hold it expired.
 WITH due AS (
     SELECT id
     FROM holds
@@ -165,9 +166,9 @@ WITH due AS (
 ), expired AS (
     UPDATE holds SET status = 'expired'
     WHERE id IN (SELECT id FROM due)
-    RETURNING id
+    RETURNING extract(epoch FROM expires_at - created_at)::float8 AS lifetime_s
 )
-SELECT count(*) AS expired FROM expired;
+SELECT coalesce(array_agg(lifetime_s), '{}') AS lifetimes_s FROM expired;
 
 -- purge_idempotency_keys --
 -- Delete up to $2 idempotency records older than $1 seconds. Returns the count.
@@ -184,6 +185,81 @@ WITH old AS (
     RETURNING 1
 )
 SELECT count(*) AS purged FROM purged;
+
+-- list_holds --
+-- Holds in expiry order after a keyset cursor, filtered. $1 event id, $2 holder, $3 status (as read: a lapsed
+-- held hold is 'expired'), $4 expiring within ms (live held holds only), $5 and $6 the cursor's expires_at
+-- and id, $7 limit. Every filter may be null.
+SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+       now() AS db_now
+FROM holds
+WHERE ($1::text IS NULL OR event_id = $1)
+  AND ($2::text IS NULL OR holder = $2)
+  AND ($3::text IS NULL
+       OR ($3 = 'held' AND status = 'held' AND expires_at > now())
+       OR ($3 = 'expired' AND (status = 'expired' OR (status = 'held' AND expires_at <= now())))
+       OR ($3 IN ('confirmed', 'cancelled') AND status = $3))
+  AND ($4::bigint IS NULL
+       OR (status = 'held' AND expires_at > now() AND expires_at <= now() + $4 * interval '1 millisecond'))
+  AND ($5::timestamptz IS NULL OR (expires_at, id) > ($5, $6::text))
+ORDER BY expires_at, id
+LIMIT $7;
+
+-- event_slots --
+-- Every slot of event $1 that has or had a hold, in slot order after cursor $2: its live hold if any.
+-- $3 state ('free', 'held' or 'confirmed') or null, $4 limit.
+SELECT slot_id, hold_id, status, expires_at, db_now
+FROM (
+    SELECT DISTINCT ON (hs.slot_id)
+           hs.slot_id,
+           hs.hold_id,
+           CASE WHEN hs.status = 'confirmed' OR (hs.status = 'held' AND hs.expires_at > now())
+                THEN hs.status ELSE 'free' END AS status,
+           hs.expires_at,
+           now() AS db_now
+    FROM hold_slots AS hs
+    WHERE hs.event_id = $1 AND ($2::text IS NULL OR hs.slot_id > $2)
+    -- a slot has at most one live row; put it first
+    ORDER BY hs.slot_id, (hs.status = 'confirmed' OR (hs.status = 'held' AND hs.expires_at > now())) DESC
+) AS slots
+WHERE $3::text IS NULL OR status = $3
+ORDER BY slot_id
+LIMIT $4;
+
+-- hold_stats --
+-- Counts for operations, over all events or event $1. Held holds are read through their partial index, and
+-- the last minute through the expiry index; confirmed holds are counted by their rows.
+WITH held AS (
+    SELECT expires_at
+    FROM holds
+    WHERE status = 'held' AND ($1::text IS NULL OR event_id = $1)
+)
+SELECT
+    (SELECT count(*) FROM held WHERE expires_at > now()) AS active_holds,
+    (SELECT count(*) FROM held
+     WHERE expires_at > now() AND expires_at <= now() + interval '10 seconds') AS expiring_within_10s,
+    (SELECT count(*) FROM held
+     WHERE expires_at > now() AND expires_at <= now() + interval '60 seconds') AS expiring_within_60s,
+    (SELECT min(expires_at) FROM held WHERE expires_at <= now()) AS oldest_lapsed_expires_at,
+    (SELECT count(*) FROM holds
+     WHERE expires_at > now() - interval '1 minute' AND expires_at <= now()
+       AND status IN ('held', 'expired') AND ($1::text IS NULL OR event_id = $1)) AS expired_last_minute,
+    (SELECT count(*) FROM holds
+     WHERE status = 'confirmed' AND ($1::text IS NULL OR event_id = $1)) AS confirmed_holds,
+    (SELECT count(*) FROM hold_slots
+     WHERE status = 'confirmed' AND ($1::text IS NULL OR event_id = $1)) AS confirmed_slots,
+    now() AS db_now;
+
+-- live_slot_tokens --
+-- Up to $2 live slots (held and unexpired, or confirmed), over all events or event $1, with their hold's
+-- lease token: what Redis should hold. For the Redis/Postgres agreement check.
+SELECT hs.event_id, hs.slot_id, h.token
+FROM hold_slots AS hs
+JOIN holds AS h ON h.id = hs.hold_id
+WHERE hs.status IN ('held', 'confirmed')
+  AND NOT (hs.status = 'held' AND hs.expires_at <= now())
+  AND ($1::text IS NULL OR hs.event_id = $1)
+LIMIT $2;
 
 -- ping --
 -- A round trip to the database.

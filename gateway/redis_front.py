@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from gateway import keys
+from gateway import keys, metrics
 from gateway.config import Settings
 from gateway.errors import Overloaded
 from gateway.resources import resource_dir
@@ -81,6 +81,8 @@ class CircuitBreaker:
         self._retry_interval_s = retry_interval_s
         self._opened_at: float | None = None
         self._probe_in_flight = False
+        # Why the breaker is open: the last failure, for /ready, /v1/stats and the logs.
+        self.reason: str | None = None
 
     @property
     def is_closed(self) -> bool:
@@ -96,21 +98,26 @@ class CircuitBreaker:
         return True
 
     def record_success(self) -> None:
-        if self._opened_at is not None and self._probe_in_flight:
-            log.info("redis is back: leaving db-only mode")
-        if self._probe_in_flight or self._opened_at is not None:
+        if self._opened_at is not None:
+            log.info("redis is back: leaving db-only mode", extra={"mode": "redis-front"})
+            metrics.DEGRADED.set(0)
+            metrics.MODE_TRANSITIONS.labels("redis-front").inc()
             self._opened_at = None
+            self.reason = None
         self._probe_in_flight = False
 
     def release_probe(self) -> None:
         """The probe never reached Redis (local overload): let the next call probe instead."""
         self._probe_in_flight = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, reason: str) -> None:
         if self._opened_at is None:
-            log.warning("redis unavailable: db-only mode")
+            log.warning("redis unavailable: db-only mode (%s)", reason, extra={"mode": "db-only"})
+            metrics.DEGRADED.set(1)
+            metrics.MODE_TRANSITIONS.labels("db-only").inc()
         self._opened_at = time.monotonic()
         self._probe_in_flight = False
+        self.reason = reason
 
 
 class RedisFront:
@@ -154,8 +161,7 @@ class RedisFront:
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
-            log.warning("redis not reachable at start (%s): db-only mode", exc)
-            self.breaker.record_failure()
+            self.breaker.record_failure(f"not reachable at start: {type(exc).__name__}: {exc}")
 
     async def load_scripts(self) -> None:
         for script in self._scripts.values():
@@ -282,7 +288,11 @@ class RedisFront:
             raise RedisUnavailable("circuit open")
         try:
             async with self._connection_slot():
-                reply: list[int] | int = await self._scripts[name](keys=keys_, args=args)  # type: ignore[arg-type]
+                started = time.perf_counter()
+                try:
+                    reply: list[int] | int = await self._scripts[name](keys=keys_, args=args)  # type: ignore[arg-type]
+                finally:
+                    metrics.REDIS_CALL_SECONDS.labels(name).observe(time.perf_counter() - started)
         except Overloaded:
             self.breaker.release_probe()
             raise
@@ -293,8 +303,28 @@ class RedisFront:
         return reply
 
     def _failed(self, operation: str, exc: BaseException) -> None:
-        log.warning("redis %s failed: %s: %s", operation, type(exc).__name__, exc)
-        self.breaker.record_failure()
+        reason = f"{operation} failed: {type(exc).__name__}: {exc}"
+        log.warning("redis %s", reason)
+        self.breaker.record_failure(reason)
+
+    async def lease_values(self, slots: Sequence[tuple[str, str]]) -> list[str | None]:
+        """The lease value on each (event id, slot id), None where there is none; one MGET per event, since
+        an event's keys share a hash tag. For the Redis/Postgres agreement check, not the request path."""
+        by_event: dict[str, list[int]] = {}
+        for index, (event_id, _) in enumerate(slots):
+            by_event.setdefault(event_id, []).append(index)
+        values: list[str | None] = [None] * len(slots)
+        try:
+            async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
+                for event_id, indexes in by_event.items():
+                    pipe.mget([keys.slot_key(self._prefix, event_id, slots[i][1]) for i in indexes])
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        for indexes, reply in zip(by_event.values(), replies, strict=True):
+            for i, value in zip(indexes, reply, strict=True):
+                values[i] = value.decode() if isinstance(value, bytes) else value
+        return values
 
     def idempotency_record_key(self, event_id: str, holder: str, key: str) -> str:
         return keys.idempotency_key(self._prefix, event_id, holder, key)

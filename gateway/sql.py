@@ -35,6 +35,10 @@ CANCEL_HOLD: Final = QUERIES["cancel_hold"]
 SLOT_STATE: Final = QUERIES["slot_state"]
 EXPIRE_HOLDS: Final = QUERIES["expire_holds"]
 PURGE_IDEMPOTENCY_KEYS: Final = QUERIES["purge_idempotency_keys"]
+LIST_HOLDS: Final = QUERIES["list_holds"]
+EVENT_SLOTS: Final = QUERIES["event_slots"]
+HOLD_STATS: Final = QUERIES["hold_stats"]
+LIVE_SLOT_TOKENS: Final = QUERIES["live_slot_tokens"]
 PING: Final = QUERIES["ping"]
 
 # Constraint names the store compares driver errors with (see db/migrations).

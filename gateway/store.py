@@ -3,6 +3,7 @@ database cannot answer now" become BackendUnavailable here, with the driver erro
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,10 +12,10 @@ from datetime import datetime
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from gateway import sql
+from gateway import metrics, sql
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
-from gateway.models import Hold, HoldStatus
+from gateway.models import Hold, HoldStatus, SlotStateName
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,34 @@ class SlotRow:
     db_now: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class EventSlotRow:
+    slot_id: str
+    hold_id: str | None  # None when the slot is free
+    state: SlotStateName
+    expires_at: datetime | None  # of a held slot
+    db_now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HoldStats:
+    active_holds: int
+    expiring_within_10s: int
+    expiring_within_60s: int
+    oldest_lapsed_expires_at: datetime | None  # a held row past expiry the sweeper has not reached yet
+    expired_last_minute: int
+    confirmed_holds: int
+    confirmed_slots: int
+    db_now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSlot:
+    event_id: str
+    slot_id: str
+    token: str
+
+
 async def _reset_connection(conn: asyncpg.Connection) -> None:
     # The gateway keeps no session state (no LISTEN, no session advisory locks, no SET), so asyncpg's full
     # reset query is a wasted round trip per request; an unfinished transaction still gets the full reset.
@@ -184,16 +213,20 @@ class Store:
         await self._pool.close()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator["PoolConnectionProxy[asyncpg.Record]"]:
+    async def _connection(self, query: str) -> AsyncIterator["PoolConnectionProxy[asyncpg.Record]"]:
+        """A pooled connection for the named query; the time it takes, pool wait included, is measured."""
+        started = time.perf_counter()
         try:
             async with self._pool.acquire(timeout=self._settings.db_acquire_timeout_s) as conn:
                 yield conn
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable(self._settings.retry_after_s) from exc
+        finally:
+            metrics.POSTGRES_QUERY_SECONDS.labels(query).observe(time.perf_counter() - started)
 
     async def ping(self) -> bool:
         try:
-            async with self._connection() as conn:
+            async with self._connection("ping") as conn:
                 await conn.fetchval(sql.PING)
         except BackendUnavailable:
             return False
@@ -213,7 +246,7 @@ class Store:
     ) -> ClaimResult:
         """Try to create the hold. All slots or none; never raises for a lost race."""
         args = (hold_id, token, event_id, holder, list(slots), ttl_ms, idempotency_key, request_hash)
-        async with self._connection() as conn:
+        async with self._connection("claim_hold") as conn:
             if len(slots) == 1 and idempotency_key is None:
                 # One statement is atomic on its own: it claims the one slot and inserts the hold, or neither.
                 return _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
@@ -232,51 +265,104 @@ class Store:
             return result
 
     async def slot_owners(self, event_id: str, slots: Sequence[str]) -> list[SlotOwner]:
-        async with self._connection() as conn:
+        async with self._connection("slot_owners") as conn:
             records = await conn.fetch(sql.SLOT_OWNERS, event_id, list(slots))
         return [SlotOwner(r["slot_id"], HoldRow.from_record(r)) for r in records]
 
     async def get_hold(self, hold_id: str) -> HoldRow | None:
-        async with self._connection() as conn:
+        async with self._connection("get_hold") as conn:
             record = await conn.fetchrow(sql.GET_HOLD, hold_id)
         return None if record is None else HoldRow.from_record(record)
 
     async def idempotency_record(self, holder: str, key: str) -> IdempotencyRecord | None:
-        async with self._connection() as conn:
+        async with self._connection("get_idempotency_record") as conn:
             record = await conn.fetchrow(sql.GET_IDEMPOTENCY_RECORD, holder, key)
         if record is None:
             return None
         return IdempotencyRecord(record["request_hash"], record["hold_id"], record["status_code"])
 
     async def confirm(self, hold_id: str, holder: str) -> Transition | None:
-        return await self._transition(sql.CONFIRM_HOLD, hold_id, holder)
+        return await self._transition("confirm_hold", sql.CONFIRM_HOLD, hold_id, holder)
 
     async def cancel(self, hold_id: str, holder: str) -> Transition | None:
-        return await self._transition(sql.CANCEL_HOLD, hold_id, holder)
+        return await self._transition("cancel_hold", sql.CANCEL_HOLD, hold_id, holder)
 
-    async def _transition(self, query: str, hold_id: str, holder: str) -> Transition | None:
-        async with self._connection() as conn:
+    async def _transition(self, name: str, query: str, hold_id: str, holder: str) -> Transition | None:
+        async with self._connection(name) as conn:
             record = await conn.fetchrow(query, hold_id, holder)
         if record is None:
             return None
         return Transition(HoldRow.from_record(record), record["changed"])
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotRow | None:
-        async with self._connection() as conn:
+        async with self._connection("slot_state") as conn:
             record = await conn.fetchrow(sql.SLOT_STATE, event_id, slot_id)
         if record is None:
             return None
         return SlotRow(record["hold_id"], record["status"], record["expires_at"], record["db_now"])
 
-    async def expire_holds(self, batch_size: int) -> int:
-        async with self._connection() as conn:
-            expired: int = await conn.fetchval(sql.EXPIRE_HOLDS, batch_size)
-        return expired
+    async def expire_holds(self, batch_size: int) -> list[float]:
+        """Expire up to `batch_size` lapsed holds; the lifetime in seconds of each one expired."""
+        async with self._connection("expire_holds") as conn:
+            lifetimes: list[float] = await conn.fetchval(sql.EXPIRE_HOLDS, batch_size)
+        return lifetimes
 
     async def purge_idempotency_keys(self, older_than_s: int, batch_size: int) -> int:
-        async with self._connection() as conn:
+        async with self._connection("purge_idempotency_keys") as conn:
             purged: int = await conn.fetchval(sql.PURGE_IDEMPOTENCY_KEYS, older_than_s, batch_size)
         return purged
+
+    async def list_holds(
+        self,
+        *,
+        event_id: str | None,
+        holder: str | None,
+        status: HoldStatus | None,
+        expiring_within_ms: int | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[HoldRow]:
+        """Holds in (expires_at, id) order after the cursor `after`."""
+        after_expires_at, after_id = after if after is not None else (None, None)
+        async with self._connection("list_holds") as conn:
+            records = await conn.fetch(
+                sql.LIST_HOLDS,
+                event_id,
+                holder,
+                status,
+                expiring_within_ms,
+                after_expires_at,
+                after_id,
+                limit,
+            )
+        return [HoldRow.from_record(r) for r in records]
+
+    async def event_slots(
+        self, event_id: str, *, after: str | None, state: SlotStateName | None, limit: int
+    ) -> list[EventSlotRow]:
+        async with self._connection("event_slots") as conn:
+            records = await conn.fetch(sql.EVENT_SLOTS, event_id, after, state, limit)
+        return [
+            EventSlotRow(
+                slot_id=r["slot_id"],
+                hold_id=None if r["status"] == "free" else r["hold_id"],
+                state=r["status"],
+                expires_at=r["expires_at"] if r["status"] == "held" else None,
+                db_now=r["db_now"],
+            )
+            for r in records
+        ]
+
+    async def hold_stats(self, event_id: str | None) -> HoldStats:
+        async with self._connection("hold_stats") as conn:
+            r = await conn.fetchrow(sql.HOLD_STATS, event_id)
+        assert r is not None  # an aggregate always returns one row
+        return HoldStats(**dict(r.items()))
+
+    async def live_slot_tokens(self, event_id: str | None, limit: int) -> list[LiveSlot]:
+        async with self._connection("live_slot_tokens") as conn:
+            records = await conn.fetch(sql.LIVE_SLOT_TOKENS, event_id, limit)
+        return [LiveSlot(r["event_id"], r["slot_id"], r["token"]) for r in records]
 
 
 def _claim_result(record: asyncpg.Record | None) -> ClaimResult:

@@ -7,6 +7,7 @@ Several workers sweep side by side; FOR UPDATE SKIP LOCKED keeps them off each o
 import asyncio
 import logging
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
 from gateway.store import Store
@@ -18,13 +19,18 @@ async def sweep_once(store: Store, settings: Settings) -> int:
     """Expire lapsed holds until none are left (batch by batch); return how many were expired."""
     total = 0
     while True:
-        expired = await store.expire_holds(settings.sweep_batch_size)
-        total += expired
-        if expired < settings.sweep_batch_size:
+        lifetimes_s = await store.expire_holds(settings.sweep_batch_size)
+        metrics.SWEEPER_BATCHES.inc()
+        metrics.SWEEPER_ROWS.inc(len(lifetimes_s))
+        metrics.HOLDS_EXPIRED.inc(len(lifetimes_s))
+        for lifetime_s in lifetimes_s:
+            metrics.HOLD_LIFETIME_SECONDS.labels("expired").observe(lifetime_s)
+        total += len(lifetimes_s)
+        if len(lifetimes_s) < settings.sweep_batch_size:
             break
     await store.purge_idempotency_keys(settings.idempotency_retention_s, settings.sweep_batch_size)
     if total:
-        log.info("expired %d holds", total)
+        log.info("expired %d holds", total, extra={"expired": total})
     return total
 
 

@@ -84,7 +84,7 @@ def test_serve_with_two_workers(database_url: str, redis_url: str, key_prefix: s
         ready = httpx.get(f"{url}/ready").json()
 
     assert sorted(r.status_code for r in responses) == [201] + [409] * 19
-    assert ready == {"database": "up", "redis": "up", "mode": "redis-front"}
+    assert ready == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
 
 
 @pytest.mark.timeout(180)
@@ -97,7 +97,7 @@ def test_serve_with_nothing_configured_starts_embedded_servers(tmp_path: Path) -
     output: str = serving.last_output  # type: ignore[attr-defined]
 
     assert created.status_code == 201
-    assert ready == {"database": "up", "redis": "up", "mode": "redis-front"}
+    assert ready == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
     assert "started an embedded PostgreSQL" in output
     assert "started an embedded Redis" in output
     # The data folder is kept: a second start reuses it and finds the hold.

@@ -221,7 +221,7 @@ async def test_health_and_ready(gateway: Gateway) -> None:
 
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert ready.json() == {"database": "up", "redis": "up", "mode": "redis-front"}
+    assert ready.json() == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
 
 
 async def test_openapi_schema_is_served(gateway: Gateway) -> None:

@@ -38,7 +38,14 @@ async def test_redis_down_at_start_serves_from_postgres(database_url: str, key_p
         confirmed = await gateway.client.post(f"/v1/holds/{hold['id']}/confirm", json={"holder": "alice"})
 
     assert ready.status_code == 200
-    assert ready.json() == {"database": "up", "redis": "down", "mode": "db-only"}
+    reason = ready.json().pop("mode_reason")
+    assert ready.json() | {"mode_reason": None} == {
+        "database": "up",
+        "redis": "down",
+        "mode": "db-only",
+        "mode_reason": None,
+    }
+    assert "ConnectionError: Error 111" in reason, reason
     assert counts == {201: 1, 409: 99}
     assert confirmed.status_code == 200
     assert await active_holds_per_slot(database_url) == {("show-1", "A-1"): 1, ("show-1", "B-1"): 1}
@@ -64,8 +71,9 @@ async def test_redis_killed_mid_run_then_restarted(
 
     assert during == {201: 1, 409: 99}
     assert blocked_by_early.status_code == 409
+    assert "ConnectionError" in ready_during.pop("mode_reason"), ready_during
     assert ready_during == {"database": "up", "redis": "down", "mode": "db-only"}
-    assert ready_after == {"database": "up", "redis": "up", "mode": "redis-front"}
+    assert ready_after == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
     assert after == {201: 1, 409: 99}
     assert rival_after.status_code == 409
     per_slot = await active_holds_per_slot(gateway.settings.database_url or "")

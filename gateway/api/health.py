@@ -7,6 +7,7 @@ from litestar.datastructures import State
 
 from gateway.holds import HoldService
 from gateway.models import Health, Readiness
+from gateway.ops import mode_reason
 
 
 @get("/health", summary="Liveness", tags=["operations"])
@@ -26,5 +27,6 @@ async def ready(state: State) -> Response[Readiness]:
         database="up" if database_up else "down",
         redis="up" if redis_up else "down",
         mode="redis-front" if redis_up and service.mode == "redis-front" else "db-only",
+        mode_reason=mode_reason(service),
     )
     return Response(body, status_code=200 if database_up else 503)

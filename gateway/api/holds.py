@@ -1,15 +1,21 @@
-"""/v1/holds: create, read, confirm, cancel."""
+"""/v1/holds: create, read, confirm, cancel; and the listing for operations (which needs the ops token)."""
 
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
+from gateway.api.auth import require_ops_token
+from gateway.api.slots import check_identifier
 from gateway.errors import HoldNotFound, InvalidRequest
 from gateway.holds import HoldService
-from gateway.models import CreateHold, Hold, HolderAction
+from gateway.models import CreateHold, Hold, HolderAction, HoldPage, HoldStatus
+from gateway.ops import OpsService
+
+HOLD_STATUSES: tuple[HoldStatus, ...] = ("held", "confirmed", "cancelled", "expired")
+MAX_LIST_LIMIT = 1000
 
 BodyT = TypeVar("BodyT", CreateHold, HolderAction)
 
@@ -93,6 +99,40 @@ class HoldsController(Controller):
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"
         return Response(result.hold, status_code=result.status_code, headers=headers)
+
+    @get(
+        "/",
+        summary="List holds in expiry order",
+        guards=[require_ops_token],
+        description="Filtered by event, holder, status (a lapsed held hold reads as expired) and time to "
+        "expiry; cursor-paginated. Requires the ops token when one is set.",
+    )
+    async def list_holds(
+        self,
+        *,
+        state: State,
+        event_id: FromQuery[str | None] = None,
+        holder: Annotated[str | None, QueryParameter(max_length=128)] = None,
+        status: Annotated[
+            str | None, QueryParameter(description="held, confirmed, cancelled or expired")
+        ] = None,
+        expiring_within_seconds: Annotated[int | None, QueryParameter(ge=1, le=86_400)] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
+    ) -> HoldPage:
+        if event_id is not None:
+            check_identifier("event_id", event_id)
+        if status is not None and status not in HOLD_STATUSES:
+            raise InvalidRequest(f"`status` must be one of {', '.join(HOLD_STATUSES)}")
+        ops: OpsService = state.ops
+        return await ops.list_holds(
+            event_id=event_id,
+            holder=holder,
+            status=status,  # checked against HOLD_STATUSES above
+            expiring_within_s=expiring_within_seconds,
+            limit=limit or ops.settings.list_default_limit,
+            cursor=cursor,
+        )
 
     @get("/{hold_id:str}", summary="Read a hold")
     async def get_hold(self, state: State, hold_id: FromPath[str]) -> Hold:

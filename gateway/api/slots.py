@@ -1,15 +1,21 @@
 """/v1/events/{event_id}/slots: the state of a slot, as Postgres sees it. Never shows the holder."""
 
 import re
+from typing import Annotated
 
 from litestar import Controller, get
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 
 from gateway.errors import InvalidRequest
 from gateway.holds import HoldService
-from gateway.models import SlotState
+from gateway.models import SlotPage, SlotState, SlotStateName
+from gateway.ops import OpsService
 
+SLOT_STATES: tuple[SlotStateName, ...] = ("free", "held", "confirmed")
+# A seat map is drawn from one page where it can be: a large hall has a few thousand seats.
+DEFAULT_SLOTS_LIMIT = 1000
+MAX_SLOTS_LIMIT = 5000
 _IDENTIFIER = re.compile(r"\A[A-Za-z0-9._:~-]{1,128}\Z")
 
 
@@ -21,6 +27,34 @@ def check_identifier(name: str, value: str) -> None:
 class SlotsController(Controller):
     path = "/v1/events/{event_id:str}/slots"
     tags = ["slots"]  # noqa: RUF012 - Litestar's own class attribute
+
+    @get(
+        "/",
+        summary="The state of every slot of an event that has or had a hold",
+        description="In slot order, cursor-paginated; filter with `state` (free, held, confirmed). A slot "
+        "never held is not listed. Holders are never shown.",
+    )
+    async def event_slots(
+        self,
+        *,
+        state: State,
+        event_id: FromPath[str],
+        slot_state: Annotated[
+            str | None, QueryParameter(query="state", description="free, held or confirmed")
+        ] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=MAX_SLOTS_LIMIT)] = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
+    ) -> SlotPage:
+        check_identifier("event_id", event_id)
+        if slot_state is not None and slot_state not in SLOT_STATES:
+            raise InvalidRequest(f"`state` must be one of {', '.join(SLOT_STATES)}")
+        ops: OpsService = state.ops
+        return await ops.event_slots(
+            event_id,
+            state=slot_state,  # checked against SLOT_STATES above
+            limit=limit or DEFAULT_SLOTS_LIMIT,
+            cursor=cursor,
+        )
 
     @get("/{slot_id:str}", summary="The state of one slot")
     async def slot_state(self, state: State, event_id: FromPath[str], slot_id: FromPath[str]) -> SlotState:

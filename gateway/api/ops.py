@@ -1,0 +1,72 @@
+"""Operations routes: the gateway's numbers, Prometheus metrics and the live /ops page. With GATEWAY_OPS_TOKEN
+set they require it (so does the holds listing, in holds.py); the slot routes frontends poll stay open."""
+
+from pathlib import Path
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from litestar.params import FromPath
+
+from gateway import metrics
+from gateway.api.auth import require_ops_token
+from gateway.api.slots import check_identifier
+from gateway.models import Stats
+from gateway.ops import OpsService
+
+OPS_PAGE_DIR = Path(__file__).resolve().parent.parent / "ops_page"
+OPS_PAGE_FILES = {"ops.html": "text/html; charset=utf-8", "ops.js": "text/javascript", "ops.css": "text/css"}
+
+
+def _ops(state: State) -> OpsService:
+    ops: OpsService = state.ops
+    return ops
+
+
+class OpsController(Controller):
+    path = "/v1"
+    tags = ["operations"]  # noqa: RUF012 - Litestar's own class attribute
+    guards = [require_ops_token]  # noqa: RUF012 - Litestar's own class attribute
+
+    @get("/stats", summary="The gateway's numbers, over all events")
+    async def stats(self, state: State) -> Stats:
+        return await _ops(state).stats(None)
+
+    @get("/events/{event_id:str}/stats", summary="The gateway's numbers for one event")
+    async def event_stats(self, state: State, event_id: FromPath[str]) -> Stats:
+        check_identifier("event_id", event_id)
+        return await _ops(state).stats(event_id)
+
+
+@get(
+    "/metrics",
+    summary="Prometheus metrics, summed over all workers",
+    tags=["operations"],
+    guards=[require_ops_token],
+    include_in_schema=False,
+)
+async def prometheus_metrics(state: State) -> Response[bytes]:
+    gauges = await _ops(state).database_gauges()
+    return Response(metrics.exposition(gauges), media_type=metrics.CONTENT_TYPE)
+
+
+@get("/ops", summary="The live operations page", guards=[require_ops_token], include_in_schema=False)
+async def ops_page() -> Response[bytes]:
+    return _page_file("ops.html")
+
+
+@get("/ops/{name:str}", guards=[require_ops_token], include_in_schema=False)
+async def ops_page_asset(name: FromPath[str]) -> Response[bytes]:
+    if name not in OPS_PAGE_FILES or name == "ops.html":
+        return Response(b"", status_code=404)
+    return _page_file(name)
+
+
+def _page_file(name: str) -> Response[bytes]:
+    content = (OPS_PAGE_DIR / name).read_bytes()
+    # The page works offline: no CDN, and it may only talk to this gateway.
+    headers = {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+        "X-Content-Type-Options": "nosniff",
+    }
+    return Response(content, media_type=OPS_PAGE_FILES[name], headers=headers)

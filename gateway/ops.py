@@ -1,0 +1,212 @@
+"""Reads for operations: holds by expiry, an event's slots, and the gateway's numbers. Postgres answers all of
+them by index (never a scan of Redis's keyspace); Redis is asked only to compare its leases with Postgres."""
+
+import asyncio
+import base64
+import binascii
+import time
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+
+from gateway import metrics
+from gateway.errors import BackendUnavailable, InvalidRequest, Overloaded
+from gateway.holds import HoldService
+from gateway.models import (
+    Agreement,
+    Counters,
+    HoldCounts,
+    HoldPage,
+    HoldStatus,
+    RoundTrips,
+    SlotPage,
+    SlotState,
+    SlotStateName,
+    Stats,
+    SweeperLag,
+)
+from gateway.redis_front import RedisUnavailable
+from gateway.store import remaining_ms
+
+T = TypeVar("T")
+
+_HOLD_CURSOR = msgspec.json.Decoder(tuple[datetime, str])
+_SLOT_CURSOR = msgspec.json.Decoder(tuple[str])
+
+
+def _encode_cursor(value: object) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(value)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, decoder: msgspec.json.Decoder[T]) -> T:
+    try:
+        return decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise InvalidRequest("`cursor` is not a cursor this gateway issued") from None
+
+
+class OpsService:
+    def __init__(self, holds: HoldService) -> None:
+        self.holds = holds
+        self.store = holds.store
+        self.settings = holds.settings
+
+    async def list_holds(
+        self,
+        *,
+        event_id: str | None,
+        holder: str | None,
+        status: HoldStatus | None,
+        expiring_within_s: int | None,
+        limit: int,
+        cursor: str | None,
+    ) -> HoldPage:
+        if expiring_within_s is not None and status not in (None, "held"):
+            raise InvalidRequest(
+                "`expiring_within_seconds` applies to held holds only; omit `status` or use held"
+            )
+        after = None if cursor is None else _decode_cursor(cursor, _HOLD_CURSOR)
+        rows = await self.store.list_holds(
+            event_id=event_id,
+            holder=holder,
+            status=status,
+            expiring_within_ms=None if expiring_within_s is None else expiring_within_s * 1000,
+            after=after,
+            limit=limit + 1,  # one more tells whether there is a next page
+        )
+        page = rows[:limit]
+        next_cursor = _encode_cursor((page[-1].expires_at, page[-1].id)) if len(rows) > limit else None
+        return HoldPage(holds=[row.to_model() for row in page], next_cursor=next_cursor)
+
+    async def event_slots(
+        self, event_id: str, *, state: SlotStateName | None, limit: int, cursor: str | None
+    ) -> SlotPage:
+        after = None if cursor is None else _decode_cursor(cursor, _SLOT_CURSOR)[0]
+        rows = await self.store.event_slots(event_id, after=after, state=state, limit=limit + 1)
+        page = rows[:limit]
+        slots = [
+            SlotState(
+                event_id=event_id,
+                slot_id=row.slot_id,
+                state=row.state,
+                hold_id=row.hold_id,
+                expires_at=row.expires_at,
+                ttl_ms=None if row.expires_at is None else remaining_ms(row.expires_at, row.db_now),
+            )
+            for row in page
+        ]
+        next_cursor = _encode_cursor((page[-1].slot_id,)) if len(rows) > limit else None
+        return SlotPage(event_id=event_id, slots=slots, next_cursor=next_cursor)
+
+    async def stats(self, event_id: str | None) -> Stats:
+        postgres_ms, redis_ms = await asyncio.gather(self._postgres_round_trip(), self._redis_round_trip())
+        counts, agreement = await asyncio.gather(
+            self.store.hold_stats(event_id), self._agreement(event_id, redis_up=redis_ms is not None)
+        )
+        oldest = counts.oldest_lapsed_expires_at
+        return Stats(
+            event_id=event_id,
+            mode="redis-front" if self.holds.mode == "redis-front" else "db-only",
+            mode_reason=mode_reason(self.holds),
+            holds=HoldCounts(
+                active=counts.active_holds,
+                confirmed=counts.confirmed_holds,
+                confirmed_slots=counts.confirmed_slots,
+                expiring_within_10s=counts.expiring_within_10s,
+                expiring_within_60s=counts.expiring_within_60s,
+                expired_last_minute=counts.expired_last_minute,
+            ),
+            sweeper=SweeperLag(
+                lag_ms=0 if oldest is None else remaining_ms(counts.db_now, oldest),
+                oldest_lapsed_expires_at=oldest,
+            ),
+            round_trip_ms=RoundTrips(postgres_ms=postgres_ms, redis_ms=redis_ms),
+            agreement=agreement,
+            counters=_counters(),
+            generated_at=counts.db_now,
+        )
+
+    async def _postgres_round_trip(self) -> float | None:
+        started = time.perf_counter()
+        if not await self.store.ping():
+            return None
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    async def _redis_round_trip(self) -> float | None:
+        front = self.holds.front
+        if front is None:
+            return None
+        started = time.perf_counter()
+        if not await front.ping():
+            return None
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    async def _agreement(self, event_id: str | None, *, redis_up: bool) -> Agreement | None:
+        front = self.holds.front
+        sample = self.settings.agreement_sample_size
+        if front is None or not redis_up:
+            return None
+        live = await self.store.live_slot_tokens(event_id, sample + 1)
+        checked = live[:sample]
+        try:
+            values = await front.lease_values([(slot.event_id, slot.slot_id) for slot in checked])
+        except (RedisUnavailable, Overloaded):
+            return None
+        leased = missing = other = 0
+        for slot, value in zip(checked, values, strict=True):
+            if value is None:
+                missing += 1
+            elif value.partition(":")[0] == slot.token:
+                leased += 1
+            else:
+                other += 1
+        return Agreement(
+            checked_slots=len(checked),
+            complete=len(live) <= sample,
+            leased=leased,
+            missing=missing,
+            other_token=other,
+        )
+
+    async def database_gauges(self) -> dict[str, tuple[str, float]]:
+        """The gauges /metrics reads from Postgres at scrape time; empty if Postgres does not answer."""
+        try:
+            counts = await self.store.hold_stats(None)
+        except BackendUnavailable:
+            return {}
+        oldest = counts.oldest_lapsed_expires_at
+        lag_s = 0.0 if oldest is None else max(0.0, (counts.db_now - oldest).total_seconds())
+        return {
+            "gateway_active_holds": ("Holds held and not yet expired, per Postgres.", counts.active_holds),
+            "gateway_confirmed_slots": ("Slots in confirmed holds, per Postgres.", counts.confirmed_slots),
+            "gateway_sweeper_lag_seconds": (
+                "How long the oldest lapsed held row has waited for the sweeper; 0 when caught up.",
+                lag_s,
+            ),
+        }
+
+
+def mode_reason(holds: HoldService) -> str | None:
+    front = holds.front
+    if front is None:
+        return "redis not configured"
+    if front.available:
+        return None
+    return front.breaker.reason
+
+
+def _counters() -> Counters:
+    totals = metrics.counter_totals()
+
+    def total(name: str) -> int:
+        return int(totals.get(name, 0.0))
+
+    return Counters(
+        holds_created=total("gateway_holds_created_total"),
+        rejected_by_redis=total('gateway_holds_rejected_total{layer="redis"}'),
+        rejected_by_postgres=total('gateway_holds_rejected_total{layer="postgres"}'),
+        holds_confirmed=total("gateway_holds_confirmed_total"),
+        holds_cancelled=total("gateway_holds_cancelled_total"),
+        holds_expired=total("gateway_holds_expired_total"),
+    )
