@@ -20,6 +20,7 @@ from gateway.api.slots import SlotsController
 from gateway.config import Settings
 from gateway.errors import PROBLEM_TYPE_BASE, GatewayError
 from gateway.holds import HoldService
+from gateway.logs import install_request_id_factory
 from gateway.observability import ObservedLitestar
 from gateway.ops import OpsService
 from gateway.redis_front import RedisFront
@@ -61,6 +62,7 @@ def create_app(settings: Settings) -> Litestar:
                 await front.close()
             await store.close()
 
+    install_request_id_factory()
     app = ObservedLitestar(
         route_handlers=[
             HoldsController,
@@ -81,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Reservation gateway", version=__version__, path="/schema"),
         debug=False,
+        logging_config=None,  # the CLI configures logging (JSON lines) in every worker; Litestar must not
         state=State({"settings": settings}),
     )
     app.access_log_enabled = settings.access_log

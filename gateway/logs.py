@@ -46,13 +46,20 @@ def serving(context: RequestContext) -> Iterator[RequestContext]:
         _current.reset(token)
 
 
-class _RequestIdFilter(logging.Filter):
-    """Adds the request id to every record logged while a request is served (state transitions included)."""
+def install_request_id_factory() -> None:
+    """Give every log record the id of the request being served (None outside one), whichever handler
+    formats it. Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "adds_request_id", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = current_request_id()
-        return True
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.request_id = current_request_id()
+        return record
+
+    factory.adds_request_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def logging_config(level: str, log_format: str) -> dict[str, Any]:
@@ -61,22 +68,21 @@ def logging_config(level: str, log_format: str) -> dict[str, Any]:
     if log_format == "json":
         formatter = {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
             "timestamp": False,
         }
     else:
         formatter = {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    install_request_id_factory()
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": _RequestIdFilter}},
         "formatters": {"default": formatter},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "default",
-                "filters": ["request_id"],
                 "stream": "ext://sys.stderr",
             }
         },

@@ -50,29 +50,31 @@ class ObservedLitestar(Litestar):
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id)]
             await send(message)
 
-        try:
-            with serving(context):
+        with serving(context):
+            try:
                 await super().__call__(scope, receive, send_with_request_id)
-        finally:
-            elapsed_s = time.perf_counter() - started
-            route = scope.get("path_template") or "unmatched"
-            method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            metrics.HTTP_REQUEST_SECONDS.labels(method, route).observe(elapsed_s)
-            if self.access_log_enabled:
-                access_log.info(
-                    "%s %s %d",
-                    method,
-                    route,
-                    status,
-                    extra={
-                        "request_id": context.request_id,
-                        "method": method,
-                        "route": route,
-                        "path": scope["path"],
-                        "status": status,
-                        "latency_ms": round(elapsed_s * 1000, 3),
-                        "hold_id": context.hold_id,
-                        "layer": context.layer,
-                    },
-                )
+            finally:
+                self._observe(scope, context, status, time.perf_counter() - started)
+
+    def _observe(self, scope: Any, context: RequestContext, status: int, elapsed_s: float) -> None:
+        route = scope.get("path_template") or "unmatched"
+        method = scope["method"]
+        metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        metrics.HTTP_REQUEST_SECONDS.labels(method, route).observe(elapsed_s)
+        if self.access_log_enabled:
+            # Logged while the request is current, so the record carries its request id.
+            access_log.info(
+                "%s %s %d",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "path": scope["path"],
+                    "status": status,
+                    "latency_ms": round(elapsed_s * 1000, 3),
+                    "hold_id": context.hold_id,
+                    "layer": context.layer,
+                },
+            )

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +26,12 @@ def clean_env(**gateway_vars: str) -> dict[str, str]:
 
 @contextmanager
 def serving(args: list[str], env: dict[str, str], port: int, timeout_s: float = 60) -> Iterator[str]:
+    # Output goes to a file: a pipe nobody reads until the end would fill up and stall the server's logging.
+    output_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the process ends
     process = subprocess.Popen(
         [*GATEWAY, "serve", "--port", str(port), *args],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -37,7 +40,8 @@ def serving(args: list[str], env: dict[str, str], port: int, timeout_s: float = 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                pytest.fail(f"gateway exited: {process.stdout.read().decode() if process.stdout else ''}")
+                output_file.seek(0)
+                pytest.fail(f"gateway exited: {output_file.read().decode()}")
             try:
                 if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                     break
@@ -49,8 +53,10 @@ def serving(args: list[str], env: dict[str, str], port: int, timeout_s: float = 
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
-        serving.last_output = output  # type: ignore[attr-defined]
+        process.wait(timeout=30)
+        output_file.seek(0)
+        serving.last_output = output_file.read().decode()  # type: ignore[attr-defined]
+        output_file.close()
 
 
 @pytest.mark.timeout(120)

@@ -40,7 +40,7 @@ class SlotsController(Controller):
         state: State,
         event_id: FromPath[str],
         slot_state: Annotated[
-            str | None, QueryParameter(query="state", description="free, held or confirmed")
+            str | None, QueryParameter(name="state", description="free, held or confirmed")
         ] = None,
         limit: Annotated[int | None, QueryParameter(ge=1, le=MAX_SLOTS_LIMIT)] = None,
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
