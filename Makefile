@@ -19,8 +19,17 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)  ## Serve the gateway on :8000 (embedded Postgres and Redis unless GATEWAY_*_URL are set)
 	$(BIN)/gateway serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --workers $${WORKERS:-1}
 
-test: $(STAMP)  ## Run the test suite against real Postgres and Redis servers it starts itself
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The /ops page test drives a real browser: Debian's Chromium (Playwright never downloads one here).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the /ops page test"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)  ## Run the test suite against real Postgres and Redis servers it starts itself
+	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check gateway tests loadtests

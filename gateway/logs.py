@@ -1,6 +1,6 @@
-"""Logging: JSON lines through python-json-logger (every line one object a log pipeline can parse), and the
-context of the request being served, which the gateway's log lines carry. Light to import: the CLI
-configures logging before any web or metrics module is loaded."""
+"""Logging: JSON lines through python-json-logger with msgspec (every line one object a log pipeline can
+parse), and the context of the request being served, which the gateway's log lines carry. Light to
+import: the CLI configures logging before any web or metrics module is loaded."""
 
 import logging
 from collections.abc import Iterator
@@ -67,10 +67,10 @@ def logging_config(level: str, log_format: str) -> dict[str, Any]:
     formatter: dict[str, Any]
     if log_format == "json":
         formatter = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
-            "timestamp": False,
+            "()": "pythonjsonlogger.msgspec.MsgspecFormatter",
+            "fmt": "%(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
+            "timestamp": "time",  # ISO 8601, UTC
         }
     else:
         formatter = {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}

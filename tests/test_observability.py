@@ -6,6 +6,7 @@ import json
 import logging
 import logging.config
 import re
+from datetime import datetime
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -208,7 +209,7 @@ def test_json_log_lines_parse_and_carry_the_request_id() -> None:
         "status": "confirmed",
     }
     assert isinstance(first["pid"], int)
-    assert "time" in first
+    assert datetime.fromisoformat(first["time"]).tzinfo is not None  # ISO 8601 with its zone
     assert second["request_id"] is None
     assert second["mode"] == "db-only"
 
