@@ -6,9 +6,9 @@ import json
 import logging
 import logging.config
 import re
-from datetime import datetime
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import httpx
 import pytest
