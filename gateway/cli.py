@@ -1,4 +1,5 @@
-"""The `gateway` command: serve (migrating first) and migrate. Uses argparse: a few flags need no more."""
+"""The `gateway` command: serve (migrating first) and migrate; holds, slot and stats ask a running gateway.
+Uses argparse: a few flags need no more."""
 
 import argparse
 import asyncio
@@ -11,18 +12,20 @@ import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
-from litestar import Litestar
-
+from gateway import ops_cli
 from gateway.config import ConfigError, Settings, settings_from_env
 from gateway.logs import logging_config
 from gateway.migrations import MigrationError, migrate_url
 
+if TYPE_CHECKING:
+    from litestar import Litestar
+
 log = logging.getLogger("gateway")
 
 
-def app_from_env() -> Litestar:
+def app_from_env() -> "Litestar":
     """The uvicorn factory each worker process calls: settings come from the environment."""
     from gateway.app import create_app  # noqa: PLC0415 - keep `gateway --help` free of the web stack
 
@@ -37,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     commands.add_parser("migrate", help="apply pending migrations and exit")
+    ops_cli.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ops_cli.COMMANDS:
+        return ops_cli.run(args)  # a client of a running gateway: the server's settings do not apply
 
     try:
         settings = settings_from_env()
@@ -68,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # uvicorn re-raises the signal that stopped it once it has shut down; turn SIGTERM into SystemExit so
         # the embedded servers are stopped on the way out rather than left running.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        import uvicorn  # noqa: PLC0415 - keep the operator commands free of the web stack
+
         uvicorn.run(
             "gateway.cli:app_from_env",
             factory=True,

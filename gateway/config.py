@@ -8,8 +8,9 @@ import msgspec
 from msgspec import Meta
 
 ENV_PREFIX = "GATEWAY_"
-# Prefixed variables that are not settings: read by gateway.embedded, or by the tests (GATEWAY_TEST_*).
-NOT_SETTINGS = frozenset({"GATEWAY_POSTGRES_BIN_DIR", "GATEWAY_REDIS_SERVER"})
+# Prefixed variables that are not settings: read by gateway.embedded, by the tests (GATEWAY_TEST_*), or by the
+# operator commands (GATEWAY_URL, the gateway they ask: an operator may have it set when running `serve`).
+NOT_SETTINGS = frozenset({"GATEWAY_POSTGRES_BIN_DIR", "GATEWAY_REDIS_SERVER", "GATEWAY_URL"})
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]

@@ -1,0 +1,306 @@
+"""Operator commands that read a running gateway over HTTP: `holds`, `slot`, `stats`. They need none of the
+server's settings and import neither Litestar nor Prometheus, so they run from any machine that reaches it."""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from tabulate import tabulate
+
+COMMANDS = frozenset({"holds", "slot", "stats"})
+DEFAULT_URL = "http://127.0.0.1:8000"
+HOLD_STATUSES = ("held", "confirmed", "cancelled", "expired")
+MAX_PAGE = 1000  # the gateway's largest page of /v1/holds
+MAX_EXPIRING_S = 86_400  # the gateway takes expiring_within_seconds up to a day
+SLOTS_WIDTH = 32  # characters of the slots column before it is cut
+HOLDER_WIDTH = 24
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase display
+_DURATION = re.compile(r"\A(\d+)([smh]?)\Z")
+_SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+Json = dict[str, Any]
+
+
+class Problem(Exception):
+    """The gateway answered with an error status; str() is the line to print after `gateway: `."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        try:
+            body = response.json()
+            title, detail = body["title"], body["detail"]
+        except (ValueError, TypeError, KeyError):  # not problem+json: a proxy's page, another server
+            title, detail = response.reason_phrase, f"not a gateway answer from {response.url}"
+        message = f"{self.status} {title}: {detail}"
+        if self.status == 401:
+            message += " (pass --token or set GATEWAY_OPS_TOKEN)"
+        super().__init__(message)
+
+
+def duration_s(text: str) -> int:
+    """`90`, `90s`, `5m`, `1h` as seconds: the argparse type of --expiring."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 90, 90s, 5m or 1h")
+    seconds = int(match[1]) * _SECONDS_PER_UNIT[match[2]]
+    if not 1 <= seconds <= MAX_EXPIRING_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: 1s to 24h")
+    return seconds
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)  # a ValueError here becomes argparse's "invalid parse value" message
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
+def human_ttl(ttl_ms: int | None) -> str:
+    """Time left: `9.3s` below a minute, `4m 12s` below an hour, `1h 05m` above; `—` when there is none."""
+    if ttl_ms is None:
+        return "—"
+    if ttl_ms < 60_000:
+        return f"{ttl_ms // 100 / 10:.1f}s"  # floored: 59.96 s must not read as 60.0s
+    total_s = ttl_ms // 1000
+    if total_s < 3600:
+        return f"{total_s // 60}m {total_s % 60:02d}s"
+    return f"{total_s // 3600}h {total_s % 3600 // 60:02d}m"
+
+
+def clock(timestamp: str | None) -> str:
+    """An ISO timestamp of the gateway as local HH:MM:SS, the zone of the operator's terminal."""
+    return "—" if timestamp is None else datetime.fromisoformat(timestamp).astimezone().strftime("%H:%M:%S")
+
+
+def slots_text(slots: list[str], width: int = SLOTS_WIDTH) -> str:
+    """Comma-joined; past `width`, as many as fit and how many more there are."""
+    text = ",".join(slots)
+    if len(text) <= width:
+        return text
+    room = width - len(f",… +{len(slots)}")
+    head = text[: room + 1].rpartition(",")[0]  # whole slots only: one more character shows if the last ended
+    shown = head.count(",") + 1 if head else 0
+    return f"{head},… +{len(slots) - shown}" if head else f"… +{len(slots)}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _segment(value: str) -> str:
+    # httpx resolves `.` and `..` path segments (`/events/../stats` becomes `/stats`); escaped, they stay ids.
+    return "%2E" * len(value) if value in {".", ".."} else quote(value, safe="")
+
+
+def _get(client: httpx.Client, path: str, params: dict[str, str | int] | None = None) -> Json:
+    response = client.get(path, params=params)
+    if response.is_error:
+        raise Problem(response)
+    body: Json = response.json()
+    return body
+
+
+def fetch_holds(client: httpx.Client, args: argparse.Namespace) -> Json:
+    """Pages followed up to --limit holds, in the API's own shape; next_cursor says whether more are left."""
+    filters = {
+        "event_id": args.event,
+        "holder": args.holder,
+        "status": None if args.status == "all" else args.status,
+        "expiring_within_seconds": args.expiring_s,
+    }
+    params: dict[str, str | int] = {name: value for name, value in filters.items() if value is not None}
+    holds: list[Json] = []
+    cursor: str | None = None
+    while True:
+        page_params = {**params, "limit": min(args.limit - len(holds), MAX_PAGE)}
+        page = _get(client, "/v1/holds", page_params if cursor is None else {**page_params, "cursor": cursor})
+        holds += page["holds"]
+        cursor = page["next_cursor"]
+        if cursor is None or len(holds) >= args.limit:
+            return {"holds": holds, "next_cursor": cursor}
+
+
+def render_holds(data: Json) -> str:
+    rows = [
+        [
+            hold["id"],
+            hold["event_id"],
+            slots_text(hold["slots"]),
+            _cut(hold["holder"], HOLDER_WIDTH),
+            hold["status"],
+            human_ttl(hold["ttl_ms"]),
+            clock(hold["expires_at"]),
+        ]
+        for hold in data["holds"]
+    ]
+    more = ", more… (raise --limit)" if data["next_cursor"] else ""
+    footer = f"{len(rows)} hold{'' if len(rows) == 1 else 's'}{more}"
+    if not rows:
+        return footer
+    headers = ["hold", "event", "slots", "holder", "status", "ttl", "expires"]
+    # Numbers in ids ("007") stay text; the TTL is right-aligned so its units line up.
+    colalign = ("left", "left", "left", "left", "left", "right", "left")
+    return tabulate(rows, headers, disable_numparse=True, colalign=colalign) + "\n" + footer
+
+
+def fetch_slot(client: httpx.Client, args: argparse.Namespace) -> Json:
+    return _get(client, f"/v1/events/{_segment(args.event_id)}/slots/{_segment(args.slot_id)}")
+
+
+def render_slot(data: Json) -> str:
+    rows = [("event", data["event_id"]), ("slot", data["slot_id"]), ("state", data["state"])]
+    rows += [("hold", data["hold_id"] or "—"), ("ttl", human_ttl(data["ttl_ms"]))]
+    rows += [("expires", clock(data["expires_at"]))]
+    return tabulate(rows, tablefmt="plain", disable_numparse=True)
+
+
+def fetch_stats(client: httpx.Client, args: argparse.Namespace) -> Json:
+    return _get(client, "/v1/stats" if args.event is None else f"/v1/events/{_segment(args.event)}/stats")
+
+
+def _ms(value: float | None) -> str:
+    return "no answer" if value is None else f"{value:.1f} ms"
+
+
+def _fields(group: Json) -> list[list[str]]:
+    # Names and values as in the JSON, names spaced: what a reader sees here is what a script reads in --json.
+    return [[name.replace("_", " "), json.dumps(value)] for name, value in group.items()]
+
+
+def render_stats(data: Json) -> str:
+    gateway = [["event", data["event_id"] or "all events"], ["mode", data["mode"]]]
+    if data["mode_reason"]:
+        gateway.append(["mode reason", data["mode_reason"]])
+    gateway += [
+        ["sweeper lag", f"{data['sweeper']['lag_ms']} ms"],
+        ["postgres round trip", _ms(data["round_trip_ms"]["postgres_ms"])],
+        ["redis round trip", _ms(data["round_trip_ms"]["redis_ms"])],
+        ["generated", clock(data["generated_at"])],
+    ]
+    agreement = data["agreement"]
+    tables = [
+        ("gateway", gateway),
+        ("holds now", _fields(data["holds"])),
+        ("redis/postgres", [["not checked", "no Redis in use"]] if agreement is None else _fields(agreement)),
+        ("since start, all events", _fields(data["counters"])),  # the counters ignore --event
+    ]
+    return "\n\n".join(tabulate(rows, [title, ""], disable_numparse=True) for title, rows in tables)
+
+
+Fetch = Callable[[httpx.Client, argparse.Namespace], Json]
+_HANDLERS: dict[str, tuple[Fetch, Callable[[Json], str]]] = {
+    "holds": (fetch_holds, render_holds),
+    "slot": (fetch_slot, render_slot),
+    "stats": (fetch_stats, render_stats),
+}
+
+
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register holds, slot and stats on the `gateway` command's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help=f"the gateway (default: $GATEWAY_URL, else {DEFAULT_URL})")
+    common.add_argument("--token", help="ops token (default: $GATEWAY_OPS_TOKEN, better: a flag shows in ps)")
+    common.add_argument("--json", action="store_true", help="print the gateway's JSON instead of tables")
+    common.add_argument("--timeout", dest="timeout_s", metavar="SECONDS", type=_positive(float), default=5.0)
+    watch = argparse.ArgumentParser(add_help=False)
+    every = "redraw every SECONDS (default 1) until Ctrl-C"
+    watch.add_argument(
+        "--watch", dest="watch_s", metavar="SECONDS", type=_positive(float), nargs="?", const=1.0, help=every
+    )
+    watch.add_argument(
+        "--count", metavar="N", type=_positive(int), help="with --watch: stop after N refreshes"
+    )
+
+    holds = commands.add_parser("holds", parents=[common, watch], help="holds by expiry (default: active)")
+    holds.add_argument("--event")
+    holds.add_argument("--holder")
+    holds.add_argument("--status", choices=[*HOLD_STATUSES, "all"], default="held", help="default: held")
+    within = "only held holds expiring within DURATION: 90, 90s, 5m, 1h"
+    holds.add_argument("--expiring", dest="expiring_s", metavar="DURATION", type=duration_s, help=within)
+    holds.add_argument("--limit", metavar="N", type=_positive(int), default=50, help="at most N (default 50)")
+
+    slot = commands.add_parser("slot", parents=[common], help="the state of one slot")
+    slot.add_argument("event_id", metavar="EVENT")
+    slot.add_argument("slot_id", metavar="SLOT")
+
+    stats = commands.add_parser("stats", parents=[common, watch], help="mode, holds, sweeper, agreement")
+    stats.add_argument("--event", help="one event's numbers (default: all events)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a command add_commands registered. Every failure is one line on stderr and exit 1, no traceback."""
+    url = (args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/")
+    token = args.token or os.environ.get("GATEWAY_OPS_TOKEN")
+    watch_s: float | None = getattr(args, "watch_s", None)
+    if getattr(args, "count", None) is not None and watch_s is None:
+        print("gateway: --count needs --watch", file=sys.stderr)
+        return 2
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx.Client(base_url=url, headers=headers, timeout=args.timeout_s) as client:
+            if watch_s is None:
+                print(_frame(client, args, indent=2), flush=True)  # a closed pipe fails here, in the handler
+                return 0
+            return _watch(client, args, url, watch_s)
+    except (Problem, httpx.TransportError, ValueError, KeyError, TypeError) as exc:
+        print(f"gateway: {_error(exc, url)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0 if watch_s is not None else 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): point stdout at nothing so the flush at exit does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _frame(client: httpx.Client, args: argparse.Namespace, indent: int | None) -> str:
+    fetch, render = _HANDLERS[args.command]
+    data = fetch(client, args)
+    return json.dumps(data, ensure_ascii=False, indent=indent) if args.json else render(data)
+
+
+def _error(exc: Exception, url: str) -> str:
+    if isinstance(exc, Problem):
+        return str(exc)
+    if isinstance(exc, httpx.TransportError):
+        return f"cannot reach {url}: {exc or type(exc).__name__}"
+    # Not JSON, or without the fields this command reads: another server, or a gateway of another version.
+    return f"{url} gave an answer this command does not understand: {exc!r}"
+
+
+def _watch(client: httpx.Client, args: argparse.Namespace, url: str, watch_s: float) -> int:
+    """Refresh until Ctrl-C or --count. A gateway that is down or answers 5xx is asked again at the next
+    refresh (a restart is when an operator watches); a 4xx (token, filter) would only repeat, so it stops."""
+    clear = sys.stdout.isatty() and not args.json
+    refreshes = 0
+    while True:
+        try:
+            # Under --json, one line per refresh: JSON Lines, which a script reads as they come.
+            text, failed = _frame(client, args, indent=None), False
+        except (Problem, httpx.TransportError) as exc:
+            if isinstance(exc, Problem) and exc.status < 500:
+                raise
+            text, failed = f"gateway: {_error(exc, url)}", True
+        if clear:
+            sys.stdout.write(CLEAR_SCREEN)
+        elif refreshes and not args.json:
+            print()  # a file or a pipe gets every frame, a blank line apart
+        if not args.json:
+            print(f"{args.command} · {url} · {time.strftime('%H:%M:%S')} · every {watch_s:g}s (Ctrl-C stops)")
+        print(text, file=sys.stderr if failed else sys.stdout, flush=True)
+        refreshes += 1
+        if args.count is not None and refreshes >= args.count:
+            return 1 if failed else 0
+        time.sleep(watch_s)
