@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint format typecheck check clean
+.PHONY: help serve test screenshot lint format typecheck check clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM)  ## Run the test suite against real Postgres and Redis servers it starts itself
 	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+screenshot: $(STAMP) $(CHROMIUM)  ## Retake docs/ops.png, the README's picture of the /ops page
+	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) GATEWAY_TEST_SCREENSHOT=docs/ops.png \
+		$(BIN)/python -m pytest tests/test_ops_page.py -k screenshot
 
 lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check gateway tests loadtests

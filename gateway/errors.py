@@ -123,5 +123,6 @@ class Unauthorized(GatewayError):
     title = "Unauthorized"
 
     def headers(self) -> dict[str, str]:
-        # Basic lets a browser prompt for the token on /ops (any user name; the token as password).
-        return {"WWW-Authenticate": 'Bearer realm="gateway-ops", Basic realm="gateway-ops"'}
+        # Basic lets a browser prompt for the token on /ops (any user name; the token as password). It comes
+        # first: Chromium reads only the first challenge, and would not prompt for Bearer.
+        return {"WWW-Authenticate": 'Basic realm="gateway-ops", Bearer realm="gateway-ops"'}

@@ -1,0 +1,385 @@
+// The live operations page: polls the gateway once a second and counts hold TTLs down in between.
+// Served under `default-src 'self'`: no inline code or style attributes, no third-party anything.
+"use strict";
+
+const POLL_INTERVAL_MS = 1000;
+const TICK_INTERVAL_MS = 100; // the countdown shows tenths of a second
+const REQUEST_TIMEOUT_MS = 5000; // a hung request must not stall polling for good
+const FILTER_DEBOUNCE_MS = 300;
+const HOLDS_LIMIT = 200;
+const SLOTS_LIMIT = 5000; // the API's maximum: a large hall in one page
+const SWEEPER_LAG_WARN_MS = 5000; // the sweeper runs about every second; five behind is worth a look
+const SLOTS_SHOWN = 6; // per hold in the table; the rest is summarised as "+N"
+const EVENT_ID = /^[A-Za-z0-9._:~-]{1,128}$/;
+
+const $ = (id) => document.getElementById(id);
+
+const filters = { event: "", holder: "" };
+let generation = 0; // bumped on each filter change, so an answer to the old filters is dropped
+let wakePoller = null; // cuts the wait between polls short when the filters change
+let previousStats = null; // the last stats, to turn cumulative counters into rates
+let lastSuccess = null;
+const holdRows = new Map(); // hold id -> {node, ttlCell, secs, fill, ttlMs, fetchedAt, fullMs}
+const seatCells = new Map(); // slot id -> {node, state}
+// Postgres orders slot ids as text (A10 before A2); a hall reads in natural order.
+const naturalOrder = new Intl.Collator(undefined, { numeric: true }).compare;
+
+// ---- fetching ----
+
+async function getJson(path, { acceptUnavailable = false } = {}) {
+  const route = path.split("?")[0];
+  let response;
+  try {
+    response = await fetch(path, {
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { Accept: "application/json" },
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+  } catch (error) {
+    throw new Error(`${route}: ${error.message}`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON (a proxy's error page): report the status alone
+  }
+  // /ready answers 503 with its usual body while the database is down: that is news, not a failure.
+  if (response.ok || (acceptUnavailable && response.status === 503 && body)) return body;
+  const detail = body && (body.detail || body.title);
+  throw new Error(`${route}: ${response.status}${detail ? ` ${detail}` : ""}`);
+}
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) if (value) search.set(name, value);
+  return search.toString();
+}
+
+async function poll() {
+  const asked = generation;
+  const { event, holder } = filters;
+  // Counted from when the requests left, a TTL errs toward less time left, never more.
+  const sentAt = performance.now();
+  const eventPath = event ? `/v1/events/${encodeURIComponent(event)}` : "/v1";
+  const results = await Promise.allSettled([
+    getJson("/ready", { acceptUnavailable: true }),
+    getJson(`${eventPath}/stats`),
+    getJson(`/v1/holds?${query({ status: "held", event_id: event, holder, limit: HOLDS_LIMIT })}`),
+    event ? getJson(`${eventPath}/slots?limit=${SLOTS_LIMIT}`) : Promise.resolve(null),
+  ]);
+  if (asked !== generation) return false; // the filters changed meanwhile: ask again at once
+  const [ready, stats, holds, slots] = results.map((r) => (r.status === "fulfilled" ? r.value : undefined));
+  showReadiness(ready);
+  if (stats) showStats(stats);
+  if (holds) showHolds(holds, sentAt, stats);
+  if (slots !== undefined) showSeats(slots);
+  showErrors(results.filter((r) => r.status === "rejected").map((r) => r.reason.message || String(r.reason)));
+  return true;
+}
+
+async function pollForever() {
+  for (;;) {
+    const started = performance.now();
+    let current = true;
+    try {
+      current = await poll();
+    } catch (error) {
+      showErrors([`page error: ${error.message}`]); // a bug here must not stop the polling
+    }
+    // One set of requests at a time: the next a second after this one started, at once if it ran late
+    // or answered filters that have since changed.
+    if (current) await sleep(POLL_INTERVAL_MS - (performance.now() - started));
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, Math.max(0, ms));
+    wakePoller = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+  });
+}
+
+// ---- header ----
+
+function showReadiness(ready) {
+  const banner = $("banner");
+  if (!ready) {
+    // Last known health would read as current: say plainly that the gateway is not answering.
+    banner.dataset.level = "unknown";
+    banner.textContent = "no answer";
+  } else if (ready.database !== "up") {
+    banner.dataset.level = "down";
+    banner.textContent = "database down";
+  } else if (ready.mode === "redis-front") {
+    banner.dataset.level = "ok";
+    banner.textContent = "redis-front";
+  } else {
+    banner.dataset.level = "degraded";
+    banner.textContent = `db-only — ${ready.mode_reason || "reason unknown"}`;
+  }
+}
+
+function showErrors(messages) {
+  const line = $("error");
+  if (messages.length === 0) {
+    lastSuccess = new Date();
+    $("updated").textContent = clock(lastSuccess);
+    line.hidden = true;
+    line.textContent = "";
+    return;
+  }
+  const since = lastSuccess ? `; showing data from ${clock(lastSuccess)}` : "";
+  // Rewritten every second, an alert would repeat itself to a screen reader: only when the failure changes.
+  if (line.hidden || line.dataset.messages !== messages.join("; ")) {
+    const text = `Updates failing since ${clock(new Date())}: ${messages.join("; ")}${since}`;
+    line.dataset.messages = messages.join("; ");
+    line.textContent = text;
+    line.hidden = false;
+  }
+}
+
+const clock = (date) => date.toLocaleTimeString([], { hour12: false });
+
+// ---- numbers ----
+
+function showStats(stats) {
+  const trips = stats.round_trip_ms;
+  setMs($("postgres-ms"), trips.postgres_ms, true);
+  // In db-only mode Redis is not expected to answer, and the banner already says why.
+  setMs($("redis-ms"), trips.redis_ms, stats.mode === "redis-front");
+  $("numbers-scope").textContent = stats.event_id ? `event ${stats.event_id}` : "all events";
+
+  const holds = stats.holds;
+  $("active").textContent = holds.active;
+  $("confirmed").textContent = `${holds.confirmed} (${holds.confirmed_slots} slots)`;
+  $("expiring-10s").textContent = holds.expiring_within_10s;
+  $("expiring-60s").textContent = holds.expiring_within_60s;
+  $("expired-last-minute").textContent = holds.expired_last_minute;
+  const lag = $("sweeper-lag");
+  lag.textContent = duration(stats.sweeper.lag_ms);
+  lag.classList.toggle("warn", stats.sweeper.lag_ms > SWEEPER_LAG_WARN_MS);
+
+  showAgreement(stats.agreement);
+  showRates(stats);
+}
+
+function showAgreement(a) {
+  const cell = $("agreement");
+  if (a === null) {
+    cell.textContent = "not checked without Redis";
+    return;
+  }
+  const part = (count, label, bad = false) => {
+    const span = document.createElement("span");
+    const number = document.createElement("b");
+    number.textContent = count;
+    span.append(number, ` ${label}`);
+    if (bad) span.className = "bad"; // a lease of another hold: Redis and Postgres disagree on who holds
+    return span;
+  };
+  cell.replaceChildren(
+    part(a.leased, "leased"),
+    " · ",
+    part(a.missing, "missing"),
+    " · ",
+    part(a.other_token, "other token", a.other_token > 0),
+    a.complete ? "" : ` (a ${a.checked_slots}-slot sample)`,
+  );
+}
+
+function showRates(stats) {
+  const before = previousStats;
+  previousStats = stats;
+  if (!before) return;
+  // Seconds by the database's clock between the two answers: the browser's own poll timing jitters.
+  const seconds = (Date.parse(stats.generated_at) - Date.parse(before.generated_at)) / 1000;
+  for (const [name, total] of Object.entries(stats.counters)) {
+    const cell = $(`rate-${name}`);
+    if (!cell) continue;
+    const delta = total - before.counters[name];
+    // A restart resets the totals; a zero interval has no rate.
+    cell.textContent = seconds > 0 && delta >= 0 ? (delta / seconds).toFixed(1) : "–";
+  }
+}
+
+function setMs(cell, ms, expected) {
+  cell.classList.toggle("bad", ms === null && expected);
+  if (ms !== null) cell.textContent = `${ms.toFixed(1)} ms`;
+  else cell.textContent = expected ? "no answer" : "–";
+}
+
+function duration(ms) {
+  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+// ---- holds ----
+
+function showHolds(page, sentAt, stats) {
+  reconcile($("holds"), holdRows, page.holds, (hold) => hold.id, newHoldRow, (entry, hold) => {
+    entry.ttlMs = hold.ttl_ms ?? 0;
+    entry.fetchedAt = sentAt;
+    // The hold's whole TTL, from two timestamps of the same (server) clock.
+    entry.fullMs = Date.parse(hold.expires_at) - Date.parse(hold.created_at);
+    entry.node.classList.remove("expired");
+  });
+  $("holds-empty").hidden = page.holds.length > 0;
+  const more = $("holds-more");
+  more.hidden = page.next_cursor === null;
+  // The listing has no total; without a holder filter, the stats' active count (same event scope) gives one.
+  const extra = stats && !filters.holder ? stats.holds.active - page.holds.length : 0;
+  more.textContent = extra > 0 ? `${extra} more…` : "More holds than shown: narrow the filters to see them.";
+  tick();
+}
+
+function newHoldRow(hold) {
+  const node = document.createElement("tr");
+  node.dataset.holdId = hold.id;
+  const cell = (text, className) => {
+    const td = node.insertCell();
+    td.textContent = text;
+    if (className) td.className = className;
+    return td;
+  };
+  cell(hold.id, "id");
+  cell(hold.event_id);
+  const slots = hold.slots.slice(0, SLOTS_SHOWN).join(", ");
+  const rest = hold.slots.length - SLOTS_SHOWN;
+  cell(rest > 0 ? `${slots} +${rest}` : slots).title = hold.slots.join(", ");
+  cell(hold.holder);
+  const ttlCell = cell("", "ttl");
+  const secs = document.createElement("span");
+  const bar = document.createElement("span");
+  const fill = document.createElement("span");
+  bar.className = "bar";
+  bar.setAttribute("aria-hidden", "true");
+  fill.className = "fill";
+  bar.append(fill);
+  ttlCell.append(secs, bar);
+  return { node, ttlCell, secs, fill };
+}
+
+// Between polls the countdowns run on the page's monotonic clock: the browser's wall clock may disagree
+// with the server's, and only elapsed time is needed.
+function tick() {
+  const now = performance.now();
+  for (const entry of holdRows.values()) {
+    const leftMs = Math.max(0, Math.round(entry.ttlMs - (now - entry.fetchedAt)));
+    entry.ttlCell.dataset.ttlMs = leftMs;
+    entry.secs.textContent = leftMs > 0 ? `${(leftMs / 1000).toFixed(1)} s` : "expired";
+    const left = entry.fullMs > 0 ? Math.min(1, leftMs / entry.fullMs) : 0;
+    // Set through the CSSOM, which the CSP allows (a style attribute in markup it would refuse).
+    entry.fill.style.width = `${(100 * left).toFixed(1)}%`;
+    entry.fill.classList.toggle("low", left < 0.25);
+    // Greyed until the next poll, which no longer lists it.
+    entry.node.classList.toggle("expired", leftMs === 0);
+  }
+}
+
+// ---- seat map ----
+
+function showSeats(page) {
+  $("seats-hint").hidden = page !== null;
+  $("seats-panel").hidden = page === null;
+  $("seats-scope").textContent = page ? `event ${page.event_id}` : "";
+  const slots = page ? [...page.slots].sort((x, y) => naturalOrder(x.slot_id, y.slot_id)) : [];
+  const counts = { free: 0, held: 0, confirmed: 0 };
+  reconcile($("seats"), seatCells, slots, (slot) => slot.slot_id, newSeat, (entry, slot) => {
+    counts[slot.state] += 1;
+    if (entry.node.dataset.state === slot.state) return;
+    entry.node.dataset.state = slot.state;
+    entry.node.title = `${slot.slot_id}: ${slot.state}`;
+    entry.state.textContent = `: ${slot.state}`;
+  });
+  for (const [state, count] of Object.entries(counts)) $(`count-${state}`).textContent = count;
+  $("seats-more").hidden = !page || page.next_cursor === null;
+}
+
+function newSeat(slot) {
+  const node = document.createElement("li");
+  node.dataset.slotId = slot.slot_id;
+  // The state in words for screen readers, which read neither colour nor title.
+  const state = document.createElement("span");
+  state.className = "visually-hidden";
+  node.append(slot.slot_id, state);
+  return { node, state };
+}
+
+// Keeps one DOM node per key, in the order of `items`: rows stay put between polls rather than flicker.
+function reconcile(container, entries, items, keyOf, create, update) {
+  const seen = new Set();
+  let next = container.firstElementChild;
+  for (const item of items) {
+    const key = keyOf(item);
+    seen.add(key);
+    let entry = entries.get(key);
+    if (!entry) {
+      entry = create(item);
+      entries.set(key, entry);
+    }
+    update(entry, item);
+    if (entry.node === next) next = next.nextElementSibling;
+    else container.insertBefore(entry.node, next);
+  }
+  for (const [key, entry] of entries) {
+    if (seen.has(key)) continue;
+    entry.node.remove();
+    entries.delete(key);
+  }
+}
+
+// ---- filters ----
+
+function readFilters() {
+  const params = new URLSearchParams(location.search);
+  $("event").value = params.get("event") || "";
+  $("holder").value = params.get("holder") || "";
+  applyFilters();
+}
+
+function applyFilters() {
+  const eventInput = $("event");
+  const event = eventInput.value.trim();
+  const valid = event === "" || EVENT_ID.test(event);
+  eventInput.setAttribute("aria-invalid", String(!valid));
+  $("filters-help").classList.toggle("bad", !valid);
+  if (!valid) return; // the gateway would answer 422; keep showing the last valid filter
+  // The gateway matches holders exactly, spaces included: only an all-blank box means "any holder".
+  const typed = $("holder").value;
+  const holder = typed.trim() ? typed : "";
+  if (event === filters.event && holder === filters.holder) return;
+  filters.event = event;
+  filters.holder = holder;
+  generation += 1;
+  // The filters live in the URL, so a link shows the same view.
+  const search = query({ event, holder });
+  history.replaceState(null, "", `${location.pathname}${search ? `?${search}` : ""}`);
+  if (wakePoller) wakePoller();
+}
+
+function debounce(fn, ms) {
+  let timer;
+  return () => {
+    clearTimeout(timer);
+    timer = setTimeout(fn, ms);
+  };
+}
+
+function start() {
+  readFilters();
+  const onInput = debounce(applyFilters, FILTER_DEBOUNCE_MS);
+  $("event").addEventListener("input", onInput);
+  $("holder").addEventListener("input", onInput);
+  $("filters").addEventListener("submit", (e) => {
+    e.preventDefault(); // Enter applies at once, without reloading the page
+    applyFilters();
+  });
+  setInterval(tick, TICK_INTERVAL_MS);
+  pollForever();
+}
+
+start();

@@ -1,0 +1,282 @@
+"""The live /ops page in a real browser (Debian's Chromium, driven by Playwright): it loads clean under its
+CSP, counts holds down between polls, draws an event's seat map and honours the ops token.
+The populated page's test takes a screenshot; `make screenshot` saves it as docs/ops.png for the README."""
+
+import asyncio
+import itertools
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, async_playwright, expect
+
+from tests.conftest import make_settings
+from tests.support import Gateway, running_gateway
+
+CHROMIUM = os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium")
+# No sandbox (containers lack user namespaces), no GPU, and nothing that would reach for the internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Where the populated page's picture goes: the README's docs/ops.png with `make screenshot`, else a temp dir.
+SCREENSHOT_ENV = "GATEWAY_TEST_SCREENSHOT"
+OPS_TOKEN = "x" * 24
+WAIT_MS = 5_000  # the page polls every second: anything it should show, it shows well within this
+RATE = re.compile(r"^\d+\.\d$")  # a per-second rate, shown once the page has two answers to difference
+
+
+@pytest.fixture(scope="module", name="chromium")
+def fx_chromium() -> str:
+    """The browser binary. Playwright never downloads one here: without it the tests fail, never skip."""
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: install Debian's `chromium` package (apt-get install chromium), "
+            "or point GATEWAY_TEST_CHROMIUM at a Chromium binary",
+            pytrace=False,
+        )
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module", name="browser")
+async def fx_browser(chromium: str) -> AsyncIterator[Browser]:
+    """One Chromium for the module; each test opens its own context (cookies, credentials, cache)."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@asynccontextmanager
+async def ops_page(
+    browser: Browser, url: str, **context_options: Any
+) -> AsyncIterator[tuple[Page, Response | None, list[str]]]:
+    """The page at `url`, its navigation response, and every problem it reported: console errors (a CSP
+    violation is one), uncaught exceptions, failed requests and error responses."""
+    context = await browser.new_context(**context_options)
+    page = await context.new_page()
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            problems.append(f"console {message.type}: {message.text}")
+
+    def on_request_failed(request: Request) -> None:
+        problems.append(f"request failed: {request.url} {request.failure}")
+
+    def on_response(response: Response) -> None:
+        if response.status >= 400:
+            problems.append(f"HTTP {response.status}: {response.url}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("requestfailed", on_request_failed)
+    page.on("response", on_response)
+    try:
+        response = await page.goto(url)
+        yield page, response, problems
+    finally:
+        await context.close()
+
+
+def created_id(response: Any) -> str:
+    assert response.status_code == 201, response.text
+    hold_id: str = response.json()["id"]
+    return hold_id
+
+
+async def ttl_ms(page: Page, hold_id: str) -> int:
+    value = await page.locator(f'tr[data-hold-id="{hold_id}"] .ttl').get_attribute("data-ttl-ms")
+    assert value is not None
+    return int(value)
+
+
+async def test_page_loads_clean_and_shows_redis_front(gateway: Gateway, browser: Browser) -> None:
+    async with ops_page(browser, f"{gateway.url}/ops") as (page, response, problems):
+        assert response is not None
+        assert response.status == 200
+        # The page must run under the gateway's CSP for "no console errors" to prove it needs nothing inline.
+        assert response.headers["content-security-policy"] == "default-src 'self'; img-src 'self' data:"
+        banner = page.locator("#banner")
+        await expect(banner).to_have_text("redis-front", timeout=WAIT_MS)
+        await expect(banner).to_have_attribute("data-level", "ok")
+        # Rates need two answers: by then the page has polled at least twice.
+        await expect(page.locator("#rate-holds_created")).to_have_text(RATE, timeout=WAIT_MS)
+        await expect(page.locator("#error")).to_be_hidden()
+        await expect(page.locator("#seats-hint")).to_be_visible()
+        assert problems == []
+
+
+async def test_a_hold_counts_down_live_then_leaves_the_list(gateway: Gateway, browser: Browser) -> None:
+    async with ops_page(browser, f"{gateway.url}/ops") as (page, _, problems):
+        await expect(page.locator("#banner")).to_have_text("redis-front", timeout=WAIT_MS)
+        hold_id = created_id(await gateway.hold("show-1", ["A1", "A2"], holder="alice", ttl_seconds=3))
+        row = page.locator(f'tr[data-hold-id="{hold_id}"]')
+        await expect(row).to_be_visible(timeout=WAIT_MS)
+        await expect(row).to_contain_text("A1, A2")
+
+        # Four readings 0.15 s apart: polls come once a second, so only a live countdown changes every time.
+        readings = []
+        for _ in range(4):
+            readings.append(await ttl_ms(page, hold_id))
+            await asyncio.sleep(0.15)
+        assert all(a > b for a, b in itertools.pairwise(readings)), readings
+        assert 0 < readings[-1] <= 3000
+        assert problems == []
+
+        # With the listing failing, the page keeps the row and counts it down to zero, greyed as expired.
+        await page.route(lambda url: "/v1/holds?" in url, lambda route: route.abort())
+        await expect(row).to_have_class(re.compile(r"\bexpired\b"), timeout=WAIT_MS)
+        assert await ttl_ms(page, hold_id) == 0
+        await expect(page.locator("#error")).to_contain_text("/v1/holds")
+
+        # Once the listing answers again, the lapsed hold is no longer in it.
+        await page.unroute_all()
+        await expect(row).to_have_count(0, timeout=WAIT_MS)
+        await expect(page.locator("#error")).to_be_hidden()
+
+
+async def test_event_filter_draws_the_seat_map(gateway: Gateway, browser: Browser) -> None:
+    held = created_id(await gateway.hold("show-1", ["A1", "A2"], holder="alice"))
+    confirmed = created_id(await gateway.hold("show-1", ["B1"], holder="bob"))
+    assert (await gateway.client.post(f"/v1/holds/{confirmed}/confirm", json={"holder": "bob"})).is_success
+    cancelled = created_id(await gateway.hold("show-1", ["C1"], holder="carol"))
+    assert (await gateway.client.post(f"/v1/holds/{cancelled}/cancel", json={"holder": "carol"})).is_success
+    elsewhere = created_id(await gateway.hold("show-2", ["A1"], holder="alice"))
+
+    async with ops_page(browser, f"{gateway.url}/ops?event=show-1") as (page, _, problems):
+        seats = page.locator("#seats li")
+        await expect(seats).to_have_count(4, timeout=WAIT_MS)
+        expected = {"A1": "held", "A2": "held", "B1": "confirmed", "C1": "free"}
+        drawn = {
+            await seat.get_attribute("data-slot-id"): await seat.get_attribute("data-state")
+            for seat in await seats.all()
+        }
+        assert drawn == expected
+        await expect(page.locator('#seats [data-slot-id="B1"]')).to_have_attribute("title", "B1: confirmed")
+        await expect(page.locator("#event")).to_have_value("show-1")
+        await expect(page.locator("#numbers-scope")).to_have_text("event show-1")
+        # Only the event's active holds are listed.
+        await expect(page.locator("#holds tr")).to_have_count(1)
+        await expect(page.locator(f'tr[data-hold-id="{held}"]')).to_be_visible()
+
+        # Filters apply as they are typed and go into the URL, so a link shows the same view.
+        await page.locator("#event").fill("")
+        await page.locator("#holder").fill("alice")
+        await expect(page.locator(f'tr[data-hold-id="{elsewhere}"]')).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#holds tr")).to_have_count(2)
+        assert page.url.endswith("/ops?holder=alice")
+        await expect(page.locator("#seats-hint")).to_be_visible()
+        assert problems == []
+
+
+async def test_ops_token_is_asked_for_and_accepted_as_basic_password(
+    database_url: str, redis_url: str, key_prefix: str, browser: Browser
+) -> None:
+    """A browser answers the 401 with Basic credentials. Pins a bug: Chromium reads only the first challenge
+    of a WWW-Authenticate header, so `Bearer realm=…, Basic realm=…` never made it ask for a password."""
+    settings = make_settings(database_url, redis_url, key_prefix, ops_token=OPS_TOKEN)
+    async with running_gateway(settings) as gateway:
+        for path in ("/ops", "/ops/ops.js", "/v1/stats", "/v1/holds"):
+            refused = await gateway.client.get(path)
+            assert refused.status_code == 401, path
+            assert "Basic" in refused.headers["www-authenticate"]
+
+        hold_id = created_id(await gateway.hold("show-1", ["A1"], holder="alice"))
+        credentials = {"username": "ops", "password": OPS_TOKEN}
+        async with ops_page(browser, f"{gateway.url}/ops", http_credentials=credentials) as (
+            page,
+            response,
+            problems,
+        ):
+            assert response is not None
+            assert response.status == 200, (
+                "Chromium did not answer the challenge: it reads only the first one in a WWW-Authenticate "
+                "header, so Basic must come first there or have a header of its own"
+            )
+            await expect(page.locator("#banner")).to_have_text("redis-front", timeout=WAIT_MS)
+            await expect(page.locator(f'tr[data-hold-id="{hold_id}"]')).to_be_visible(timeout=WAIT_MS)
+            await expect(page.locator("#active")).to_have_text("1")
+            assert problems == []
+
+
+async def test_populated_page_screenshot(gateway: Gateway, browser: Browser, tmp_path: Path) -> None:
+    """A hall of 40 seats in every state, holds on other events and some traffic, photographed."""
+    screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "ops.png")
+    started = time.time()
+    rows, numbers = "ABCDE", range(1, 9)
+    assert len(rows) * len(numbers) == 40
+    # Short holds first, so their bars have run down part way when the picture is taken.
+    held = [
+        (["A1", "A2"], "ana@example.com", 5),
+        (["C6"], "chen.li", 12),
+        (["B3", "B4", "B5"], "bruno", 90),
+        (["D1", "D2"], "dana", 240),
+        (["E7", "E8"], "emil", 600),
+    ]
+    for slots, holder, ttl in held:
+        created_id(await gateway.hold("hall-a", slots, holder=holder, ttl_seconds=ttl))
+    for slots, holder in [
+        (["A4", "A5", "A6"], "farah"),
+        (["B1"], "gus"),
+        (["C1", "C2", "C3", "C4"], "hana"),
+        (["D5", "D6"], "ivo"),
+    ]:
+        hold_id = created_id(await gateway.hold("hall-a", slots, holder=holder))
+        assert (await gateway.client.post(f"/v1/holds/{hold_id}/confirm", json={"holder": holder})).is_success
+    # Every other seat was held once and let go, so the gateway knows all 40.
+    taken = {slot for slots, _, _ in held for slot in slots} | {
+        "A4", "A5", "A6", "B1", "C1", "C2", "C3", "C4", "D5", "D6"
+    }  # fmt: skip
+    free = [f"{row}{number}" for row in rows for number in numbers if f"{row}{number}" not in taken]
+    for start in range(0, len(free), 10):  # a hold takes at most 10 slots
+        hold_id = created_id(await gateway.hold("hall-a", free[start : start + 10], holder="box-office"))
+        cancel = await gateway.client.post(f"/v1/holds/{hold_id}/cancel", json={"holder": "box-office"})
+        assert cancel.is_success
+    for event, slots, holder in [("hall-b", ["R1", "R2"], "jo"), ("match-day", ["N12"], "kim")]:
+        created_id(await gateway.hold(event, slots, holder=holder, ttl_seconds=120))
+
+    async def traffic() -> None:
+        """Holds on another event, and a rival for each that Redis turns away, for non-zero rates."""
+        for i in itertools.count():
+            await gateway.hold("match-day", [f"S{i}"], holder="fan", ttl_seconds=30)
+            await gateway.hold("match-day", [f"S{i}"], holder="rival", ttl_seconds=30)
+            await asyncio.sleep(0.1)
+
+    churn = asyncio.create_task(traffic())
+    try:
+        async with ops_page(
+            browser, f"{gateway.url}/ops?event=hall-a", viewport={"width": 1280, "height": 900}
+        ) as (page, _, problems):
+            await expect(page.locator("#seats li")).to_have_count(40, timeout=WAIT_MS)
+            await expect(page.locator("#holds tr")).to_have_count(len(held))
+            await expect(page.locator("#rate-holds_created")).to_have_text(RATE, timeout=WAIT_MS)
+            await expect(page.locator("#rate-rejected_by_redis")).not_to_have_text("0.0", timeout=WAIT_MS)
+            for state, count in [("free", 20), ("held", 10), ("confirmed", 10)]:
+                await expect(page.locator(f"#count-{state}")).to_have_text(str(count))
+            # The shortest hold is nearly out: its bar shows the low colour in the picture.
+            await page.wait_for_function(
+                "() => Number(document.querySelector('#holds .ttl').dataset.ttlMs) < 1200", timeout=WAIT_MS
+            )
+            screenshot.parent.mkdir(exist_ok=True)
+            await page.screenshot(path=screenshot)
+            assert problems == []
+    finally:
+        churn.cancel()
+        with suppress(asyncio.CancelledError):
+            await churn
+    written = os.stat(screenshot)
+    assert written.st_mtime >= started
+    assert written.st_size > 10_000  # a picture of the page, not an empty frame
