@@ -39,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--db-only",
+        action="store_true",
+        help="serve without Redis, even if GATEWAY_REDIS_URL is set: Postgres alone turns losers away",
+    )
     commands.add_parser("migrate", help="apply pending migrations and exit")
     ops_cli.add_commands(commands)
     args = parser.parse_args(argv)
@@ -54,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.config.dictConfig(log_config)
 
     with ExitStack() as servers:
-        settings = _with_embedded_servers(settings, servers)
+        if getattr(args, "db_only", False):
+            os.environ.pop("GATEWAY_REDIS_URL", None)  # the workers read their settings from the environment
+            settings = settings_from_env(redis_url=None)
+        settings = _with_embedded_servers(settings, servers, redis=not getattr(args, "db_only", False))
         try:
             applied = asyncio.run(migrate_url(_required(settings.database_url)))
         except (MigrationError, OSError) as exc:
@@ -91,9 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _with_embedded_servers(settings: Settings, servers: ExitStack) -> Settings:
+def _with_embedded_servers(settings: Settings, servers: ExitStack, *, redis: bool) -> Settings:
     """Start a local Postgres and Redis in `data_dir` for whichever of the two is not configured."""
-    if settings.database_url and settings.redis_url:
+    if settings.database_url and (settings.redis_url or not redis):
         return settings
     from gateway.embedded import LocalPostgres, LocalRedis  # noqa: PLC0415 - only needed in embedded mode
 
@@ -107,7 +115,7 @@ def _with_embedded_servers(settings: Settings, servers: ExitStack) -> Settings:
             postgres.dsn,
         )
         overrides["database_url"] = postgres.dsn
-    if not settings.redis_url:
+    if redis and not settings.redis_url:
         redis_server = servers.enter_context(LocalRedis(data_dir / "redis", persistent=True))
         log.info(
             "no GATEWAY_REDIS_URL: started an embedded Redis in %s at %s",

@@ -110,3 +110,22 @@ def test_serve_with_nothing_configured_starts_embedded_servers(tmp_path: Path) -
     with serving([], env, port, timeout_s=120) as url:
         again = httpx.get(f"{url}/v1/holds/{created.json()['id']}")
     assert again.status_code == 200
+
+
+@pytest.mark.timeout(120)
+def test_serve_db_only_ignores_a_configured_redis(database_url: str, redis_url: str, key_prefix: str) -> None:
+    env = clean_env(
+        GATEWAY_DATABASE_URL=database_url, GATEWAY_REDIS_URL=redis_url, GATEWAY_REDIS_KEY_PREFIX=key_prefix
+    )
+    with serving(["--db-only"], env, free_port()) as url:
+        body = {"event_id": "show-1", "slots": ["A-1"]}
+        responses = [httpx.post(f"{url}/v1/holds", json={**body, "holder": f"h{i}"}) for i in range(5)]
+        ready = httpx.get(f"{url}/ready").json()
+
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409, 409]
+    assert ready == {
+        "database": "up",
+        "redis": "down",
+        "mode": "db-only",
+        "mode_reason": "redis not configured",
+    }
