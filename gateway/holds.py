@@ -111,7 +111,7 @@ class HoldService:
             return await self._create_in_postgres(request, lease=None)
         match acquired.outcome:
             case AcquireOutcome.CONFLICT:
-                metrics.HOLDS_REJECTED.labels("redis").inc()
+                metrics.HOLDS_REJECTED_BY_REDIS.inc()
                 note_request(layer="redis")
                 raise SlotUnavailable(acquired.conflicts)
             case AcquireOutcome.KEY_REUSED:
@@ -189,7 +189,7 @@ class HoldService:
             return HoldResponse(existing.to_model(), 200)
         # A slot whose owner committed and then released between the claim and this read counts as taken:
         # the claim lost to it.
-        metrics.HOLDS_REJECTED.labels("postgres").inc()
+        metrics.HOLDS_REJECTED_BY_POSTGRES.inc()
         raise SlotUnavailable(taken)
 
     async def _replay(self, request: HoldRequest) -> HoldResponse | None:

@@ -91,6 +91,37 @@ MODE_TRANSITIONS = Counter(
 WORKERS = Gauge("gateway_workers", "Worker processes serving.", multiprocess_mode="livesum")
 
 
+class _HttpSeries:
+    """The request counter and latency histogram of one (method, route, status), resolved once."""
+
+    __slots__ = ("_count", "_seconds")
+
+    def __init__(self, method: str, route: str, status: int) -> None:
+        self._count = HTTP_REQUESTS.labels(method, route, str(status))
+        self._seconds = HTTP_REQUEST_SECONDS.labels(method, route)
+
+    def observe(self, elapsed_s: float) -> None:
+        self._count.inc()
+        self._seconds.observe(elapsed_s)
+
+
+_http_series: dict[tuple[str, str, int], _HttpSeries] = {}
+
+
+def http_request(method: str, route: str, status: int) -> _HttpSeries:
+    """The series of one kind of request. Routes are templates and methods and statuses few, so the cache
+    stays small; resolving labels on every request costs more than the request's own Redis call parsing."""
+    key = (method, route, status)
+    series = _http_series.get(key)
+    if series is None:
+        series = _http_series[key] = _HttpSeries(method, route, status)
+    return series
+
+
+HOLDS_REJECTED_BY_REDIS = HOLDS_REJECTED.labels("redis")
+HOLDS_REJECTED_BY_POSTGRES = HOLDS_REJECTED.labels("postgres")
+
+
 def multiprocess() -> bool:
     return MULTIPROC_DIR_ENV in os.environ
 

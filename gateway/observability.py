@@ -59,8 +59,7 @@ class ObservedLitestar(Litestar):
     def _observe(self, scope: Any, context: RequestContext, status: int, elapsed_s: float) -> None:
         route = scope.get("path_template") or "unmatched"
         method = scope["method"]
-        metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-        metrics.HTTP_REQUEST_SECONDS.labels(method, route).observe(elapsed_s)
+        metrics.http_request(method, route, status).observe(elapsed_s)
         if self.access_log_enabled:
             # Logged while the request is current, so the record carries its request id.
             access_log.info(
