@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_connect_timeout_s: PositiveFloat = 1.0
     # Each in-flight Redis call holds a connection; a 300-request burst on one worker needs that many.
     redis_max_connections: PositiveInt = 256
+    # Send the scripts' calls of all concurrent requests over one connection, flushed once per event-loop
+    # pass (about a third less CPU per rejection than a pooled redis-py call); false: redis-py's pool.
+    redis_pipeline: bool = True
     # Waiting for a free Redis connection is local overload, not a Redis outage: past this, 503.
     redis_queue_timeout_s: PositiveFloat = 2.0
     # How long an acquired lease lives before its commit extends it: enough for one Postgres commit, short

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway import keys, metrics
 from gateway.config import Settings
 from gateway.errors import Overloaded
+from gateway.redis_pipe import PipelinedRedis
 from gateway.resources import resource_dir
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,10 @@ class CircuitBreaker:
 
 
 class RedisFront:
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, pipe: PipelinedRedis | None = None) -> None:
         self._client = client
+        # The scripts' calls, pipelined over one connection; other commands (ping, adopt, stats) use the pool.
+        self._pipe = pipe
         self._settings = settings
         self._prefix = settings.redis_key_prefix
         self.breaker = CircuitBreaker(settings.redis_retry_interval_s)
@@ -152,7 +155,14 @@ class RedisFront:
             retry_on_timeout=False,
             health_check_interval=0,
         )
-        front = cls(redis.Redis(connection_pool=pool), settings)
+        pipe = None
+        if settings.redis_pipeline and PipelinedRedis.supports(settings.redis_url):
+            pipe = PipelinedRedis(
+                settings.redis_url,
+                timeout_s=settings.redis_timeout_s,
+                connect_timeout_s=settings.redis_connect_timeout_s,
+            )
+        front = cls(redis.Redis(connection_pool=pool), settings, pipe)
         await front.start()
         return front
 
@@ -178,6 +188,8 @@ class RedisFront:
         await asyncio.gather(*(self._client.ping() for _ in range(count)))
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
         await self._client.aclose(close_connection_pool=True)
 
     @property
@@ -304,7 +316,7 @@ class RedisFront:
             raise
         started = time.perf_counter()
         try:
-            reply: list[int] | int = await self._scripts[name](keys=keys_, args=args)  # type: ignore[arg-type]
+            reply: list[int] | int = await self._run_script(name, keys_, args)
         except (RedisError, OSError) as exc:
             self._failed(name, exc)
             raise RedisUnavailable(str(exc)) from exc
@@ -313,6 +325,18 @@ class RedisFront:
             self._call_seconds[name].observe(time.perf_counter() - started)
         self.breaker.record_success()
         return reply
+
+    async def _run_script(self, name: str, keys_: list[str], args: list[object]) -> Any:
+        script = self._scripts[name]
+        if self._pipe is None:
+            return await script(keys=keys_, args=args)  # type: ignore[arg-type]
+        try:
+            return await self._pipe.execute("EVALSHA", script.sha, len(keys_), *keys_, *args)  # type: ignore[arg-type]
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # Redis lost its scripts (a restart, SCRIPT FLUSH): redis-py loads the script and runs it again.
+            return await script(keys=keys_, args=args)  # type: ignore[arg-type]
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         reason = f"{operation} failed: {type(exc).__name__}: {exc}"

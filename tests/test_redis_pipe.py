@@ -1,0 +1,96 @@
+"""The pipelined Redis connection: replies reach the right callers, and faults fail fast and heal."""
+
+import asyncio
+import signal
+import time
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.embedded import LocalRedis
+from gateway.redis_pipe import PipelinedRedis
+
+
+def pipe_to(url: str, timeout_s: float = 0.3) -> PipelinedRedis:
+    return PipelinedRedis(url, timeout_s=timeout_s, connect_timeout_s=1.0)
+
+
+async def test_concurrent_calls_each_get_their_own_reply(own_redis: LocalRedis) -> None:
+    pipe = pipe_to(own_redis.url)
+    try:
+        await asyncio.gather(*(pipe.execute("SET", f"k{i}", f"v{i}") for i in range(500)))
+        replies = await asyncio.gather(*(pipe.execute("GET", f"k{i}") for i in range(500)))
+    finally:
+        await pipe.close()
+    assert replies == [f"v{i}".encode() for i in range(500)]
+
+
+async def test_an_error_reply_fails_only_its_own_call(own_redis: LocalRedis) -> None:
+    pipe = pipe_to(own_redis.url)
+    try:
+        await pipe.execute("SET", "text", "not a number")
+        results = await asyncio.gather(
+            pipe.execute("INCR", "counter"),
+            pipe.execute("INCR", "text"),
+            pipe.execute("EVALSHA", "0" * 40, 0),
+            pipe.execute("INCR", "counter"),
+            return_exceptions=True,
+        )
+    finally:
+        await pipe.close()
+    assert results[0] == 1
+    assert isinstance(results[1], ResponseError)
+    assert isinstance(results[2], ResponseError)
+    assert str(results[2]).startswith("NOSCRIPT")
+    assert results[3] == 2
+
+
+async def test_a_frozen_redis_costs_one_timeout_then_the_connection_heals(own_redis: LocalRedis) -> None:
+    pipe = pipe_to(own_redis.url, timeout_s=0.2)
+    await pipe.execute("SET", "k", "before")
+    own_redis.kill(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        frozen = await asyncio.gather(*(pipe.execute("GET", "k") for _ in range(20)), return_exceptions=True)
+        waited_s = time.monotonic() - started
+    finally:
+        own_redis.kill(signal.SIGCONT)
+    try:
+        after = await pipe.execute("GET", "k")
+    finally:
+        await pipe.close()
+
+    assert all(isinstance(r, RedisTimeoutError) for r in frozen), frozen
+    assert waited_s < 0.2 + 0.3  # all together, one budget: not one timeout after another
+    # The late replies to the timed-out calls went with the closed connection: the new one answers in step.
+    assert after == b"before"
+
+
+async def test_a_killed_redis_fails_fast_and_a_restarted_one_is_used_again(own_redis: LocalRedis) -> None:
+    pipe = pipe_to(own_redis.url)
+    await pipe.execute("SET", "k", "v")
+    own_redis.kill(signal.SIGKILL)
+    try:
+        with pytest.raises(RedisConnectionError):
+            await pipe.execute("GET", "k")
+        with pytest.raises(RedisConnectionError):
+            await pipe.execute("GET", "k")  # nothing listens: refused at once, no timeout
+        own_redis.start()  # same port, empty
+        assert await pipe.execute("GET", "k") is None
+        assert await pipe.execute("SET", "k", "again") == b"OK"
+    finally:
+        await pipe.close()
+
+
+async def test_the_database_number_of_the_url_is_selected(own_redis: LocalRedis) -> None:
+    pipe = pipe_to(own_redis.url.rsplit("/", 1)[0] + "/3")
+    default = pipe_to(own_redis.url)
+    try:
+        await pipe.execute("SET", "where", "db3")
+        assert await default.execute("GET", "where") is None
+        assert await pipe.execute("GET", "where") == b"db3"
+    finally:
+        await pipe.close()
+        await default.close()
