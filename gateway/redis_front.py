@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 SCRIPT_NAMES: Final = ("acquire", "extend", "release")
 
 
+# Connections the pool opens at start when the pipe carries the scripts (else: all of them).
+WARM_POOL_WITH_PIPE = 8
+
+
 class AcquireOutcome(IntEnum):
     """The first element of acquire.lua's reply."""
 
@@ -171,7 +175,12 @@ class RedisFront:
         A Redis that is down now is not fatal: the gateway starts in db-only mode."""
         try:
             await self.load_scripts()
-            await self._open_connections(self._settings.redis_max_connections)
+            if self._pipe is not None:
+                await self._pipe.execute("PING")
+            # With the pipe, the pool serves only pings, adoptions and stats: a few connections will do.
+            await self._open_connections(
+                self._settings.redis_max_connections if self._pipe is None else WARM_POOL_WITH_PIPE
+            )
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
