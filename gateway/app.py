@@ -16,9 +16,10 @@ from gateway import __version__, metrics
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
+from gateway.api.problems import gateway_error, problem_response
 from gateway.api.slots import SlotsController
 from gateway.config import Settings
-from gateway.errors import PROBLEM_TYPE_BASE, GatewayError
+from gateway.errors import GatewayError
 from gateway.holds import HoldService
 from gateway.logs import install_request_id_factory
 from gateway.observability import ObservedLitestar
@@ -28,8 +29,6 @@ from gateway.store import Store
 from gateway.sweeper import run_sweeper
 
 log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -76,7 +75,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         exception_handlers={
-            GatewayError: _gateway_error,
+            GatewayError: gateway_error,
             HTTPException: _http_exception,
             HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
         },
@@ -90,31 +89,6 @@ def create_app(settings: Settings) -> Litestar:
     return app
 
 
-def _problem(
-    status: int,
-    problem: str,
-    title: str,
-    detail: str,
-    *,
-    headers: dict[str, str] | None = None,
-    **extensions: object,
-) -> Response[dict[str, object]]:
-    body: dict[str, object] = {
-        "type": PROBLEM_TYPE_BASE + problem,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extensions,
-    }
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[dict[str, object]]:
-    return _problem(
-        exc.status_code, exc.problem, exc.title, exc.detail, headers=exc.headers(), **exc.extensions
-    )
-
-
 def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
     """Litestar's own errors (bad JSON, wrong types, body too large, unknown route) as problem+json."""
     status = exc.status_code
@@ -122,8 +96,8 @@ def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[d
         detail = _validation_detail(exc)
         malformed = "malformed" in detail.lower() or "json is malformed" in detail.lower()
         if malformed:
-            return _problem(400, "malformed-request", "Malformed request", detail)
-        return _problem(422, "invalid-request", "Invalid request", detail)
+            return problem_response(400, "malformed-request", "Malformed request", detail)
+        return problem_response(422, "invalid-request", "Invalid request", detail)
     titles = {
         404: "Not found",
         405: "Method not allowed",
@@ -137,7 +111,7 @@ def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[d
         415: "unsupported-media-type",
     }.get(status, "http-error")
     headers = dict(exc.headers or {})
-    return _problem(status, slug, titles.get(status, "HTTP error"), str(exc.detail), headers=headers)
+    return problem_response(status, slug, titles.get(status, "HTTP error"), str(exc.detail), headers=headers)
 
 
 def _validation_detail(exc: ValidationException) -> str:
@@ -162,4 +136,6 @@ def _validation_detail(exc: ValidationException) -> str:
 
 def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
     log.exception("unhandled error", exc_info=exc)
-    return _problem(500, "internal-error", "Internal error", "The gateway failed to process the request.")
+    return problem_response(
+        500, "internal-error", "Internal error", "The gateway failed to process the request."
+    )
