@@ -18,30 +18,44 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from locust import events
+from locust import User, events
 from locust.env import Environment
 
 # Locust imports this file by its path; make the `loadtests` package importable from any working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.scenarios.confirm_vs_expiry import ConfirmVsExpiryUser  # noqa: E402 - needs the path above
-from loadtests.scenarios.flash_sale import FlashSaleUser  # noqa: E402 - needs the path above
-from loadtests.scenarios.mix import HoldMixUser  # noqa: E402 - needs the path above
-from loadtests.scenarios.storm import DegradedStormUser, StormUser  # noqa: E402 - needs the path above
+from loadtests.scenarios.confirm_vs_expiry import ConfirmVsExpiryUser
+from loadtests.scenarios.flash_sale import FlashSaleUser
+from loadtests.scenarios.mix import HoldMixUser
+from loadtests.scenarios.storm import DegradedStormUser, StormUser
 
 __all__ = ["ConfirmVsExpiryUser", "DegradedStormUser", "FlashSaleUser", "HoldMixUser", "StormUser"]
+
+
+def _tags(user_class: type[User]) -> set[str]:
+    return set().union(*(getattr(task, "locust_tag_set", set()) for task in user_class.tasks))
 
 
 @events.init.add_listener
 def _one_scenario(environment: Environment, **_: Any) -> None:
     """Scenarios are judged one at a time: pick one, by class name or tag; none named means the storm."""
-    # A tag filter (-T) leaves the other scenarios without tasks; they cannot run, so they are not selected.
-    environment.user_classes[:] = [user_class for user_class in environment.user_classes if user_class.tasks]
     options = environment.parsed_options
-    named = bool(options and (options.user_classes or options.tags))
-    if len(environment.user_classes) > 1 and not named:
-        environment.user_classes[:] = [StormUser]
-    if len(environment.user_classes) != 1:
-        chosen = ", ".join(user_class.__name__ for user_class in environment.user_classes) or "none"
-        sys.exit(f"choose exactly one scenario (by user class name or tag); chosen: {chosen}. Scenarios: "
-                 f"{', '.join(__all__)}")
+    tags, excluded = (
+        set(getattr(options, "tags", None) or ()),
+        set(getattr(options, "exclude_tags", None) or ()),
+    )
+    # Locust applies -T/-E when the test starts; a scenario they leave without a task is not selected at all.
+    chosen = [
+        user_class
+        for user_class in environment.user_classes
+        if (not tags or _tags(user_class) & tags) and not _tags(user_class) & excluded
+    ]
+    if len(chosen) > 1 and not (getattr(options, "user_classes", None) or tags or excluded):
+        chosen = [StormUser]
+    if len(chosen) != 1:
+        names = ", ".join(user_class.__name__ for user_class in chosen) or "none"
+        sys.exit(
+            f"choose exactly one scenario, by user class name or tag (chosen: {names}); "
+            f"the scenarios: {', '.join(__all__)}"
+        )
+    environment.user_classes[:] = chosen

@@ -1,0 +1,1 @@
+"""One module per scenario, and `common` for what they share. loadtests/locustfile.py exposes their users."""
