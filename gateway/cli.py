@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop="uvloop",
             http="httptools",
             access_log=False,  # the gateway logs each request itself, with its request id
+            timeout_keep_alive=settings.http_keep_alive_s,
             log_config=log_config,
             log_level=settings.log_level.lower(),
         )

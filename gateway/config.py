@@ -78,6 +78,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sweep_interval_s: PositiveFloat = 1.0
     sweep_batch_size: PositiveInt = 1_000
 
+    # HTTP keep-alive for idle client connections. uvicorn's 5 s is shorter than what load balancers and
+    # clients assume (often 60 s or more): a request sent as the server closes an idle connection is lost.
+    http_keep_alive_s: PositiveInt = 75
+
     # `Retry-After` seconds on 503.
     retry_after_s: PositiveInt = 1
 
