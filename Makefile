@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The /ops page test drives a real browser: Debian's Chromium (Playwright never downloads one here).
+CHROMIUM ?= /usr/bin/chromium
+# The benchmark's load generator (its tests run it too): Debian's wrk.
+WRK ?= /usr/bin/wrk
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test screenshot lint format typecheck check clean
+.PHONY: help serve test bench bench-quick screenshot lint format typecheck check clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,17 +24,24 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)  ## Serve the gateway on :8000 (embedded Postgres and Redis unless GATEWAY_*_URL are set)
 	$(BIN)/gateway serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --workers $${WORKERS:-1}
 
-# The /ops page test drives a real browser: Debian's Chromium (Playwright never downloads one here).
-CHROMIUM ?= /usr/bin/chromium
-SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
-
 $(CHROMIUM):
 	@echo "Installing Debian's chromium for the /ops page test"
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-test: $(STAMP) $(CHROMIUM)  ## Run the test suite against real Postgres and Redis servers it starts itself
+test: $(STAMP) $(CHROMIUM) $(WRK)  ## Run the test suite against real Postgres and Redis servers it starts itself
 	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(WRK):
+	@echo "Installing Debian's wrk for the benchmark"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk
+
+bench: $(STAMP) $(WRK)  ## The side-by-side benchmark (~5 min); writes docs/benchmarks.md and .json
+	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md --json docs/benchmarks.json
+
+bench-quick: $(STAMP) $(WRK)  ## The same, about a minute, written to /tmp/benchmarks-quick.md
+	$(BIN)/python -m loadtests.bench --quick --out /tmp/benchmarks-quick.md --json /tmp/benchmarks-quick.json
 
 screenshot: $(STAMP) $(CHROMIUM)  ## Retake docs/ops.png, the README's picture of the /ops page
 	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) GATEWAY_TEST_SCREENSHOT=docs/ops.png \

@@ -1,0 +1,511 @@
+"""The Markdown report of a Report."""
+
+from collections.abc import Iterable
+
+from loadtests.bench.results import BARE, DB_ONLY, NAIVE, REDIS_FRONT, TARGET_NAMES, Report, Run
+from loadtests.bench.verdicts import (
+    holds_per_s,
+    ms,
+    onsale_ok,
+    pairs_per_s,
+    storm_ratio,
+    thousands,
+    transactions,
+    transactions_per_request,
+    verdicts,
+)
+
+NOISY_CORES = 0.1  # other processes' CPU during a run, in cores, past which the report says it is skewed
+
+
+# --- formatting ---------------------------------------------------------------------------------------------
+
+
+def _ratio(numerator: float | None, denominator: float | None, unit: str = "x") -> str:
+    if numerator is None or not denominator:
+        return "n/a"
+    return f"{numerator / denominator:.2f}{unit}"
+
+
+def _pct(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or not denominator:
+        return "n/a"
+    return f"{100 * numerator / denominator:.1f}%"
+
+
+def _table(headers: list[str], rows: Iterable[list[str]], align: str = "") -> list[str]:
+    """A Markdown table; align: one letter per column, l or r (default: first l, the rest r)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    marks = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(marks) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _wrk_cores(run: Run, cpus: int) -> str:
+    return f"{run.wrk.cores_used:.2f} of {cpus}"
+
+
+def _name(target: str) -> str:
+    return TARGET_NAMES.get(target, target)
+
+
+# --- the document -------------------------------------------------------------------------------------------
+
+
+def markdown(report: Report) -> str:
+    plan, machine, cpus = report.plan, report.machine, report.machine.cpus
+    find = report.find
+    lines = [f"# Reservation gateway benchmark ({plan.name})", ""]
+    if report.errors:
+        lines += ["**FAILED: some measurements could not be made:**", ""]
+        lines += [f"- FAILED: {error}" for error in report.errors] + [""]
+    failed_sales = [sale for sale in report.onsale if not onsale_ok(sale)]
+    for sale in failed_sales:
+        lines += [
+            f"**FAILED: on-sale on {_name(sale.target)} sold {sale.run.wrk.count(201)} seats by its 201s and "
+            f"{sale.sold_in_database} in its database, not {sale.seats}.**",
+            "",
+        ]
+    lines += [
+        " ".join(
+            [
+                f"Every target runs {plan.workers} uvicorn worker(s) (uvloop, httptools) on its own",
+                f"database, measured one at a time with wrk -t{plan.threads} on the same {cpus} cores.",
+                f"Rejection runs last {plan.run_s} s ({plan.side_run_s} s with the access log on and at 1",
+                f"worker); commit, hold + confirm and scaling runs {plan.short_run_s} s; each after a",
+                f"{plan.warmup_s} s warm-up with the same script. Runs vary by about ±10% from one to the",
+                f"next: compare within one report. Benchmark wall time: {report.duration_s:.0f} s.",
+            ]
+        ),
+        "",
+        "## Machine",
+        "",
+    ]
+    load_after = " / ".join(f"{x:.2f}" for x in machine.load_after) if machine.load_after else "n/a"
+    lines += _table(
+        ["Machine", ""],
+        [
+            ["CPUs", f"{machine.cpus} ({machine.cpu_model})"],
+            ["RAM", f"{machine.memory_gib:.1f} GiB"],
+            ["Kernel", machine.kernel],
+            ["Python", machine.python],
+            ["PostgreSQL", f"{machine.postgres} (its own, fsync off)"],
+            ["Redis", f"{machine.redis} (its own)"],
+            ["wrk", machine.wrk],
+            ["Date", machine.date],
+            ["Commit", machine.commit + (" (dirty: uncommitted changes)" if machine.dirty else "")],
+            ["Load average (1/5/15 min) before", " / ".join(f"{x:.2f}" for x in machine.load_before)],
+            ["Load average after", load_after],
+        ],
+        align="ll",
+    )
+    lines += _noise(report)
+
+    lines += ["## Targets", ""]
+    marks = {True: "yes", False: "**no**", None: "n/a"}
+    lines += _table(
+        ["Target", "Measured", "Met?"],
+        ([v.target, v.measured, marks[v.met]] for v in verdicts(report)),
+        align="lll",
+    )
+
+    a, b, c, d = (find(report.rejection, key) for key in (REDIS_FRONT, DB_ONLY, NAIVE, BARE))
+    sales = {sale.target: sale for sale in report.onsale}
+    commits = {run.target: run for run in report.commit}
+    confirms = {run.target: run for run in report.hold_confirm}
+
+    def rps(run: Run | None) -> float | None:
+        return run.wrk.rps if run else None
+
+    def sale_rps(key: str) -> float | None:
+        return sales[key].run.wrk.rps if key in sales else None
+
+    def commit_rate(key: str) -> float | None:
+        return holds_per_s(commits[key]) if key in commits else None
+
+    def pair_rate(key: str) -> float | None:
+        return pairs_per_s(confirms[key]) if key in confirms else None
+
+    lines += ["## Ratios", ""]
+    lines += _table(
+        ["Ratio", "Rejection", "On-sale", "Commit", "Hold + confirm"],
+        [
+            [
+                "Redis front ÷ db-only",
+                _ratio(rps(a), rps(b)),
+                _ratio(sale_rps(REDIS_FRONT), sale_rps(DB_ONLY)),
+                _ratio(commit_rate(REDIS_FRONT), commit_rate(DB_ONLY)),
+                _ratio(pair_rate(REDIS_FRONT), pair_rate(DB_ONLY)),
+            ],
+            [
+                "Redis front ÷ naive",
+                _ratio(rps(a), rps(c)),
+                _ratio(sale_rps(REDIS_FRONT), sale_rps(NAIVE)),
+                _ratio(commit_rate(REDIS_FRONT), commit_rate(NAIVE)),
+                "n/a",
+            ],
+            ["Redis front ÷ bare Litestar", _pct(rps(a), rps(d)), "", "", ""],
+            [
+                "Postgres CPU, Redis front ÷ db-only",
+                _pct(a.cost.postgres_cpu_s if a else None, b.cost.postgres_cpu_s if b else None),
+                "",
+                "",
+                "",
+            ],
+        ],
+    )
+    bulkheads = {item.target: item for item in report.bulkhead}
+    if bulkheads:
+        lines += [
+            "Bulkhead, confirm p99 during the storm ÷ quiet: "
+            + ", ".join(
+                f"{_name(key)} {item.storm.p99_ms / item.quiet.p99_ms:.1f}x"
+                for key, item in bulkheads.items()
+            ),
+            "",
+        ]
+
+    lines += _rejection_section(report, cpus)
+    lines += _onsale_section(report, cpus)
+    lines += _commit_section(report, cpus)
+    lines += _scaling_section(report, cpus)
+    lines += _postgres_section(report)
+    lines += _bulkhead_section(report, cpus)
+    lines += _method_notes()
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _all_runs(report: Report) -> list[Run]:
+    return [
+        *report.rejection,
+        *(sale.run for sale in report.onsale),
+        *report.commit,
+        *report.hold_confirm,
+        *report.scaling_workers,
+        *report.scaling_concurrency,
+        *(item.storm_run for item in report.bulkhead),
+    ]
+
+
+def _others_cores(run: Run) -> float:
+    return run.cost.others_cpu_s / run.wrk.wall_s if run.wrk.wall_s else 0.0
+
+
+def _noise(report: Report) -> list[str]:
+    """How much CPU other processes took during the measured runs: the machine is shared."""
+    runs = _all_runs(report)
+    if not runs:
+        return []
+    busiest = max(runs, key=_others_cores)
+    mean = sum(_others_cores(run) for run in runs) / len(runs)
+    text = (
+        "Other processes than the benchmark's (kernel threads included, such as the page cache's writeback) "
+        f"took {mean:.2f} cores on average during the measured runs, at most {_others_cores(busiest):.2f} "
+        f"(during a run on {_name(busiest.target)})."
+    )
+    if _others_cores(busiest) > NOISY_CORES:
+        text = f"**{text} Numbers are skewed where they did: re-run on a quiet machine.**"
+    return [text, ""]
+
+
+def _rejection_section(report: Report, cpus: int) -> list[str]:
+    lines = [
+        "## 1. Rejection path",
+        "",
+        f"Every request asks for a slot held beforehand, each as a new holder; wrk -t{report.plan.threads} "
+        f"-c{report.plan.storm_connections}, {report.plan.run_s} s. CPU columns: CPU time used during the "
+        "run (the target's processes; the benchmark's Postgres and Redis). The access-log row runs with "
+        "`GATEWAY_ACCESS_LOG=true` and `GATEWAY_LOG_LEVEL=INFO` (request lines are INFO: at WARNING nothing "
+        "would be written), its JSON lines going to a file.",
+        "",
+    ]
+    rows = [
+        [
+            _name(run.target),
+            thousands(run.wrk.rps),
+            ms(run.wrk.latency.p50_us),
+            ms(run.wrk.latency.p99_us),
+            thousands(run.wrk.other_than(409)),
+            _per_request_us(run.cost.server_cpu_s, run),
+            f"{run.cost.postgres_cpu_s:.2f}",
+            f"{run.cost.redis_cpu_s:.2f}",
+            _wrk_cores(run, cpus),
+            f"{_others_cores(run):.2f}",
+        ]
+        for run in report.rejection
+    ]
+    return lines + _table(
+        [
+            "Target",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "non-409",
+            "target CPU µs/req",
+            "Postgres CPU s",
+            "Redis CPU s",
+            "wrk took (cores)",
+            "others took (cores)",
+        ],
+        rows,
+    )
+
+
+def _per_request_us(cpu_s: float, run: Run) -> str:
+    return f"{1e6 * cpu_s / run.wrk.requests:.0f}" if run.wrk.requests else "n/a"
+
+
+def _onsale_section(report: Report, cpus: int) -> list[str]:
+    plan = report.plan
+    lines = [
+        "## 2. Contended on-sale",
+        "",
+        f"{plan.onsale_requests:,} hold requests for {plan.onsale_seats} seats from "
+        f"{plan.onsale_connections} connections, random seats, unique holders, each target fresh (new "
+        "database and key prefix). Sold out after: the last successful hold's `created_at` (Postgres's "
+        "clock) minus the moment wrk was started. Postgres transactions: the database's `xact_commit + "
+        "xact_rollback` in `pg_stat_database`, before the run and after the target was stopped and the "
+        "counts stopped changing.",
+        "",
+    ]
+    rows = []
+    for sale in report.onsale:
+        run, flushed = sale.run, sale.run.transactions
+        per_request = transactions_per_request(run)
+        verdict = "ok" if onsale_ok(sale) else "**FAILED**"
+        rows.append(
+            [
+                _name(sale.target),
+                thousands(run.wrk.rps),
+                f"{sale.sold_out_s:.2f}" if sale.sold_out_s is not None else "n/a",
+                ms(run.wrk.latency.p99_us),
+                f"{run.wrk.count(201)} / {sale.seats} {verdict}",
+                str(sale.sold_in_database),
+                f"{per_request:.3f}" if per_request is not None else "n/a",
+                _settled(flushed.settled, flushed.waited_s) if flushed else "n/a",
+                _wrk_cores(run, cpus),
+            ]
+        )
+    return lines + _table(
+        [
+            "Target",
+            "req/s",
+            "sold out after s",
+            "p99 ms",
+            "201s / seats",
+            "live holds in DB",
+            "PG transactions / request",
+            "statistics",
+            "wrk took (cores)",
+        ],
+        rows,
+    )
+
+
+def _settled(settled: bool, waited_s: float) -> str:
+    return f"settled after {waited_s:.1f} s" if settled else f"**still changing after {waited_s:.0f} s**"
+
+
+def _commit_section(report: Report, cpus: int) -> list[str]:
+    plan = report.plan
+    lines = [
+        "## 3. Commit path",
+        "",
+        f"Uncontended holds, each on a fresh slot (wrk -c{plan.storm_connections}, {plan.short_run_s} s).",
+        "",
+    ]
+    lines += _table(
+        ["Target", "holds/s", "p50 ms", "p99 ms", "non-201", "target CPU µs/req", "wrk took (cores)"],
+        (
+            [
+                _name(run.target),
+                thousands(holds_per_s(run)),
+                ms(run.wrk.latency.p50_us),
+                ms(run.wrk.latency.p99_us),
+                thousands(run.wrk.other_than(201)),
+                _per_request_us(run.cost.server_cpu_s, run),
+                _wrk_cores(run, cpus),
+            ]
+            for run in report.commit
+        ),
+    )
+    lines += [
+        "Hold + confirm: each hold on a fresh slot, then its confirm; a pair: a hold and its confirm (200).",
+        "",
+    ]
+    lines += _table(
+        ["Target", "pairs/s", "p50 ms", "p99 ms", "statuses", "wrk took (cores)"],
+        (
+            [
+                _name(run.target),
+                thousands(pairs_per_s(run)),
+                ms(run.wrk.latency.p50_us),
+                ms(run.wrk.latency.p99_us),
+                _statuses(run),
+                _wrk_cores(run, cpus),
+            ]
+            for run in report.hold_confirm
+        ),
+    )
+    return lines
+
+
+def _statuses(run: Run) -> str:
+    text = ", ".join(f"{status}: {count:,}" for status, count in sorted(run.wrk.statuses.items()))
+    errors = run.wrk.socket_errors.total
+    return text + (f", socket errors: {errors}" if errors else "")
+
+
+def _scaling_section(report: Report, cpus: int) -> list[str]:
+    lines = ["## 4. Scaling (gateway, Redis in front, rejection path)", ""]
+
+    def row(run: Run, label: str) -> list[str]:
+        return [
+            label,
+            thousands(run.wrk.rps),
+            ms(run.wrk.latency.p50_us),
+            ms(run.wrk.latency.p90_us),
+            ms(run.wrk.latency.p99_us),
+            ms(run.wrk.latency.max_us),
+            thousands(run.wrk.other_than(409)),
+            _wrk_cores(run, cpus),
+        ]
+
+    headers = ["req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-409", "wrk took (cores)"]
+    lines += _table(
+        ["Workers", *headers],
+        (
+            row(run, f"{run.workers} (-c{run.wrk.connections}, {run.wrk.duration_s:.0f} s)")
+            for run in report.scaling_workers
+        ),
+    )
+    ordered = sorted(
+        report.scaling_concurrency, key=lambda run: (run.target != REDIS_FRONT, run.wrk.connections)
+    )
+    lines += _table(
+        [f"Connections ({report.plan.workers} workers)", *headers],
+        (
+            row(
+                run,
+                str(run.wrk.connections) + ("" if run.target == REDIS_FRONT else f" ({_name(run.target)})"),
+            )
+            for run in ordered
+        ),
+    )
+    lines += [
+        "Read the p99 at high concurrency against bare Litestar's at the same concurrency: with hundreds "
+        "of connections per worker, some requests wait far longer than the rest even with no I/O at all.",
+        "",
+    ]
+    return lines
+
+
+def _postgres_section(report: Report) -> list[str]:
+    lines = [
+        "## 5. Postgres work per rejection",
+        "",
+        "Transactions: counted in the target's database over its rejection run (after the gateway was "
+        "stopped, so that every backend had flushed its statistics). They include the gateway's sweeper, "
+        "which runs a couple of statements per worker per second whether or not requests arrive. Postgres "
+        "CPU: utime + stime of the postmaster and all its processes (exited ones through the postmaster's "
+        "cutime/cstime), read from /proc before and after the run; /proc counts whole clock ticks (1/100 s) "
+        "per process, so a few milliseconds of idle housekeeping read as 0.",
+        "",
+    ]
+    rows = []
+    for run in report.rejection:
+        per_request = transactions_per_request(run)
+        count = transactions(run)
+        rows.append(
+            [
+                _name(run.target),
+                thousands(run.wrk.requests),
+                str(count) if count is not None else "—",
+                f"{per_request:.5f}" if per_request is not None else "—",
+                _settled(run.transactions.settled, run.transactions.waited_s) if run.transactions else "—",
+                f"{run.cost.postgres_cpu_s:.2f}",
+                _per_request_us(run.cost.postgres_cpu_s, run),
+            ]
+        )
+    lines += _table(
+        [
+            "Target",
+            "requests",
+            "PG transactions",
+            "per request",
+            "statistics",
+            "PG CPU s",
+            "PG CPU µs/req",
+        ],
+        rows,
+    )
+    a, b = report.find(report.rejection, REDIS_FRONT), report.find(report.rejection, DB_ONLY)
+    if a and b:
+        lines += [
+            f"Postgres CPU, Redis front ÷ db-only: {_pct(a.cost.postgres_cpu_s, b.cost.postgres_cpu_s)} "
+            f"({a.cost.postgres_cpu_s:.2f} s ÷ {b.cost.postgres_cpu_s:.2f} s, target ≤ 5%).",
+            "",
+        ]
+    return lines
+
+
+def _bulkhead_section(report: Report, cpus: int) -> list[str]:
+    plan = report.plan
+    lines = [
+        "## 6. Bulkhead: confirms during a rejection storm",
+        "",
+        f"{plan.bulkhead_rate_per_s} confirms/s (each on a different hold made beforehand) for "
+        f"{plan.bulkhead_s} s from an asyncio client on 8 keep-alive connections, latency counted from each "
+        f"confirm's due time; first alone, then while wrk -c{plan.storm_connections} sends rejections.",
+        "",
+    ]
+    rows = [
+        [
+            _name(item.target),
+            f"{item.quiet.p50_ms:.1f} / {item.quiet.p99_ms:.1f}",
+            f"{item.storm.p50_ms:.1f} / {item.storm.p99_ms:.1f}",
+            f"{storm_ratio(item):.1f}x",
+            str(item.quiet.sent + item.storm.sent - item.quiet.count(200) - item.storm.count(200)),
+            thousands(item.storm_run.wrk.rps),
+            f"{item.quiet.client_cpu_s:.2f} / {item.storm.client_cpu_s:.2f}",
+            _wrk_cores(item.storm_run, cpus),
+        ]
+        for item in report.bulkhead
+    ]
+    return lines + _table(
+        [
+            "Target",
+            "quiet p50 / p99 ms",
+            "storm p50 / p99 ms",
+            "p99 storm ÷ quiet",
+            "non-200 confirms",
+            "storm req/s",
+            "client CPU s (quiet / storm)",
+            "wrk took (cores)",
+        ],
+        rows,
+    )
+
+
+def _method_notes() -> list[str]:
+    return [
+        "## How it was measured",
+        "",
+        "- Load: wrk with the Lua scripts in `loadtests/bench/wrk/`; each thread counts the statuses it "
+        "receives and `done()` prints one JSON line (requests, duration, latency percentiles, statuses, "
+        'socket errors). "wrk took": wrk\'s user + system CPU over its run, in cores.',
+        "- The on-sale's threads stop after their share of requests (an empty request parks a connection), "
+        "and wrk is then sent SIGINT; its warm-up sends only invalid bodies (422), which reach neither "
+        "Redis nor Postgres, so that no warm-up transaction ends up in the count.",
+        "- Postgres flushes its per-database statistics lazily (a busy backend about once a second, an idle "
+        "one about 10 s later, every one when it exits): transactions are read after stopping the target, "
+        "polling until unchanged for 2 s (at most 15 s).",
+        "- The naive baseline holds a slot with one transaction that locks the slot's row (`SELECT … FOR "
+        "UPDATE`, then UPDATE + INSERT); its slots are seeded beforehand. Bare Litestar decodes the same "
+        "body into the gateway's request Struct and answers 409 with no I/O.",
+        "- Before each measured run the target's database is ANALYZEd, as autovacuum keeps that of a "
+        "long-running deployment: rows inserted by earlier runs would otherwise be planned for as if the "
+        "tables were still empty. (Not before the runs whose transactions are counted: their databases are "
+        "empty.)",
+    ]

@@ -1,0 +1,229 @@
+"""The benchmark (loadtests/bench): the parts that could silently lie, and one tiny end-to-end run."""
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from loadtests.bench import naive, wrk
+from loadtests.bench.client import Connection
+from loadtests.bench.results import BARE, DB_ONLY, NAIVE, REDIS_FRONT, REDIS_FRONT_LOGGED, Report
+from loadtests.bench.stack import REPO_ROOT, Server, Stack, bare_server, naive_server
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
+  2 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   512.00us  100.00us   2.00ms   90.00%
+  1000 requests in 1.00s, 200.00KB read
+  Non-2xx or 3xx responses: 998
+BENCH_JSON {"requests":1000,"duration_us":1002000,"rps":998.0,"latency_us":{"p50":480,"p90":700,"p99":1900,"max":2000,"mean":512.5},"statuses":{"409":998,"503":2},"errors":{"connect":0,"read":1,"write":0,"status":1000,"timeout":3}}
+Requests/sec:    998.00
+"""  # noqa: E501 - wrk's output, verbatim
+
+
+@pytest.fixture(scope="module", name="bare")
+async def fx_bare(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
+    """The bare Litestar target, 1 worker."""
+    with bare_server("bare", tmp_path_factory.mktemp("bare"), workers=1) as server:
+        await server.wait_ready("/health")
+        yield server
+
+
+@pytest.fixture(scope="module", name="stack")
+def fx_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The benchmark's own Postgres and Redis."""
+    with Stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
+
+
+def test_wrk_result_line_is_parsed_with_its_units() -> None:
+    result = wrk.parse_output(WRK_OUTPUT, wrk_cpu_s=0.5, wall_s=2.0, connections=4, threads=2)
+
+    assert result.requests == 1000
+    assert result.duration_s == 1.002
+    assert result.latency == wrk.Latency(p50_us=480, p90_us=700, p99_us=1900, max_us=2000, mean_us=512.5)
+    assert result.statuses == {409: 998, 503: 2}
+    assert result.socket_errors == wrk.SocketErrors(connect=0, read=1, write=0, timeout=3)
+    assert result.other_than(409) == 2 + 4  # two 503s and four requests lost to socket errors
+    assert result.cores_used == 0.25
+
+
+def test_wrk_output_without_a_result_line_is_an_error() -> None:
+    with pytest.raises(wrk.WrkError, match="no BENCH_JSON line"):
+        wrk.parse_output(
+            WRK_OUTPUT.replace("BENCH_JSON", "something else"),
+            wrk_cpu_s=0,
+            wall_s=1,
+            connections=4,
+            threads=2,
+        )
+
+
+async def test_statuses_counted_in_lua_add_up_to_wrks_own_request_count(bare: Server) -> None:
+    result = await asyncio.to_thread(
+        wrk.run, bare.url, "reject.lua", args=["bench", "A-1"], threads=2, connections=4, duration_s=1
+    )
+
+    assert result.requests > 100
+    assert result.statuses == {409: result.requests}
+    assert result.socket_errors.total == 0
+    assert result.wrk_cpu_s > 0
+    assert result.latency.p50_us <= result.latency.p99_us <= result.latency.max_us
+
+
+async def test_onsale_script_sends_exactly_its_requests_and_stops_early(bare: Server) -> None:
+    """Regression: wrk calls request() once before the run to check it (never sent), which used up one
+    request of the first thread's share, so that thread waited for an answer that never came until -d."""
+    started = time.monotonic()
+    result = await asyncio.to_thread(
+        wrk.run,
+        bare.url,
+        "onsale.lua",
+        args=["onsale", "20", "301", "2"],
+        threads=2,
+        connections=64,
+        duration_s=30,
+        until_threads_done=True,
+    )
+
+    assert result.statuses == {409: 301}  # bare answers 409 to everything: here only the count matters
+    assert time.monotonic() - started < 10
+
+
+@pytest.fixture(name="naive_url")
+async def fx_naive_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A database with the naive baseline's tables and one seeded slot, show-1/A-1."""
+    name = "bench_naive_test"
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    url = f"{postgres_admin_url.rpartition('/')[0]}/{name}"
+    conn = await asyncpg.connect(url)
+    try:
+        await naive.create_schema(conn)
+        await naive.seed_slots(conn, "show-1", "A-", 1)
+    finally:
+        await conn.close()
+    yield url
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+async def test_naive_baseline_has_exactly_one_winner_per_slot(naive_url: str, tmp_path: Path) -> None:
+    with naive_server("naive", tmp_path, database_url=naive_url, workers=2) as server:
+        await server.wait_ready("/health")
+        connections = [await Connection.open(server.port) for _ in range(50)]
+        try:
+            barrier = asyncio.Barrier(len(connections))
+
+            async def hold(i: int) -> int:
+                await barrier.wait()
+                status, _ = await connections[i].post(
+                    "/v1/holds", {"event_id": "show-1", "slots": ["A-1"], "holder": f"user-{i}"}
+                )
+                return status
+
+            statuses = Counter(await asyncio.gather(*(hold(i) for i in range(len(connections)))))
+        finally:
+            for conn in connections:
+                await conn.close()
+
+    assert statuses == {201: 1, 409: 49}
+    conn = await asyncpg.connect(naive_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM naive_holds WHERE slot_id = 'A-1'") == 1
+    finally:
+        await conn.close()
+
+
+async def test_postgres_cpu_grows_while_postgres_works_and_keeps_exited_backends(stack: Stack) -> None:
+    conn = await asyncpg.connect(stack.admin_dsn)
+    busy = asyncio.create_task(conn.fetchval("SELECT count(*) FROM generate_series(1, 30000000)"))
+    readings = [stack.postgres_cpu_s()]
+    for _ in range(3):
+        await asyncio.sleep(0.3)
+        readings.append(stack.postgres_cpu_s())
+    await busy
+    await conn.close()  # the backend exits: its CPU moves into the postmaster's cutime/cstime
+    await asyncio.sleep(0.3)
+    after_exit = stack.postgres_cpu_s()
+
+    assert readings == sorted(readings)
+    assert len(set(readings)) == len(readings), readings  # strictly increasing
+    assert after_exit >= readings[-1]
+
+
+async def test_flushed_transactions_counts_every_transaction_of_a_closed_connection(stack: Stack) -> None:
+    await stack.create_database("bench_counted")
+    before = await stack.transactions("bench_counted")
+    conn = await asyncpg.connect(stack.database_url("bench_counted"))
+    for _ in range(100):
+        await conn.execute("SELECT 1")
+    await conn.close()
+
+    flushed = await stack.flushed_transactions("bench_counted")
+
+    assert flushed.settled
+    # 100 statements, plus the few of the connection's own start-up.
+    assert 100 <= flushed.transactions - before <= 110
+    await stack.drop_database("bench_counted")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
+    out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    started = time.monotonic()
+    finished = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench", "--smoke", "--out", str(out), "--json", str(raw)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    elapsed_s = time.monotonic() - started
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert elapsed_s < 90
+    text = out.read_text()
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "## Ratios",
+        "## 1. Rejection path",
+        "## 2. Contended on-sale",
+        "## 3. Commit path",
+        "## 4. Scaling",
+        "## 5. Postgres work per rejection",
+        "## 6. Bulkhead",
+    ):
+        assert heading in text
+    assert "FAILED" not in text
+    report = msgspec.json.decode(raw.read_bytes(), type=Report)
+    assert report.errors == []
+    assert {run.target for run in report.rejection} == {REDIS_FRONT, REDIS_FRONT_LOGGED, DB_ONLY, NAIVE, BARE}
+    assert {sale.target for sale in report.onsale} == {REDIS_FRONT, DB_ONLY, NAIVE}
+    for sale in report.onsale:
+        assert sale.run.wrk.count(201) == sale.seats == report.plan.onsale_seats, sale.target
+        assert sale.sold_in_database == sale.seats, sale.target
+    assert {run.target for run in report.commit} == {REDIS_FRONT, DB_ONLY, NAIVE}
+    assert {run.target for run in report.hold_confirm} == {REDIS_FRONT, DB_ONLY}
+    assert {item.target for item in report.bulkhead} == {REDIS_FRONT, DB_ONLY, NAIVE}
+    scaled = [run.wrk.connections for run in report.scaling_concurrency if run.target == REDIS_FRONT]
+    assert scaled == list(report.plan.concurrency)
+    assert [run.target for run in report.scaling_concurrency if run.target != REDIS_FRONT] == [BARE]
+    assert len(report.targets) == 7
