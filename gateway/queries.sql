@@ -70,17 +70,23 @@ WITH target AS (
     WHERE id = $1
     FOR UPDATE
 ), owned AS (
-    SELECT hs.slot_id
+    -- Every slot row of the hold, by the primary key's prefix; the status is tested on the locked rows.
+    -- (A status test in this scan lets a planner without statistics, as in a new database, read the whole
+    -- of hold_slots_one_active_hold for each confirm.)
+    SELECT hs.hold_id, hs.slot_id, hs.status
     FROM hold_slots AS hs
-    WHERE hs.hold_id = (SELECT id FROM target) AND hs.status = 'held'
+    WHERE hs.hold_id = (SELECT id FROM target)
     ORDER BY hs.event_id, hs.slot_id
     FOR UPDATE
 ), allowed AS (
     SELECT id FROM target
-    WHERE holder = $2 AND status = 'held' AND live AND cardinality(slots) = (SELECT count(*) FROM owned)
+    WHERE holder = $2 AND status = 'held' AND live
+      AND cardinality(slots) = (SELECT count(*) FROM owned WHERE status = 'held')
 ), confirmed_slots AS (
-    UPDATE hold_slots SET status = 'confirmed'
-    WHERE hold_id IN (SELECT id FROM allowed) AND status = 'held'
+    UPDATE hold_slots AS hs SET status = 'confirmed'
+    FROM owned
+    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id
+      AND owned.status = 'held' AND owned.hold_id IN (SELECT id FROM allowed)
 ), confirmed AS (
     UPDATE holds SET status = 'confirmed', confirmed_at = now()
     WHERE id IN (SELECT id FROM allowed)
@@ -110,15 +116,16 @@ WITH target AS (
     SELECT id FROM target
     WHERE holder = $2 AND (status = 'confirmed' OR (status = 'held' AND live))
 ), owned AS (
-    SELECT hs.hold_id, hs.slot_id
+    -- By the primary key's prefix, status tested on the locked rows, as in confirm_hold.
+    SELECT hs.hold_id, hs.slot_id, hs.status
     FROM hold_slots AS hs
-    WHERE hs.hold_id IN (SELECT id FROM allowed) AND hs.status IN ('held', 'confirmed')
+    WHERE hs.hold_id IN (SELECT id FROM allowed)
     ORDER BY hs.event_id, hs.slot_id
     FOR UPDATE
 ), released AS (
     UPDATE hold_slots AS hs SET status = 'cancelled'
     FROM owned
-    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id
+    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id AND owned.status IN ('held', 'confirmed')
 ), cancelled AS (
     UPDATE holds SET status = 'cancelled', cancelled_at = now()
     WHERE id IN (SELECT id FROM allowed)
@@ -154,15 +161,16 @@ WITH due AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), owned AS (
-    SELECT hs.hold_id, hs.slot_id
+    -- By the primary key's prefix, status tested on the locked rows, as in confirm_hold.
+    SELECT hs.hold_id, hs.slot_id, hs.status
     FROM hold_slots AS hs
-    WHERE hs.hold_id IN (SELECT id FROM due) AND hs.status = 'held'
+    WHERE hs.hold_id IN (SELECT id FROM due)
     ORDER BY hs.event_id, hs.slot_id
     FOR UPDATE
 ), expired_slots AS (
     UPDATE hold_slots AS hs SET status = 'expired'
     FROM owned
-    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id
+    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id AND owned.status = 'held'
 ), expired AS (
     UPDATE holds SET status = 'expired'
     WHERE id IN (SELECT id FROM due)
