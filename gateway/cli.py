@@ -3,6 +3,7 @@ Uses argparse: a few flags need no more."""
 
 import argparse
 import asyncio
+import gc
 import logging
 import logging.config
 import os
@@ -29,7 +30,24 @@ def app_from_env() -> "Litestar":
     """The uvicorn factory each worker process calls: settings come from the environment."""
     from gateway.app import create_app  # noqa: PLC0415 - keep `gateway --help` free of the web stack
 
-    return create_app(settings_from_env())
+    app = create_app(settings_from_env())
+    tune_garbage_collector()
+    return app
+
+
+# Allocations between young-generation collections (CPython's default is 700). A request allocates a few
+# hundred objects, so the default collects every couple of requests and, cascading into the older
+# generations, stalls a worker for milliseconds: on the rejection path that was the p99 (35-46 ms against
+# 11 ms with this setting, at 64 connections on 2 workers). Cycles are still collected, just in batches.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """In a serving worker: leave the objects of the loaded code out of every future collection
+    (gc.freeze) and collect the young generation less often."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
