@@ -5,6 +5,7 @@ Postgres, whose partial unique index decides; on success stretch the leases to t
 drop them. Postgres is the truth: Redis only spares it the losers.
 """
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -21,6 +22,7 @@ from gateway.errors import (
     InvalidRequest,
     InvalidTransition,
     NotHolder,
+    Overloaded,
     SlotUnavailable,
 )
 from gateway.logs import note_request
@@ -63,6 +65,8 @@ class HoldService:
         self.store = store
         self.front = front
         self.settings = settings
+        # Bulkhead for creates: a storm waits here, parked, instead of crowding the event loop.
+        self._create_slots = asyncio.Semaphore(settings.create_concurrency)
 
     @property
     def mode(self) -> str:
@@ -99,6 +103,21 @@ class HoldService:
         )
 
     async def create(self, request: HoldRequest) -> HoldResponse:
+        """Create the hold, or say why not; at most `create_concurrency` at once per worker."""
+        if self._create_slots.locked():
+            try:
+                async with asyncio.timeout(self.settings.create_queue_timeout_s):
+                    await self._create_slots.acquire()
+            except TimeoutError:
+                raise Overloaded(self.settings.retry_after_s) from None
+        else:
+            await self._create_slots.acquire()  # a free place: taken at once, no timer needed
+        try:
+            return await self._create(request)
+        finally:
+            self._create_slots.release()
+
+    async def _create(self, request: HoldRequest) -> HoldResponse:
         front = self.front
         if front is None:
             return await self._create_in_postgres(request, lease=None)

@@ -6,7 +6,8 @@ import random
 import httpx
 import pytest
 
-from tests.support import Gateway, active_holds_per_slot, released_together, statuses
+from tests.conftest import make_settings
+from tests.support import Gateway, active_holds_per_slot, released_together, running_gateway, statuses
 
 
 @pytest.fixture(params=["redis-front", "db-only"], name="any_gateway")
@@ -149,3 +150,23 @@ async def test_concurrent_confirm_and_cancel_agree_on_one_outcome(any_gateway: G
             assert confirm.status_code == 409
             assert confirm.json()["current_status"] == "cancelled"
             assert final["confirmed_at"] is None
+
+
+async def test_creates_beyond_the_queue_budget_are_shed_with_503(database_url: str, key_prefix: str) -> None:
+    """The create bulkhead: one create at a time and almost no patience, so a burst must shed load as
+    503 Overloaded with Retry-After, never hang or fail otherwise, and still leave one winner."""
+    settings = make_settings(
+        database_url, None, key_prefix, create_concurrency=1, create_queue_timeout_s=0.001
+    )
+    async with running_gateway(settings) as gateway:
+        responses = await released_together(
+            60, lambda i: gateway.post("/v1/holds", {"event_id": "e", "slots": ["s"], "holder": f"h{i}"})
+        )
+    counts = statuses(responses)
+    shed = [r for r in responses if r.status_code == 503]
+
+    assert set(counts) <= {201, 409, 503}, counts
+    assert counts[201] == 1
+    assert shed, counts
+    assert all(r.json()["type"] == "/problems/overloaded" and r.headers["retry-after"] for r in shed)
+    assert await active_holds_per_slot(database_url) == {("e", "s"): 1}
