@@ -54,10 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Send the scripts' calls of all concurrent requests over one connection, flushed once per event-loop
     # pass (about a third less CPU per rejection than a pooled redis-py call); false: redis-py's pool.
     redis_pipeline: bool = True
-    # Hold requests a worker works on at once; the rest wait their turn (past create_queue_timeout_s: 503).
-    # A storm of creates otherwise fills the event loop and every other request, confirms included, waits
-    # behind it: with 4, a confirm's p99 beside a rejection storm stayed within 2x of its quiet p99, at
-    # about a fifth less rejection throughput on 2 cores (see docs/benchmarks.md).
+    # Hold requests of a worker that may be at the Redis step at once; the rest wait their turn, parked
+    # (past create_queue_timeout_s: 503). A storm of losers otherwise fills the event loop and every other
+    # request, confirms included, waits behind it. Winners leave the queue before their Postgres commit.
     create_concurrency: PositiveInt = 4
     create_queue_timeout_s: PositiveFloat = 5.0
     # Waiting for a free Redis connection is local overload, not a Redis outage: past this, 503.

@@ -27,7 +27,7 @@ from gateway.errors import (
 )
 from gateway.logs import note_request
 from gateway.models import CreateHold, Hold, SlotState
-from gateway.redis_front import AcquireOutcome, Lease, RedisFront, RedisUnavailable
+from gateway.redis_front import AcquireOutcome, AcquireResult, Lease, RedisFront, RedisUnavailable
 from gateway.store import HoldRow, SlotOwner, Store, remaining_ms
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,10 @@ class HoldService:
             body.event_id, slots, body.holder, ttl_s * 1000, idempotency_key, request_hash, token
         )
 
-    async def create(self, request: HoldRequest) -> HoldResponse:
-        """Create the hold, or say why not; at most `create_concurrency` at once per worker."""
+    async def _acquire_in_redis(self, front: RedisFront, lease: Lease, request: HoldRequest) -> AcquireResult:
+        """Redis's verdict, taking turns: at most `create_concurrency` requests of this worker are at this
+        step at once. The storm of losers ends here, so it waits parked instead of crowding the event loop
+        (confirms and reads would wait behind it); winners leave the queue before their Postgres commit."""
         if self._create_slots.locked():
             try:
                 async with asyncio.timeout(self.settings.create_queue_timeout_s):
@@ -113,19 +115,19 @@ class HoldService:
         else:
             await self._create_slots.acquire()  # a free place: taken at once, no timer needed
         try:
-            return await self._create(request)
+            return await front.acquire(
+                lease, self.settings.lease_pending_ms, _record_key(front, request), request.request_hash
+            )
         finally:
             self._create_slots.release()
 
-    async def _create(self, request: HoldRequest) -> HoldResponse:
+    async def create(self, request: HoldRequest) -> HoldResponse:
         front = self.front
         if front is None:
             return await self._create_in_postgres(request, lease=None)
         lease = front.lease(request.event_id, request.slots, request.token, request.holder)
         try:
-            acquired = await front.acquire(
-                lease, self.settings.lease_pending_ms, _record_key(front, request), request.request_hash
-            )
+            acquired = await self._acquire_in_redis(front, lease, request)
         except RedisUnavailable:
             return await self._create_in_postgres(request, lease=None)
         match acquired.outcome:

@@ -152,11 +152,13 @@ async def test_concurrent_confirm_and_cancel_agree_on_one_outcome(any_gateway: G
             assert final["confirmed_at"] is None
 
 
-async def test_creates_beyond_the_queue_budget_are_shed_with_503(database_url: str, key_prefix: str) -> None:
-    """The create bulkhead: one create at a time and almost no patience, so a burst must shed load as
-    503 Overloaded with Retry-After, never hang or fail otherwise, and still leave one winner."""
+async def test_creates_beyond_the_queue_budget_are_shed_with_503(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """The create bulkhead: one request at the Redis step at a time and almost no patience, so a burst
+    must shed load as 503 Overloaded with Retry-After, never hang or fail otherwise, and keep one winner."""
     settings = make_settings(
-        database_url, None, key_prefix, create_concurrency=1, create_queue_timeout_s=0.001
+        database_url, redis_url, key_prefix, create_concurrency=1, create_queue_timeout_s=0.001
     )
     async with running_gateway(settings) as gateway:
         responses = await released_together(
