@@ -75,15 +75,16 @@ def serve(module: str, port: int, workers: int) -> None:
     )
 
 
-def main() -> None:
+def serve_from_command_line(module: str, description: str | None) -> None:
+    """`python -m <module> --port P [--workers N]`: the command line of each benchmark target."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    serve("loadtests.bench.bare", args.port, args.workers)
+    serve(module, args.port, args.workers)
 
 
 if __name__ == "__main__":
-    main()
+    serve_from_command_line("loadtests.bench.bare", __doc__)

@@ -10,7 +10,6 @@ Every slot has a row beforehand (the benchmark seeds them, see seed_slots); an u
     NAIVE_DATABASE_URL=postgresql://... python -m loadtests.bench.naive --port 8002 --workers 2
 """
 
-import argparse
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 
 from gateway.models import CreateHold, HolderAction
-from loadtests.bench.bare import problem, serve
+from loadtests.bench.bare import problem, serve_from_command_line
 
 DATABASE_URL_ENV = "NAIVE_DATABASE_URL"  # not GATEWAY_*: this is not the gateway
 DEFAULT_TTL_S = 300  # the gateway's default
@@ -202,15 +201,5 @@ def create_app() -> Litestar:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    serve("loadtests.bench.naive", args.port, args.workers)
-
-
 if __name__ == "__main__":
-    main()
+    serve_from_command_line("loadtests.bench.naive", __doc__)
