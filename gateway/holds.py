@@ -5,7 +5,6 @@ Postgres, whose partial unique index decides; on success stretch the leases to t
 drop them. Postgres is the truth: Redis only spares it the losers.
 """
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -15,6 +14,7 @@ from typing import Literal
 import msgspec
 
 from gateway import metrics
+from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import (
     HoldNotFound,
@@ -22,7 +22,6 @@ from gateway.errors import (
     InvalidRequest,
     InvalidTransition,
     NotHolder,
-    Overloaded,
     SlotUnavailable,
 )
 from gateway.logs import note_request
@@ -66,7 +65,11 @@ class HoldService:
         self.front = front
         self.settings = settings
         # Bulkhead for creates: a storm waits here, parked, instead of crowding the event loop.
-        self._create_slots = asyncio.Semaphore(settings.create_concurrency)
+        self._create_turns = Bulkhead(
+            settings.create_concurrency,
+            queue_timeout_s=settings.create_queue_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
 
     @property
     def mode(self) -> str:
@@ -106,20 +109,13 @@ class HoldService:
         """Redis's verdict, taking turns: at most `create_concurrency` requests of this worker are at this
         step at once. The storm of losers ends here, so it waits parked instead of crowding the event loop
         (confirms and reads would wait behind it); winners leave the queue before their Postgres commit."""
-        if self._create_slots.locked():
-            try:
-                async with asyncio.timeout(self.settings.create_queue_timeout_s):
-                    await self._create_slots.acquire()
-            except TimeoutError:
-                raise Overloaded(self.settings.retry_after_s) from None
-        else:
-            await self._create_slots.acquire()  # a free place: taken at once, no timer needed
+        await self._create_turns.enter()
         try:
             return await front.acquire(
                 lease, self.settings.lease_pending_ms, _record_key(front, request), request.request_hash
             )
         finally:
-            self._create_slots.release()
+            self._create_turns.leave()
 
     async def create(self, request: HoldRequest) -> HoldResponse:
         front = self.front

@@ -20,6 +20,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from gateway import keys, metrics
+from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import Overloaded
 from gateway.redis_pipe import PipelinedRedis
@@ -135,7 +136,11 @@ class RedisFront:
         self.breaker = CircuitBreaker(settings.redis_retry_interval_s)
         # Bulkhead: calls wait here, never in the connection pool, so a burst larger than the pool queues
         # (and past redis_queue_timeout_s is shed as 503) instead of looking like a dead Redis.
-        self._bulkhead = asyncio.Semaphore(settings.redis_max_connections)
+        self._bulkhead = Bulkhead(
+            settings.redis_max_connections,
+            queue_timeout_s=settings.redis_queue_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
         # Labelled children resolved once: `labels()` on every call is a measurable share of a rejection.
         self._call_seconds = {name: metrics.REDIS_CALL_SECONDS.labels(name) for name in SCRIPT_NAMES}
         # Registered per client (never per class or module: a script object binds to the first event loop).
@@ -221,22 +226,11 @@ class RedisFront:
 
     @asynccontextmanager
     async def _connection_slot(self) -> AsyncIterator[None]:
-        await self._enter_bulkhead()
+        await self._bulkhead.enter()
         try:
             yield
         finally:
-            self._bulkhead.release()
-
-    async def _enter_bulkhead(self) -> None:
-        """Take a permit for one connection; wait at most redis_queue_timeout_s, then shed with 503."""
-        if not self._bulkhead.locked():
-            await self._bulkhead.acquire()  # a free permit: taken at once, no timer needed
-            return
-        try:
-            async with asyncio.timeout(self._settings.redis_queue_timeout_s):
-                await self._bulkhead.acquire()
-        except TimeoutError:
-            raise Overloaded(self._settings.retry_after_s) from None
+            self._bulkhead.leave()
 
     async def acquire(
         self, lease: Lease, pending_ttl_ms: int, idempotency_record_key: str | None, request_fp: str | None
@@ -319,7 +313,7 @@ class RedisFront:
         if not self.breaker.allow():
             raise RedisUnavailable("circuit open")
         try:
-            await self._enter_bulkhead()
+            await self._bulkhead.enter()
         except Overloaded:
             self.breaker.release_probe()
             raise
@@ -330,7 +324,7 @@ class RedisFront:
             self._failed(name, exc)
             raise RedisUnavailable(str(exc)) from exc
         finally:
-            self._bulkhead.release()
+            self._bulkhead.leave()
             self._call_seconds[name].observe(time.perf_counter() - started)
         self.breaker.record_success()
         return reply
