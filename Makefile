@@ -10,7 +10,7 @@ WRK ?= /usr/bin/wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test bench bench-quick screenshot lint format typecheck check clean
+.PHONY: help serve test bench bench-quick chaos screenshot lint format typecheck check clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: $(STAMP) $(WRK)  ## The side-by-side benchmark (~5 min); writes docs/benc
 
 bench-quick: $(STAMP) $(WRK)  ## The same, about a minute, written to /tmp/benchmarks-quick.md
 	$(BIN)/python -m loadtests.bench --quick --out /tmp/benchmarks-quick.md --json /tmp/benchmarks-quick.json
+
+chaos: $(STAMP)  ## Chaos soak: random Redis/Postgres faults under load, then check (MINUTES=5 SEED= WORKERS=1)
+	$(BIN)/gateway chaos --minutes $${MINUTES:-5} --workers $${WORKERS:-1} $${SEED:+--seed $$SEED}
 
 screenshot: $(STAMP) $(CHROMIUM)  ## Retake docs/ops.png, the README's picture of the /ops page
 	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) GATEWAY_TEST_SCREENSHOT=docs/ops.png \

@@ -64,9 +64,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands.add_parser("migrate", help="apply pending migrations and exit")
     ops_cli.add_commands(commands)
+    chaos = commands.add_parser(
+        "chaos",
+        help="soak a gateway of its own with a mixed workload under random Redis and Postgres faults, then "
+        "check what clients saw; exit 1 on any violation",
+    )
+    chaos.add_argument("--minutes", type=float, default=5.0, help="how long the workload runs (default 5)")
+    chaos.add_argument("--seed", type=int, default=None, help="replay a run's choices (default: random)")
+    chaos.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     args = parser.parse_args(argv)
     if args.command in ops_cli.COMMANDS:
         return ops_cli.run(args)  # a client of a running gateway: the server's settings do not apply
+    if args.command == "chaos":
+        from gateway.chaos import soak  # noqa: PLC0415 - keep `gateway --help` free of the soak's imports
+
+        return soak.main(args.minutes, args.seed, args.workers)  # its own servers: no settings apply
 
     try:
         settings = settings_from_env()
