@@ -41,6 +41,9 @@ def create_app(settings: Settings) -> Litestar:
         store = await Store.open(settings)
         front = await RedisFront.open(settings) if settings.redis_url else None
         service = HoldService(store, front, settings)
+        if front is not None:
+            front.on_recovery(service.synchronize_redis)
+            await front.synchronize_if_needed()
         app.state.holds = service
         app.state.ops = OpsService(service)
         if settings.ops_token is None:
@@ -49,7 +52,7 @@ def create_app(settings: Settings) -> Litestar:
                 "who can reach this port"
             )
         metrics.worker_started()
-        sweeper = asyncio.create_task(run_sweeper(store, settings), name="sweeper")
+        sweeper = asyncio.create_task(run_sweeper(service), name="sweeper")
         try:
             yield
         finally:

@@ -70,8 +70,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # PostgreSQL.
     db_pool_min_size: Annotated[int, Meta(ge=0)] = 2
     db_pool_max_size: PositiveInt = 20
-    # Waiting for a pooled connection; past it the request gets 503.
+    # Waiting for a pooled connection; past it the request gets 503 (overloaded when every connection was
+    # busy, backend-unavailable when a new connection could not be opened).
     db_acquire_timeout_s: PositiveFloat = 2.0
+    # Opening one connection (asyncpg's default is 60 s: a frozen database would hold requests that long).
+    db_connect_timeout_s: PositiveFloat = 2.0
+    # After a failed connect, answer 503 at once for this long, then let one request probe the database.
+    db_retry_interval_s: PositiveFloat = 1.0
+    # After a lost reply to a claim, how long to keep asking the database whether it committed before
+    # answering 503 outcome-unknown.
+    claim_resolve_budget_s: PositiveFloat = 5.0
     # Client-side budget for one statement.
     db_command_timeout_s: PositiveFloat = 5.0
     # Server-side statement_timeout, so a stuck query is cancelled in Postgres too.

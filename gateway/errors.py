@@ -1,5 +1,6 @@
 """Domain errors. Each knows its HTTP status and problem type; one handler renders them as problem+json."""
 
+import random
 from typing import ClassVar
 
 PROBLEM_TYPE_BASE = "/problems/"
@@ -98,7 +99,9 @@ class RetryLater(GatewayError):
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+        # Jittered, between the setting and twice it: clients told the same number come back all at once.
+        jitter_s = random.randint(0, self.retry_after_s)  # noqa: S311 - spreading retries, not a secret
+        return {"Retry-After": str(self.retry_after_s + jitter_s)}
 
 
 class Overloaded(RetryLater):
@@ -113,6 +116,14 @@ class BackendUnavailable(RetryLater):
 
     problem = "backend-unavailable"
     title = "Backend unavailable"
+
+
+class OutcomeUnknown(RetryLater):
+    """The database stopped answering while this hold was being committed, and did not come back in time to
+    tell whether it was. Retry with the same Idempotency-Key: the retry finds the hold if it was committed."""
+
+    problem = "outcome-unknown"
+    title = "Outcome unknown"
 
 
 class Unauthorized(GatewayError):

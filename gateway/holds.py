@@ -8,28 +8,49 @@ drop them. Postgres is the truth: Redis only spares it the losers.
 import hashlib
 import logging
 import secrets
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from gateway import metrics
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import (
+    BackendUnavailable,
     HoldNotFound,
     IdempotencyKeyReused,
     InvalidRequest,
     InvalidTransition,
     NotHolder,
+    OutcomeUnknown,
     SlotUnavailable,
 )
 from gateway.logs import note_request
 from gateway.models import CreateHold, Hold, SlotState
 from gateway.redis_front import AcquireOutcome, AcquireResult, Lease, RedisFront, RedisUnavailable
-from gateway.store import HoldRow, SlotOwner, Store, remaining_ms
+from gateway.store import (
+    ClaimOutcomeUnknown,
+    ClaimResult,
+    HoldRow,
+    LeaseOwner,
+    SlotOwner,
+    Store,
+    remaining_ms,
+)
 
 log = logging.getLogger(__name__)
+
+# Leases end this much before their hold: the lease's TTL is counted from when it reaches Redis, a little
+# after the moment Postgres's clock was read. A rival in that gap asks Postgres, which turns it away.
+LEASE_EARLY_END_MS = 50
+# Live holds rebuilt in a restarted Redis, at most, of each kind (held; recently confirmed).
+REBUILD_MAX_HOLDS = 200_000
+# Leases dropped or rebuilt per Redis pipeline.
+LEASE_BATCH = 1_000
 
 _canonical_encoder = msgspec.json.Encoder(order="sorted")
 
@@ -147,18 +168,11 @@ class HoldService:
 
     async def _create_in_postgres(self, request: HoldRequest, lease: Lease | None) -> HoldResponse:
         note_request(layer="postgres")
-        hold_id = new_hold_id()
+        sent_at = time.monotonic()
         try:
-            result = await self.store.claim(
-                hold_id=hold_id,
-                token=request.token,
-                event_id=request.event_id,
-                holder=request.holder,
-                slots=request.slots,
-                ttl_ms=request.ttl_ms,
-                idempotency_key=request.idempotency_key,
-                request_hash=request.request_hash,
-            )
+            hold_id, result = await self._claim(request)
+        except OutcomeUnknown:
+            raise  # the hold may exist: its lease stays, and lapses with its pending TTL if it does not
         except BaseException:
             if lease is not None:
                 await self._release(lease)
@@ -179,7 +193,7 @@ class HoldService:
                 cancelled_at=None,
                 db_now=result.db_now,
             )
-            await self._extend_after_commit(hold, request)
+            await self._extend_after_commit(hold, request, sent_at)
             metrics.HOLDS_CREATED.inc()
             note_request(hold_id=hold_id)
             log.info(
@@ -198,8 +212,9 @@ class HoldService:
         if lease is not None:
             await self._release(lease)
         taken = sorted(set(request.slots) - set(result.claimed_slots))
+        read_at = time.monotonic()
         owners = await self.store.slot_owners(request.event_id, taken)
-        await self._adopt(owners)
+        await self._adopt(owners, read_at)
         existing = _same_holders_hold(owners, request)
         if existing is not None:
             note_request(hold_id=existing.id)
@@ -208,6 +223,56 @@ class HoldService:
         # the claim lost to it.
         metrics.HOLDS_REJECTED_BY_POSTGRES.inc()
         raise SlotUnavailable(taken)
+
+    async def _claim(self, request: HoldRequest) -> tuple[str, ClaimResult]:
+        """The claim, and the id of the hold it made. A lost answer is resolved, never guessed: the same claim
+        runs again with the same token until Postgres answers (within claim_resolve_budget_s). The token is
+        unique in Postgres, so a claim that finds its token already taken means the first one committed."""
+        hold_id = new_hold_id()
+        try:
+            return hold_id, await self._claim_once(request, hold_id, in_transaction=False)
+        except ClaimOutcomeUnknown as exc:
+            log.warning("claim answer lost (%s): asking postgres again with the same token", exc)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type((ClaimOutcomeUnknown, BackendUnavailable)),
+                stop=stop_after_delay(self.settings.claim_resolve_budget_s),
+                wait=wait_random_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    hold_id = new_hold_id()
+                    result = await self._claim_once(request, hold_id, in_transaction=True)
+                    if result.created:
+                        return hold_id, result  # the first claim did not commit; this one did
+                    committed = await self.store.hold_by_token(request.token)
+                    if committed is None:
+                        return hold_id, result  # it did not commit, and lost the slots meanwhile
+                    log.info("claim answer lost, but it had committed: hold %s", committed.id)
+                    return committed.id, ClaimResult(
+                        created=True,
+                        idempotency_recorded=request.idempotency_key is not None,
+                        claimed_slots=list(committed.slots),
+                        created_at=committed.created_at,
+                        expires_at=committed.expires_at,
+                        db_now=committed.db_now,
+                    )
+        except (ClaimOutcomeUnknown, BackendUnavailable) as exc:
+            raise OutcomeUnknown(self.settings.retry_after_s) from exc
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    async def _claim_once(self, request: HoldRequest, hold_id: str, *, in_transaction: bool) -> ClaimResult:
+        return await self.store.claim(
+            hold_id=hold_id,
+            token=request.token,
+            event_id=request.event_id,
+            holder=request.holder,
+            slots=request.slots,
+            ttl_ms=request.ttl_ms,
+            idempotency_key=request.idempotency_key,
+            request_hash=request.request_hash,
+            in_transaction=in_transaction,
+        )
 
     async def _replay(self, request: HoldRequest) -> HoldResponse | None:
         """The first response to this Idempotency-Key, or None if the key is unused."""
@@ -222,34 +287,84 @@ class HoldService:
         note_request(hold_id=hold.id)
         return HoldResponse(hold.to_model(), record.status_code, replayed=True)
 
-    async def _extend_after_commit(self, hold: HoldRow, request: HoldRequest) -> None:
+    async def _extend_after_commit(self, hold: HoldRow, request: HoldRequest, sent_at: float) -> None:
         front = self.front
         if front is None:
             return
         lease = front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
-        await front.extend(lease, hold.remaining_ms, _record_key(front, request), request.request_hash)
+        ttl_ms = _lease_ttl_ms(hold.remaining_ms, sent_at)
+        if ttl_ms <= 0:
+            await front.release(lease)  # the hold is already over (a very late answer): no lease at all
+            return
+        await front.extend(lease, ttl_ms, _record_key(front, request), request.request_hash)
 
     async def _release(self, lease: Lease) -> None:
         if self.front is not None:
             await self.front.release(lease)
 
-    async def _adopt(self, owners: list[SlotOwner]) -> None:
+    async def _adopt(self, owners: list[SlotOwner], read_at: float) -> None:
         """Teach Redis the leases Postgres knows, so the next rivals stop at Redis."""
         front = self.front
         if front is None or not owners:
             return
         holds = {owner.hold.id: owner.hold for owner in owners}
-        await front.adopt(
-            [
-                (front.lease(h.event_id, h.slots, h.token, h.holder), self._lease_ttl_ms(h))
-                for h in holds.values()
-            ]
+        leases = []
+        for h in holds.values():
+            ttl_ms = (
+                self.settings.confirmed_lease_ms
+                if h.status == "confirmed"
+                else _lease_ttl_ms(h.remaining_ms, read_at)
+            )
+            if ttl_ms > 0:
+                leases.append((front.lease(h.event_id, h.slots, h.token, h.holder), ttl_ms))
+        await front.adopt(leases)
+
+    async def synchronize_redis(self, front: RedisFront, restarted: bool) -> None:
+        """Bring Redis in line with Postgres before it is trusted again (see RedisFront): drop the leases of
+        holds cancelled while Redis was out of reach (the release outbox). After a restart or a flush, Redis
+        may also hold leases of any hold cancelled within a lease's life (an old snapshot), and lacks the
+        leases of live holds: drop the former, rebuild the latter."""
+        while await self.release_due_leases(front) == LEASE_BATCH:
+            pass
+        if not restarted:
+            return
+        settings = self.settings
+        window_ms = max(settings.confirmed_lease_ms, settings.max_ttl_s * 1000)
+        dropped = 0
+        async for owners in self.store.recently_cancelled(window_ms, LEASE_BATCH):
+            dropped += await front.release_leases([_lease_of(front, o) for o in owners])
+        metrics.LEASE_RELEASES.labels("restart").inc(dropped)
+        read_at = time.monotonic()
+        owners = await self.store.live_leases(settings.confirmed_lease_ms, REBUILD_MAX_HOLDS)
+        leases = []
+        for o in owners:
+            ttl_ms = (
+                settings.confirmed_lease_ms
+                if o.remaining_ms is None
+                else _lease_ttl_ms(o.remaining_ms, read_at)
+            )
+            if ttl_ms > 0:
+                leases.append((_lease_of(front, o), ttl_ms))
+        for start in range(0, len(leases), LEASE_BATCH):
+            await front.set_leases(leases[start : start + LEASE_BATCH])
+        metrics.LEASE_REBUILDS.inc()
+        log.info(
+            "redis synchronized after a restart or flush: %d stale leases dropped, %d rebuilt",
+            dropped,
+            len(leases),
+            extra={"dropped": dropped, "rebuilt": len(leases)},
         )
 
-    def _lease_ttl_ms(self, hold: HoldRow) -> int:
-        if hold.status == "confirmed":
-            return self.settings.confirmed_lease_ms
-        return max(1, hold.remaining_ms)
+    async def release_due_leases(self, front: RedisFront) -> int:
+        """One batch of the release outbox: drop the leases of cancelled holds in Redis, then clear their
+        flags. Raises if Redis fails (the flags stay)."""
+
+        async def release(owners: Sequence[LeaseOwner]) -> None:
+            await front.release_leases([_lease_of(front, o) for o in owners])
+
+        taken = await self.store.release_due_leases(LEASE_BATCH, release)
+        metrics.LEASE_RELEASES.labels("outbox").inc(taken)
+        return taken
 
     async def get(self, hold_id: str) -> Hold:
         hold = await self.store.get_hold(hold_id)
@@ -287,8 +402,10 @@ class HoldService:
         """Run the transition in Postgres; the hold afterwards, and whether this call made the change.
         Doing it again is fine (200, unchanged); any other status it cannot leave is a 409."""
         note_request(hold_id=hold_id, layer="postgres")
-        run = self.store.confirm if action == "confirm" else self.store.cancel
-        transition = await run(hold_id, holder)
+        if action == "confirm":
+            transition = await self.store.confirm(hold_id, holder)
+        else:
+            transition = await self.store.cancel(hold_id, holder, lease_release_due=self.front is not None)
         if transition is None:
             raise HoldNotFound()
         hold = transition.hold
@@ -316,6 +433,17 @@ class HoldService:
             expires_at=row.expires_at if held else None,
             ttl_ms=remaining_ms(row.expires_at, row.db_now) if held else None,
         )
+
+
+def _lease_ttl_ms(remaining_ms: int, read_at: float) -> int:
+    """A lease TTL that ends no later than the hold: `remaining_ms` as Postgres read it, less the time since
+    the statement was sent (`read_at`, monotonic) and a margin. Zero or less: the hold is over."""
+    elapsed_ms = int((time.monotonic() - read_at) * 1000)
+    return remaining_ms - elapsed_ms - LEASE_EARLY_END_MS
+
+
+def _lease_of(front: RedisFront, owner: LeaseOwner) -> Lease:
+    return front.lease(owner.event_id, owner.slots, owner.token, owner.holder)
 
 
 def _record_key(front: RedisFront, request: HoldRequest) -> str | None:

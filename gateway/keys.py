@@ -9,6 +9,12 @@ def slot_key(prefix: str, event_id: str, slot_id: str) -> str:
     return f"{prefix}:{{{event_id}}}:slot:{slot_id}"
 
 
+def instance_key(prefix: str) -> str:
+    """The run_id of the Redis instance the leases were last synchronized with (a restart or flush since
+    shows as a different run_id or no key)."""
+    return f"{prefix}:instance"
+
+
 def idempotency_key(prefix: str, event_id: str, holder: str, key: str) -> str:
     """The record of an Idempotency-Key used for this event; its value is the request's fingerprint."""
     return f"{prefix}:{{{event_id}}}:idem:{_digest(holder, key)}"

@@ -88,6 +88,28 @@ DEGRADED = Gauge(
 MODE_TRANSITIONS = Counter(
     "gateway_mode_transitions", "Changes of serving mode, by the mode entered.", ["mode"]
 )
+BREAKER_OPENS = Counter(
+    "gateway_breaker_opens", "Times a backend's circuit breaker opened, by backend.", ["backend"]
+)
+BREAKER_PROBES = Counter(
+    "gateway_breaker_probes",
+    "Half-open probes: calls let through to a backend whose breaker is open, by backend.",
+    ["backend"],
+)
+LEASE_RELEASES = Counter(
+    "gateway_lease_releases",
+    "Leases of cancelled holds dropped in Redis after the fact, by why: the release outbox, or a Redis "
+    "that came back with a past state.",
+    ["reason"],
+)
+LEASE_REBUILDS = Counter(
+    "gateway_lease_rebuilds", "Times the leases of live holds were rebuilt in a restarted or flushed Redis."
+)
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "gateway_event_loop_lag_seconds",
+    "How late a 50 ms timer fires in a worker's event loop: time a Redis call waits before it is even sent.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 WORKERS = Gauge("gateway_workers", "Worker processes serving.", multiprocess_mode="livesum")
 
 

@@ -34,6 +34,14 @@ SELECT
 FROM (SELECT) AS one
 LEFT JOIN new_hold ON true;
 
+-- hold_by_token --
+-- The hold with this lease token, if any: after a lost reply to a claim, finding it means the claim won.
+-- $1 token.
+SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+       now() AS db_now
+FROM holds
+WHERE token = $1;
+
 -- slot_owners --
 -- The live holds that own any of the given slots of an event. $1 event id, $2 slot ids.
 SELECT hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
@@ -104,8 +112,9 @@ LEFT JOIN confirmed ON confirmed.id = t.id;
 
 -- cancel_hold --
 -- Cancel a confirmed or live held hold of this holder and release its slots, in one statement.
--- Locks the hold row, then its slot rows in slot order. $1 hold id, $2 holder.
--- Returns no row for an unknown id; `changed` says whether this call cancelled it.
+-- Locks the hold row, then its slot rows in slot order. $1 hold id, $2 holder, $3 whether its lease must be
+-- dropped in Redis (the release outbox; false without Redis). Returns no row for an unknown id; `changed` says
+-- whether this call cancelled it.
 WITH target AS (
     SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
            expires_at > now() AS live
@@ -127,7 +136,7 @@ WITH target AS (
     FROM owned
     WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id AND owned.status IN ('held', 'confirmed')
 ), cancelled AS (
-    UPDATE holds SET status = 'cancelled', cancelled_at = now()
+    UPDATE holds SET status = 'cancelled', cancelled_at = now(), lease_release_due = $3
     WHERE id IN (SELECT id FROM allowed)
     RETURNING id, status, cancelled_at
 )
@@ -268,6 +277,44 @@ WHERE hs.status IN ('held', 'confirmed')
   AND NOT (hs.status = 'held' AND hs.expires_at <= now())
   AND ($1::text IS NULL OR hs.event_id = $1)
 LIMIT $2;
+
+-- take_due_lease_releases --
+-- Up to $1 cancelled holds whose leases must still be dropped in Redis, flag cleared; run in a transaction
+-- that commits only once Redis has dropped them (else the flags stay for the next pass). Rows another worker
+-- is releasing are skipped.
+WITH due AS (
+    SELECT id FROM holds WHERE lease_release_due LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE holds AS h SET lease_release_due = false
+FROM due
+WHERE h.id = due.id
+RETURNING h.event_id, h.slots, h.token, h.holder;
+
+-- recently_cancelled --
+-- Holds cancelled in the last $1 ms, whose leases a Redis restarted from an old snapshot may still hold.
+-- Keyset pages: $2, $3 the last (cancelled_at, id) seen or nulls; $4 page size.
+SELECT cancelled_at, id, event_id, slots, token, holder
+FROM holds
+WHERE status = 'cancelled' AND cancelled_at > now() - $1 * interval '1 millisecond'
+  AND ($2::timestamptz IS NULL OR (cancelled_at, id) > ($2, $3::text))
+ORDER BY cancelled_at, id
+LIMIT $4;
+
+-- live_leases --
+-- The leases Redis should hold: live held holds (for their remaining life) and holds confirmed in the last
+-- $1 ms (a confirmed lease lives that long). At most $2 rows; remaining_ms is null for confirmed holds.
+(SELECT event_id, slots, token, holder,
+        floor(extract(epoch FROM expires_at - now()) * 1000)::bigint AS remaining_ms
+ FROM holds
+ WHERE status = 'held' AND expires_at > now()
+ ORDER BY expires_at DESC
+ LIMIT $2)
+UNION ALL
+(SELECT event_id, slots, token, holder, NULL::bigint
+ FROM holds
+ WHERE status = 'confirmed' AND confirmed_at > now() - $1 * interval '1 millisecond'
+ ORDER BY confirmed_at DESC
+ LIMIT $2);
 
 -- ping --
 -- A round trip to the database.

@@ -2,13 +2,19 @@
 
 Redis only filters. A "no" from Redis is a fast 409; a "yes" sends the request on to Postgres, which
 decides; an error or a timeout sends it straight to Postgres and opens the breaker for a while.
+
+Redis must not lie once trusted again: leases written before an outage may belong to holds cancelled during
+it, and a restarted Redis may have reloaded an old snapshot. So the breaker's probe is not a request but a
+recovery: it asks Redis who it is (its run_id, against the marker key written at the last synchronization)
+and runs the synchronization the hold service provides (drop leases of cancelled holds; after a restart or
+flush, also rebuild the leases of live holds) before the breaker closes.
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
@@ -20,9 +26,10 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from gateway import keys, metrics
+from gateway.breaker import CircuitBreaker
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
-from gateway.errors import Overloaded
+from gateway.errors import GatewayError, Overloaded
 from gateway.redis_pipe import PipelinedRedis
 from gateway.resources import resource_dir
 
@@ -47,6 +54,11 @@ class AcquireOutcome(IntEnum):
 
 class RedisUnavailable(Exception):
     """Redis did not answer in time, or the breaker is open; the caller goes to Postgres."""
+
+
+# Brings a Redis that was unreachable, restarted or flushed back in line with Postgres; `restarted` says the
+# leases of live holds must be rebuilt too. Raises on failure (the breaker stays open).
+Synchronize = Callable[["RedisFront", bool], Awaitable[None]]
 
 
 class UnexpectedReply(Exception):
@@ -79,53 +91,6 @@ class AcquireResult:
     conflicts: list[str]
 
 
-class CircuitBreaker:
-    """Closed: use Redis. Open: skip it until `retry_interval_s` has passed on the monotonic clock.
-    Then half-open: exactly one call probes Redis; its success closes the breaker, its failure reopens it."""
-
-    def __init__(self, retry_interval_s: float) -> None:
-        self._retry_interval_s = retry_interval_s
-        self._opened_at: float | None = None
-        self._probe_in_flight = False
-        # Why the breaker is open: the last failure, for /ready, /v1/stats and the logs.
-        self.reason: str | None = None
-
-    @property
-    def is_closed(self) -> bool:
-        return self._opened_at is None
-
-    def allow(self) -> bool:
-        """Whether this call may use Redis; in half-open state only the first caller gets True."""
-        if self._opened_at is None:
-            return True
-        if self._probe_in_flight or time.monotonic() - self._opened_at < self._retry_interval_s:
-            return False
-        self._probe_in_flight = True
-        return True
-
-    def record_success(self) -> None:
-        if self._opened_at is not None:
-            log.info("redis is back: leaving db-only mode", extra={"mode": "redis-front"})
-            metrics.DEGRADED.set(0)
-            metrics.MODE_TRANSITIONS.labels("redis-front").inc()
-            self._opened_at = None
-            self.reason = None
-        self._probe_in_flight = False
-
-    def release_probe(self) -> None:
-        """The probe never reached Redis (local overload): let the next call probe instead."""
-        self._probe_in_flight = False
-
-    def record_failure(self, reason: str) -> None:
-        if self._opened_at is None:
-            log.warning("redis unavailable: db-only mode (%s)", reason, extra={"mode": "db-only"})
-            metrics.DEGRADED.set(1)
-            metrics.MODE_TRANSITIONS.labels("db-only").inc()
-        self._opened_at = time.monotonic()
-        self._probe_in_flight = False
-        self.reason = reason
-
-
 class RedisFront:
     def __init__(self, client: redis.Redis, settings: Settings, pipe: PipelinedRedis | None = None) -> None:
         self._client = client
@@ -133,7 +98,10 @@ class RedisFront:
         self._pipe = pipe
         self._settings = settings
         self._prefix = settings.redis_key_prefix
-        self.breaker = CircuitBreaker(settings.redis_retry_interval_s)
+        self.breaker = CircuitBreaker("redis", settings.redis_retry_interval_s, on_change=_mode_changed)
+        self._synchronize: Synchronize | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._run_id: str | None = None  # of the Redis instance last asked
         # Bulkhead: calls wait here, never in the connection pool, so a burst larger than the pool queues
         # (and past redis_queue_timeout_s is shed as 503) instead of looking like a dead Redis.
         self._bulkhead = Bulkhead(
@@ -191,6 +159,65 @@ class RedisFront:
         except (RedisError, OSError) as exc:
             self.breaker.record_failure(f"not reachable at start: {type(exc).__name__}: {exc}")
 
+    def on_recovery(self, synchronize: Synchronize) -> None:
+        """What to run before Redis is trusted again after an outage, a restart or a flush."""
+        self._synchronize = synchronize
+
+    async def synchronize_if_needed(self) -> None:
+        """At start, and from the sweeper: if Redis is not the instance last synchronized (a restart or a
+        flush since), stop trusting it and recover now. Redis unreachable: the breaker handles it."""
+        if not self.breaker.is_closed:
+            self._probe()
+            return
+        try:
+            async with self._connection_slot():
+                stale = await self._instance_changed()
+        except Overloaded:
+            return
+        except (RedisError, OSError) as exc:
+            self._failed("instance check", exc)
+            return
+        if stale:
+            self.breaker.record_failure("redis restarted or flushed: rebuilding leases from postgres")
+            await self._recover()
+
+    async def _instance_changed(self) -> bool:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.info("server")
+            pipe.get(keys.instance_key(self._prefix))
+            info, marker = await pipe.execute()
+        run_id = str(info["run_id"])
+        self._run_id = run_id
+        return marker is None or marker.decode() != run_id
+
+    def _probe(self) -> "asyncio.Task[None] | None":
+        """The breaker is open: if its interval has passed, recover in the background (one probe at a time)
+        and return the recovery. The caller goes on to Postgres either way."""
+        if not self.breaker.allow():
+            return None
+        self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="redis-recovery")
+        return self._recovery
+
+    async def _recover(self) -> None:
+        try:
+            # Connections opened before the outage may be dead (a restart): start afresh.
+            await self._client.connection_pool.disconnect()
+            async with self._connection_slot():
+                restarted = await self._instance_changed()
+                if restarted:
+                    await self.load_scripts()
+            if self._synchronize is not None:
+                await self._synchronize(self, restarted)
+            async with self._connection_slot():
+                await self._client.set(keys.instance_key(self._prefix), self._run_id or "")
+        except Overloaded:
+            self.breaker.release_probe()
+            return
+        except (RedisError, OSError, RedisUnavailable, GatewayError) as exc:
+            self._failed("recovery", exc)
+            return
+        self.breaker.record_success()
+
     async def load_scripts(self) -> None:
         for script in self._scripts.values():
             sha = await self._client.script_load(script.script)
@@ -202,6 +229,10 @@ class RedisFront:
         await asyncio.gather(*(self._client.ping() for _ in range(count)))
 
     async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._recovery
         if self._pipe is not None:
             await self._pipe.close()
         await self._client.aclose(close_connection_pool=True)
@@ -212,7 +243,13 @@ class RedisFront:
         return self.breaker.is_closed
 
     async def ping(self) -> bool:
-        """A round trip to Redis; also the breaker's probe, so an idle gateway notices recovery."""
+        """A round trip to Redis. With the breaker open, this starts the recovery if it is due, so an idle
+        gateway notices that Redis is back; Redis counts as up only once it is trusted again."""
+        if not self.breaker.is_closed:
+            recovery = self._probe()
+            if recovery is not None:
+                await asyncio.shield(recovery)
+            return self.breaker.is_closed
         try:
             async with self._connection_slot():
                 await self._client.ping()
@@ -221,7 +258,6 @@ class RedisFront:
             return False
         except Overloaded:
             return self.breaker.is_closed
-        self.breaker.record_success()
         return True
 
     @asynccontextmanager
@@ -284,21 +320,38 @@ class RedisFront:
     async def adopt(self, leases: Sequence[tuple[Lease, int]]) -> None:
         """Set leases for holds that Postgres says exist but Redis did not know about (it restarted, or a
         lease lapsed early), so the next rivals are turned away by Redis again. SET NX: never overwrite."""
-        if not leases or not self.breaker.allow():
+        if not leases or not self.breaker.is_closed:
             return
         try:
-            async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
-                for lease, ttl_ms in leases:
-                    for key in lease.slot_keys:
-                        pipe.set(key, lease.value, px=max(1, ttl_ms), nx=True)
-                await pipe.execute()
+            await self.set_leases(leases)
         except Overloaded:
-            self.breaker.release_probe()
             return
         except (RedisError, OSError) as exc:
             self._failed("adopt", exc)
-        else:
-            self.breaker.record_success()
+
+    async def set_leases(self, leases: Sequence[tuple[Lease, int]]) -> None:
+        """SET NX PX each lease, pipelined. Adoption, and the rebuild after a restart. Raises Redis errors."""
+        async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
+            for lease, ttl_ms in leases:
+                for key in lease.slot_keys:
+                    pipe.set(key, lease.value, px=max(1, ttl_ms), nx=True)
+            await pipe.execute()
+
+    async def release_leases(self, leases: Sequence[Lease]) -> int:
+        """Compare-and-delete many leases, pipelined; how many were deleted. Raises RedisUnavailable (and
+        opens the breaker) when Redis fails."""
+        if not leases:
+            return 0
+        script = self._scripts["release"]
+        try:
+            async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
+                for lease in leases:
+                    pipe.evalsha(script.sha, len(lease.slot_keys), *lease.slot_keys, lease.value)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("release", exc)
+            raise RedisUnavailable(str(exc)) from exc
+        return sum(int(r) for r in replies)
 
     async def _best_effort(self, name: str, keys_: list[str], args: list[object]) -> int | None:
         try:
@@ -310,13 +363,10 @@ class RedisFront:
         return reply
 
     async def _call(self, name: str, keys_: list[str], args: list[object]) -> list[int] | int:
-        if not self.breaker.allow():
+        if not self.breaker.is_closed:
+            self._probe()
             raise RedisUnavailable("circuit open")
-        try:
-            await self._bulkhead.enter()
-        except Overloaded:
-            self.breaker.release_probe()
-            raise
+        await self._bulkhead.enter()
         started = time.perf_counter()
         try:
             reply: list[int] | int = await self._run_script(name, keys_, args)
@@ -326,7 +376,6 @@ class RedisFront:
         finally:
             self._bulkhead.leave()
             self._call_seconds[name].observe(time.perf_counter() - started)
-        self.breaker.record_success()
         return reply
 
     async def _run_script(self, name: str, keys_: list[str], args: list[object]) -> Any:
@@ -370,3 +419,14 @@ class RedisFront:
 
     def lease(self, event_id: str, slots: Sequence[str], token: str, holder: str) -> Lease:
         return Lease.build(self._prefix, event_id, slots, token, holder)
+
+
+def _mode_changed(redis_trusted: bool) -> None:
+    if redis_trusted:
+        log.info(
+            "redis is back and in line with postgres: leaving db-only mode", extra={"mode": "redis-front"}
+        )
+    else:
+        log.warning("db-only mode: holds are decided by postgres alone", extra={"mode": "db-only"})
+    metrics.DEGRADED.set(0 if redis_trusted else 1)
+    metrics.MODE_TRANSITIONS.labels("redis-front" if redis_trusted else "db-only").inc()

@@ -39,6 +39,10 @@ LIST_HOLDS: Final = QUERIES["list_holds"]
 EVENT_SLOTS: Final = QUERIES["event_slots"]
 HOLD_STATS: Final = QUERIES["hold_stats"]
 LIVE_SLOT_TOKENS: Final = QUERIES["live_slot_tokens"]
+HOLD_BY_TOKEN: Final = QUERIES["hold_by_token"]
+TAKE_DUE_LEASE_RELEASES: Final = QUERIES["take_due_lease_releases"]
+RECENTLY_CANCELLED: Final = QUERIES["recently_cancelled"]
+LIVE_LEASES: Final = QUERIES["live_leases"]
 PING: Final = QUERIES["ping"]
 
 # Constraint names the store compares driver errors with (see db/migrations).

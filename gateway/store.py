@@ -4,7 +4,7 @@ database cannot answer now" become BackendUnavailable here, with the driver erro
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,8 +13,9 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from gateway import metrics, sql
+from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
-from gateway.errors import BackendUnavailable
+from gateway.errors import BackendUnavailable, Overloaded
 from gateway.models import Hold, HoldStatus, SlotStateName
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
     asyncpg.exceptions.TransactionRollbackError,  # deadlock or serialization failure: retryable
 )
+
+
+class ClaimOutcomeUnknown(Exception):
+    """The claim was sent but no answer came back (connection lost, timed out): it may have committed.
+    Resolved by running the same claim again with the same token (see HoldService)."""
 
 
 def remaining_ms(expires_at: datetime, now: datetime) -> int:
@@ -162,6 +168,17 @@ class HoldStats:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseOwner:
+    """The Redis lease a hold has, or had: enough to rebuild or drop it."""
+
+    event_id: str
+    slots: list[str]
+    token: str
+    holder: str
+    remaining_ms: int | None = None  # of a live held hold; None for a confirmed one
+
+
+@dataclass(frozen=True, slots=True)
 class LiveSlot:
     event_id: str
     slot_id: str
@@ -179,6 +196,9 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
         self._settings = settings
+        # Open after a failed connect: requests get 503 at once instead of each trying to connect, and a
+        # recovering database sees one probe per interval from this worker, not the backlog.
+        self.breaker = CircuitBreaker("postgres", settings.db_retry_interval_s)
 
     @classmethod
     async def open(cls, settings: Settings) -> "Store":
@@ -189,6 +209,7 @@ class Store:
             max_size=settings.db_pool_max_size,
             command_timeout=settings.db_command_timeout_s,
             reset=_reset_connection,
+            timeout=settings.db_connect_timeout_s,
             server_settings={
                 "application_name": "reservation-gateway",
                 "statement_timeout": str(settings.db_statement_timeout_ms),
@@ -217,12 +238,36 @@ class Store:
         """A pooled connection for the named query; the time it takes, pool wait included, is measured."""
         started = time.perf_counter()
         try:
-            async with self._pool.acquire(timeout=self._settings.db_acquire_timeout_s) as conn:
+            conn = await self._acquire()
+            try:
                 yield conn
-        except UNAVAILABLE_ERRORS as exc:
-            raise BackendUnavailable(self._settings.retry_after_s) from exc
+            except UNAVAILABLE_ERRORS as exc:
+                raise BackendUnavailable(self._settings.retry_after_s) from exc
+            finally:
+                await self._pool.release(conn)
         finally:
             metrics.POSTGRES_QUERY_SECONDS.labels(query).observe(time.perf_counter() - started)
+
+    async def _acquire(self) -> "PoolConnectionProxy[asyncpg.Record]":
+        """A connection within db_acquire_timeout_s. Every connection busy that long is overload (503
+        overloaded); a failed or hung connect is an outage (503 backend-unavailable, breaker opened)."""
+        breaker = self.breaker
+        if not breaker.allow():
+            raise BackendUnavailable(self._settings.retry_after_s)
+        try:
+            conn: PoolConnectionProxy[asyncpg.Record] = await self._pool.acquire(
+                timeout=self._settings.db_acquire_timeout_s
+            )
+        except TimeoutError as exc:
+            if self._pool.get_size() >= self._settings.db_pool_max_size and breaker.is_closed:
+                raise Overloaded(self._settings.retry_after_s) from exc
+            breaker.record_failure("connect timed out")
+            raise BackendUnavailable(self._settings.retry_after_s) from exc
+        except UNAVAILABLE_ERRORS as exc:
+            breaker.record_failure(f"cannot connect: {type(exc).__name__}: {exc}")
+            raise BackendUnavailable(self._settings.retry_after_s) from exc
+        breaker.record_success()
+        return conn
 
     async def ping(self) -> bool:
         try:
@@ -243,26 +288,20 @@ class Store:
         ttl_ms: int,
         idempotency_key: str | None,
         request_hash: str | None,
+        in_transaction: bool = False,
     ) -> ClaimResult:
-        """Try to create the hold. All slots or none; never raises for a lost race."""
+        """Try to create the hold. All slots or none; never raises for a lost race. Raises
+        ClaimOutcomeUnknown when the statement was sent and the answer lost. `in_transaction` forces the
+        transaction even for one slot: a claim re-run for a token that may already own a hold needs it."""
         args = (hold_id, token, event_id, holder, list(slots), ttl_ms, idempotency_key, request_hash)
         async with self._connection("claim_hold") as conn:
-            if len(slots) == 1 and idempotency_key is None:
-                # One statement is atomic on its own: it claims the one slot and inserts the hold, or neither.
-                return _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
-            transaction = conn.transaction()
-            await transaction.start()
             try:
-                result = _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
-            except BaseException:
-                await transaction.rollback()
-                raise
-            keep = result.created and (idempotency_key is None or result.idempotency_recorded)
-            await (transaction.commit() if keep else transaction.rollback())
-            if result.created and not keep:
-                # Rolled back because the key was taken: report nothing as created.
-                return ClaimResult(False, False, [], None, None, result.db_now)
-            return result
+                if len(slots) == 1 and idempotency_key is None and not in_transaction:
+                    # One statement is atomic on its own: it claims the slot and inserts the hold, or neither.
+                    return _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
+                return await _claim_in_transaction(conn, args, keyed=idempotency_key is not None)
+            except UNAVAILABLE_ERRORS as exc:
+                raise ClaimOutcomeUnknown(f"{type(exc).__name__}: {exc}") from exc
 
     async def slot_owners(self, event_id: str, slots: Sequence[str]) -> list[SlotOwner]:
         async with self._connection("slot_owners") as conn:
@@ -284,15 +323,51 @@ class Store:
     async def confirm(self, hold_id: str, holder: str) -> Transition | None:
         return await self._transition("confirm_hold", sql.CONFIRM_HOLD, hold_id, holder)
 
-    async def cancel(self, hold_id: str, holder: str) -> Transition | None:
-        return await self._transition("cancel_hold", sql.CANCEL_HOLD, hold_id, holder)
+    async def cancel(self, hold_id: str, holder: str, *, lease_release_due: bool) -> Transition | None:
+        """Cancel; with `lease_release_due` the sweeper also drops its lease in Redis, whatever happens to
+        this process or to Redis between the commit and the release it attempts itself."""
+        return await self._transition("cancel_hold", sql.CANCEL_HOLD, hold_id, holder, lease_release_due)
 
-    async def _transition(self, name: str, query: str, hold_id: str, holder: str) -> Transition | None:
+    async def _transition(self, name: str, query: str, hold_id: str, *args: object) -> Transition | None:
         async with self._connection(name) as conn:
-            record = await conn.fetchrow(query, hold_id, holder)
+            record = await conn.fetchrow(query, hold_id, *args)
         if record is None:
             return None
         return Transition(HoldRow.from_record(record), record["changed"])
+
+    async def hold_by_token(self, token: str) -> HoldRow | None:
+        async with self._connection("hold_by_token") as conn:
+            record = await conn.fetchrow(sql.HOLD_BY_TOKEN, token)
+        return None if record is None else HoldRow.from_record(record)
+
+    async def release_due_leases(
+        self, batch_size: int, release: Callable[[list[LeaseOwner]], Awaitable[object]]
+    ) -> int:
+        """Take up to `batch_size` holds from the release outbox and hand their leases to `release`; the
+        flags are cleared only if it returns (it raises when Redis fails: they stay for the next pass)."""
+        async with self._connection("take_due_lease_releases") as conn, conn.transaction():
+            records = await conn.fetch(sql.TAKE_DUE_LEASE_RELEASES, batch_size)
+            if records:
+                await release([_lease_owner(r) for r in records])
+        return len(records)
+
+    async def recently_cancelled(self, within_ms: int, page_size: int) -> AsyncIterator[list[LeaseOwner]]:
+        """Pages of the holds cancelled in the last `within_ms`."""
+        after: tuple[datetime | None, str | None] = (None, None)
+        while True:
+            async with self._connection("recently_cancelled") as conn:
+                records = await conn.fetch(sql.RECENTLY_CANCELLED, within_ms, *after, page_size)
+            if not records:
+                return
+            yield [_lease_owner(r) for r in records]
+            after = (records[-1]["cancelled_at"], records[-1]["id"])
+
+    async def live_leases(self, confirmed_within_ms: int, limit: int) -> list[LeaseOwner]:
+        """The live held holds, and the holds confirmed in the last `confirmed_within_ms`; at most `limit`
+        of each, the latest first."""
+        async with self._connection("live_leases") as conn:
+            records = await conn.fetch(sql.LIVE_LEASES, confirmed_within_ms, limit)
+        return [_lease_owner(r) for r in records]
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotRow | None:
         async with self._connection("slot_state") as conn:
@@ -363,6 +438,34 @@ class Store:
         async with self._connection("live_slot_tokens") as conn:
             records = await conn.fetch(sql.LIVE_SLOT_TOKENS, event_id, limit)
         return [LiveSlot(r["event_id"], r["slot_id"], r["token"]) for r in records]
+
+
+async def _claim_in_transaction(
+    conn: "PoolConnectionProxy[asyncpg.Record]", args: tuple[object, ...], *, keyed: bool
+) -> ClaimResult:
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        result = _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
+    except BaseException:
+        await transaction.rollback()
+        raise
+    keep = result.created and (not keyed or result.idempotency_recorded)
+    await (transaction.commit() if keep else transaction.rollback())
+    if result.created and not keep:
+        # Rolled back because the key was taken: report nothing as created.
+        return ClaimResult(False, False, [], None, None, result.db_now)
+    return result
+
+
+def _lease_owner(record: asyncpg.Record) -> LeaseOwner:
+    return LeaseOwner(
+        event_id=record["event_id"],
+        slots=list(record["slots"]),
+        token=record["token"],
+        holder=record["holder"],
+        remaining_ms=record.get("remaining_ms"),
+    )
 
 
 def _claim_result(record: asyncpg.Record | None) -> ClaimResult:

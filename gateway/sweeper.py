@@ -1,4 +1,5 @@
-"""Marks lapsed holds expired, and purges old idempotency records, in the background of each worker.
+"""Background upkeep in each worker: marks lapsed holds expired, purges old idempotency records, drops the
+leases of cancelled holds in Redis (the release outbox), and notices a restarted or flushed Redis.
 
 Correctness never waits for it: reads treat a lapsed hold as expired and claims take over lapsed slots.
 Several workers sweep side by side; FOR UPDATE SKIP LOCKED keeps them off each other's rows.
@@ -10,6 +11,8 @@ import logging
 from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
+from gateway.holds import LEASE_BATCH, HoldService
+from gateway.redis_front import RedisUnavailable
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,11 +37,26 @@ async def sweep_once(store: Store, settings: Settings) -> int:
     return total
 
 
-async def run_sweeper(store: Store, settings: Settings) -> None:
-    """Sweep every `sweep_interval_s` until cancelled; a database outage only delays the next sweep."""
+async def tend_redis(service: HoldService) -> None:
+    """Check that Redis is still the instance the leases were synchronized with, then drain the outbox."""
+    front = service.front
+    if front is None:
+        return
+    await front.synchronize_if_needed()
+    if not front.available:
+        return  # the outbox waits: the recovery drains it before Redis is trusted again
+    while await service.release_due_leases(front) == LEASE_BATCH:
+        pass
+
+
+async def run_sweeper(service: HoldService) -> None:
+    """Sweep every `sweep_interval_s` until cancelled; an outage only delays the next sweep."""
     while True:
         try:
-            await sweep_once(store, settings)
+            await sweep_once(service.store, service.settings)
+            await tend_redis(service)
         except BackendUnavailable as exc:
             log.warning("sweep skipped: database unavailable (%s)", exc.__cause__)
-        await asyncio.sleep(settings.sweep_interval_s)
+        except RedisUnavailable as exc:
+            log.warning("lease releases postponed: redis unavailable (%s)", exc)
+        await asyncio.sleep(service.settings.sweep_interval_s)

@@ -13,6 +13,7 @@ import httpx
 import redis.asyncio as redis
 import uvicorn
 
+from gateway import keys
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.embedded import free_port
@@ -134,9 +135,11 @@ async def active_holds_per_slot(database_url: str) -> dict[tuple[str, str], int]
 
 
 async def redis_keys(url: str, prefix: str) -> list[str]:
+    """Lease and idempotency keys under `prefix` (not the marker of the Redis instance synchronized with)."""
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        return sorted([key async for key in client.scan_iter(match=f"{prefix}:*")])
+        found = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        return sorted(key for key in found if key != keys.instance_key(prefix))
     finally:
         await client.aclose()
 

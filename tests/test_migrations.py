@@ -60,6 +60,7 @@ async def test_migrating_from_empty_gives_the_expected_schema(postgres_admin_url
             "expires_at",
             "confirmed_at",
             "cancelled_at",
+            "lease_release_due",
         },
         "hold_slots": {"hold_id", "event_id", "slot_id", "status", "expires_at"},
         "idempotency_keys": {"holder", "key", "request_hash", "hold_id", "status_code", "created_at"},
