@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from gateway import metrics
+from gateway import faultpoints, metrics
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import (
@@ -164,6 +164,7 @@ class HoldService:
                 # Likely a retry of a hold this holder already has: Postgres tells which.
                 return await self._create_in_postgres(request, lease=None)
             case AcquireOutcome.ACQUIRED:
+                await faultpoints.reached("after_redis_acquire")
                 return await self._create_in_postgres(request, lease=lease)
 
     async def _create_in_postgres(self, request: HoldRequest, lease: Lease | None) -> HoldResponse:
@@ -193,6 +194,7 @@ class HoldService:
                 cancelled_at=None,
                 db_now=result.db_now,
             )
+            await faultpoints.reached("after_commit")
             await self._extend_after_commit(hold, request, sent_at)
             metrics.HOLDS_CREATED.inc()
             note_request(hold_id=hold_id)
