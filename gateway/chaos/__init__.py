@@ -1,0 +1,1 @@
+"""Fault injection: a TCP fault proxy, a history checker and the chaos soak."""
