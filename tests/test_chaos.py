@@ -160,6 +160,12 @@ def test_a_201_without_a_committed_hold() -> None:
     assert "F" * 22 in report.violations[0].operations[0]
 
 
+def test_a_200_to_a_create_that_names_no_committed_hold() -> None:
+    history, state = clean_history()
+    create(history, 4.0, 200, "F" * 22, holder="bob")
+    assert invariants(check(history, state)) == ["created-not-committed"]
+
+
 def test_a_201_whose_hold_has_other_slots() -> None:
     history, _ = clean_history()
     create(history, 4.0, 201, "F" * 22, slots=["s7", "s8"])
@@ -171,11 +177,12 @@ def test_a_201_whose_hold_has_other_slots() -> None:
 
 def test_a_replay_that_names_another_hold() -> None:
     history, state = clean_history()
-    create(history, 4.0, 200, HOLD_C, key="k1", replayed=True)
-    report = check(history, state)
+    create(history, 4.0, 200, "F" * 22, key="k1", replayed=True)
+    earlier = hold("F" * 22, ("s1",), status="expired", remaining_ms=-5_000)  # alice's, on s1: it fits
+    report = check(history, snapshot([*state.holds, earlier], state.leases, state.idempotency))
     assert invariants(report) == ["idempotency-replay"]
     assert HOLD_A in report.violations[0].detail
-    assert HOLD_C in report.violations[0].detail
+    assert "F" * 22 in report.violations[0].detail
 
 
 def test_an_idempotency_record_that_names_another_hold() -> None:

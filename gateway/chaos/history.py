@@ -9,7 +9,8 @@ pure function of the history and the snapshot, so hand-made histories test it.
 The promises checked, each a `Violation.invariant` name:
 
 - ``one-active-hold``: at most one active hold per slot in Postgres (held and not lapsed, or confirmed);
-- ``created-not-committed``: every 201 names a hold that exists, with the event, holder and slots asked for;
+- ``created-not-committed``: every 201 (and every 200 to a create) names a hold that exists, with the event,
+  holder and slots asked for;
 - ``idempotency-replay``: every answer to one (holder, Idempotency-Key) that created or replayed a hold
   names the same hold, and the key's record in Postgres names it too;
 - ``redis-lease``: every lease left in Redis belongs to a live hold with that token, on one of its slots,
@@ -287,14 +288,15 @@ def _created_is_committed(
 ) -> list[Violation]:
     violations = []
     for entry in operations:
-        if entry.op != "create" or entry.outcome != "completed" or entry.status != 201:
+        # A 200 (the holder's existing hold, or a replay) must name a committed hold just as a 201 does.
+        if entry.op != "create" or entry.outcome != "completed" or entry.status not in (200, 201):
             continue
         hold = holds.get(entry.hold_id or "")
         if hold is None:
             violations.append(
                 Violation(
                     "created-not-committed",
-                    f"201 for hold {entry.hold_id}, not in Postgres",
+                    f"{entry.status} for hold {entry.hold_id}, not in Postgres",
                     (entry.describe(),),
                 )
             )
@@ -308,7 +310,7 @@ def _created_is_committed(
             violations.append(
                 Violation(
                     "created-not-committed",
-                    f"201 for hold {hold.id}, which Postgres has as {hold.event_id} {hold.holder} "
+                    f"{entry.status} for hold {hold.id}, which Postgres has as {hold.event_id} {hold.holder} "
                     f"{list(hold.slots)}",
                     (entry.describe(),),
                 )

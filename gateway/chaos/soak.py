@@ -715,7 +715,11 @@ async def run_soak(options: SoakOptions) -> SoakResult:
         report = check(history, snapshot)
         report.violations += extra
         errors = _logged_errors(gateway_log.read_text(errors="replace"))
-        return SoakResult(report, options.seed, "\n".join(errors[:50]))
+        if not report.ok:  # the whole log outlives the run's directory, for whoever debugs the violations
+            kept = Path(tempfile.gettempdir()) / f"gateway-chaos-seed{options.seed}-{os.getpid()}.log"
+            shutil.copyfile(gateway_log, kept)
+            errors.append(f"(the gateway's whole output: {kept})")
+        return SoakResult(report, options.seed, "\n".join(errors[-60:]))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
