@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 # The benchmark's load generator (its tests run it too): Debian's wrk.
 WRK ?= /usr/bin/wrk
+# The clock-skew fault test runs a gateway under libfaketime: Debian's faketime.
+FAKETIME ?= /usr/bin/faketime
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 .DEFAULT_GOAL := help
@@ -29,8 +31,13 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-test: $(STAMP) $(CHROMIUM) $(WRK)  ## Run the test suite against real Postgres and Redis servers it starts itself
-	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) $(CHROMIUM) $(WRK) $(FAKETIME)  ## Run the test suite against real Postgres and Redis servers it starts itself
+	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) GATEWAY_TEST_FAKETIME=$(FAKETIME) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(FAKETIME):
+	@echo "Installing Debian's faketime for the clock-skew test"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends faketime
 
 $(WRK):
 	@echo "Installing Debian's wrk for the benchmark"

@@ -151,8 +151,9 @@ class RedisFront:
             if self._pipe is not None:
                 await self._pipe.execute("PING")
             # With the pipe, the pool serves only pings, adoptions and stats: a few connections will do.
+            pool_size = self._settings.redis_max_connections
             await self._open_connections(
-                self._settings.redis_max_connections if self._pipe is None else WARM_POOL_WITH_PIPE
+                pool_size if self._pipe is None else min(pool_size, WARM_POOL_WITH_PIPE)
             )
         except ResponseError:
             raise
