@@ -22,6 +22,7 @@ from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.holds import HoldService
 from gateway.logs import install_request_id_factory
+from gateway.loop_lag import watch_loop_lag
 from gateway.observability import ObservedLitestar
 from gateway.ops import OpsService
 from gateway.redis_front import RedisFront
@@ -52,14 +53,18 @@ def create_app(settings: Settings) -> Litestar:
                 "who can reach this port"
             )
         metrics.worker_started()
-        sweeper = asyncio.create_task(run_sweeper(service), name="sweeper")
+        background = [
+            asyncio.create_task(run_sweeper(service), name="sweeper"),
+            asyncio.create_task(watch_loop_lag(), name="loop-lag"),
+        ]
         try:
             yield
         finally:
             metrics.worker_stopped()
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
+            for task in background:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             if front is not None:
                 await front.close()
             await store.close()
