@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> Litestar:
         service = HoldService(store, front, settings)
         if front is not None:
             front.on_recovery(service.synchronize_redis)
-            await front.synchronize_if_needed()
+            await front.synchronize_if_needed(at_start=True)
         app.state.holds = service
         app.state.ops = OpsService(service)
         if settings.ops_token is None:

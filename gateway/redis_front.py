@@ -164,9 +164,10 @@ class RedisFront:
         """What to run before Redis is trusted again after an outage, a restart or a flush."""
         self._synchronize = synchronize
 
-    async def synchronize_if_needed(self) -> None:
-        """At start, and from the sweeper: if Redis is not the instance last synchronized (a restart or a
-        flush since), stop trusting it and recover now. Redis unreachable: the breaker handles it."""
+    async def synchronize_if_needed(self, *, at_start: bool = False) -> None:
+        """From the sweeper, and once at start: if Redis is not the instance last synchronized (a restart or
+        a flush since), stop trusting it and recover now. At start no request is being served yet, so the
+        recovery runs without a spell of db-only mode. Redis unreachable: the breaker handles it."""
         if not self.breaker.is_closed:
             self._probe()
             return
@@ -178,9 +179,13 @@ class RedisFront:
         except (RedisError, OSError) as exc:
             self._failed("instance check", exc)
             return
-        if stale:
+        if not stale:
+            return
+        if at_start:
+            log.info("redis was restarted or flushed since the leases were last synchronized: rebuilding")
+        else:
             self.breaker.record_failure("redis restarted or flushed: rebuilding leases from postgres")
-            await self._recover()
+        await self._recover()
 
     async def _instance_changed(self) -> bool:
         async with self._client.pipeline(transaction=False) as pipe:
