@@ -209,6 +209,7 @@ class Report:
     faults: Counter[str]
     violations: list[Violation] = field(default_factory=list)
     timeline: list[Fault] = field(default_factory=list)
+    checked: str = ""  # what the snapshot held, in a line
 
     @property
     def ok(self) -> bool:
@@ -225,6 +226,8 @@ class Report:
         lines.append(f"unknown outcomes: {self.unknowns}")
         faults = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.faults.items())) or "none"
         lines.append(f"faults injected: {sum(self.faults.values())} ({faults})")
+        if self.checked:
+            lines.append(f"checked against: {self.checked}")
         lines.append(f"violations: {len(self.violations)}")
         if self.violations:
             lines.append("fault timeline (s):")
@@ -251,6 +254,7 @@ def check(history: History, snapshot: Snapshot, *, tolerance_ms: int = 1_000) ->
         unknowns=sum(1 for entry in operations if entry.outcome == "unknown"),
         faults=Counter(fault.kind for fault in history.faults),
         timeline=list(history.faults),
+        checked=_describe(snapshot),
     )
     holds = {hold.id: hold for hold in snapshot.holds}
     violations = report.violations
@@ -262,6 +266,19 @@ def check(history: History, snapshot: Snapshot, *, tolerance_ms: int = 1_000) ->
     violations += _confirms_kept(operations, holds)
     violations += _connections(snapshot.connections)
     return report
+
+
+def _describe(snapshot: Snapshot) -> str:
+    statuses = Counter("active" if hold.active else hold.status for hold in snapshot.holds)
+    leases = sum(
+        1 for lease in snapshot.leases if _parse_slot_key(snapshot.key_prefix, lease.key) is not None
+    )
+    connections = ", ".join(f"{c.name} {list(c.samples)} (max {c.bound})" for c in snapshot.connections)
+    return (
+        f"{len(snapshot.holds)} holds ({', '.join(f'{k}: {n}' for k, n in sorted(statuses.items()))}), "
+        f"{leases} leases, {len(snapshot.idempotency)} idempotency records; "
+        f"{connections or 'no connection counts'}"
+    )
 
 
 def _one_active_hold(holds: Iterable[HoldRecord]) -> list[Violation]:

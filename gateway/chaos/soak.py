@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import os
 import random
+import re
 import shutil
 import signal
 import string
@@ -724,16 +725,24 @@ async def run_soak(options: SoakOptions) -> SoakResult:
         shutil.rmtree(root, ignore_errors=True)
 
 
+_GATEWAY_FRAME = re.compile(r'File ".*/(gateway/[\w/]+\.py)", line (\d+), in (\w+)')
+_EXCEPTION_LINE = re.compile(r"\A[A-Za-z_][\w.]*(:|\Z)")
+
+
 def _logged_errors(output: str) -> list[str]:
-    """The gateway's ERROR lines, each with the exception that ended its traceback, if any."""
+    """The gateway's ERROR lines, each with the exception that ended its traceback (and the gateway's
+    innermost frame it went through), if any."""
     errors: list[str] = []
     in_traceback = False
+    frame = ""
     for line in output.splitlines():
         if line.startswith("Traceback"):
-            in_traceback = True
-        elif in_traceback and line and not line[0].isspace():  # the exception (of each chained traceback)
+            in_traceback, frame = True, ""
+        elif in_traceback and (where := _GATEWAY_FRAME.search(line)):
+            frame = f" (at {where.group(1)}:{where.group(2)} in {where.group(3)})"
+        elif in_traceback and _EXCEPTION_LINE.match(line):  # the exception (of each chained traceback)
             in_traceback = False
-            errors.append(f"    {line}")
+            errors.append(f"    {line}{frame}")
         elif "ERROR" in line or "CRITICAL" in line:
             errors.append(line)
     return errors
