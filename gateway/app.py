@@ -8,15 +8,17 @@ from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, InternalServerException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.utils.empty import value_or_default
+from litestar.utils.scope.state import ScopeState
 
 from gateway import __version__, metrics
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
-from gateway.api.problems import gateway_error, problem_response
+from gateway.api.problems import gateway_error, lone_surrogate_field, problem_response
 from gateway.api.slots import SlotsController
 from gateway.config import Settings
 from gateway.errors import GatewayError
@@ -30,6 +32,9 @@ from gateway.store import Store
 from gateway.sweeper import run_sweeper
 
 log = logging.getLogger(__name__)
+
+# What Litestar raises (as a 500) when the client disconnects while its body is being read.
+_CLIENT_DISCONNECTED = "client disconnected prematurely"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -97,9 +102,16 @@ def create_app(settings: Settings) -> Litestar:
     return app
 
 
-def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
     """Litestar's own errors (bad JSON, wrong types, body too large, unknown route) as problem+json."""
     status = exc.status_code
+    if status == 400 and not isinstance(exc, ValidationException):
+        # The body did not decode. A lone surrogate ("\\ud800") is not text: name its field as a bad value.
+        field = lone_surrogate_field(value_or_default(ScopeState.from_scope(request.scope).body, b""))
+        if field is not None:
+            detail = f"`{field}`: a string holds a lone UTF-16 surrogate, which is not text"
+            return problem_response(422, "invalid-request", "Invalid request", detail)
+        return problem_response(400, "malformed-request", "Malformed request", str(exc.detail))
     if isinstance(exc, ValidationException):
         detail = _validation_detail(exc)
         malformed = "malformed" in detail.lower() or "json is malformed" in detail.lower()
@@ -143,6 +155,9 @@ def _validation_detail(exc: ValidationException) -> str:
 
 
 def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
+    if isinstance(exc, InternalServerException) and exc.detail == _CLIENT_DISCONNECTED:
+        # The client went away before sending the body it announced: its fault, and it hears no answer.
+        return problem_response(400, "incomplete-request", "Incomplete request", "The body ended early.")
     log.exception("unhandled error", exc_info=exc)
     return problem_response(
         500, "internal-error", "Internal error", "The gateway failed to process the request."

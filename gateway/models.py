@@ -17,14 +17,10 @@ Identifier = Annotated[
     ),
 ]
 # Printable: no control characters (C0, DEL, C1), no line/paragraph separators, no lone surrogates.
+HOLDER_PATTERN = "\\A[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ud800-\\udfff]+\\Z"
 Holder = Annotated[
     str,
-    Meta(
-        min_length=1,
-        max_length=128,
-        pattern="\\A[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ud800-\\udfff]+\\Z",
-        description="1 to 128 printable characters",
-    ),
+    Meta(min_length=1, max_length=128, pattern=HOLDER_PATTERN, description="1 to 128 printable characters"),
 ]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"\A[\x20-\x7e]+\Z")]
 
@@ -67,6 +63,17 @@ class SlotState(msgspec.Struct, frozen=True, kw_only=True):
     hold_id: str | None
     expires_at: datetime | None
     ttl_ms: int | None
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """An error, as application/problem+json (RFC 9457); documents the error bodies in the OpenAPI."""
+
+    type: str  # /problems/<slug>
+    title: str
+    status: int
+    detail: str  # for a bad request, names the field or header first
+    conflicts: list[str] | None = None  # slot-unavailable: the requested slots that are taken
+    current_status: HoldStatus | None = None  # invalid-transition: the hold's status
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

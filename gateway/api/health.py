@@ -4,6 +4,7 @@ import asyncio
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 
 from gateway.holds import HoldService
 from gateway.models import Health, Readiness
@@ -15,7 +16,12 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", summary="Readiness: 503 while Postgres is down", tags=["operations"])
+@get(
+    "/ready",
+    summary="Readiness: 503 while Postgres is down",
+    tags=["operations"],
+    responses={503: ResponseSpec(Readiness, description="Postgres is down", generate_examples=False)},
+)
 async def ready(state: State) -> Response[Readiness]:
     service: HoldService = state.holds
     front = service.front

@@ -4,15 +4,19 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from gateway.api.auth import require_ops_token
-from gateway.api.problems import problem_for
+from gateway.api.problems import problem_for, problem_specs
 from gateway.api.slots import check_identifier
 from gateway.errors import HoldNotFound, InvalidRequest, SlotUnavailable
 from gateway.holds import HoldService
-from gateway.models import CreateHold, Hold, HolderAction, HoldPage, HoldStatus
+from gateway.models import HOLDER_PATTERN, CreateHold, Hold, HolderAction, HoldPage, HoldStatus
 from gateway.ops import OpsService
 
 HOLD_STATUSES: tuple[HoldStatus, ...] = ("held", "confirmed", "cancelled", "expired")
@@ -50,6 +54,26 @@ def field_message(message: str) -> str:
     return f"{path.replace('$.', '')}: {text}"
 
 
+def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """415 for a body declared as anything but JSON (a form, text, multipart), before it is read. A request
+    with no Content-Type at all is read as JSON: the body is decoded strictly either way."""
+    for name, value in connection.scope["headers"]:  # raw ASGI headers: no Headers object on the hot path
+        if name == b"content-type":
+            media_type = value.partition(b";")[0].strip().lower()
+            if media_type != b"application/json" and not media_type.endswith(b"+json"):
+                shown = value[:100].decode("latin-1")
+                raise HTTPException(
+                    status_code=415, detail=f"header `Content-Type` must be application/json, got {shown!r}"
+                )
+            return
+
+
+# Confirm and cancel answer these besides 200.
+_TRANSITION_RESPONSES = problem_specs(
+    400, 403, 404, 413, 415, 422, 503, described={409: "invalid-transition, with `current_status`"}
+)
+
+
 def _service(state: State) -> HoldService:
     service: HoldService = state.holds
     return service
@@ -74,6 +98,22 @@ class HoldsController(Controller):
     @post(
         "/",
         status_code=201,
+        guards=[require_json_body],
+        responses={
+            200: ResponseSpec(
+                data_container=Hold,
+                description="The holder's existing hold on exactly these slots, or an Idempotency-Key replay",
+                generate_examples=False,
+            ),
+            **problem_specs(
+                400,
+                413,
+                415,
+                422,
+                503,
+                described={409: "slot-unavailable: some slots are taken, listed in `conflicts`"},
+            ),
+        },
         summary="Hold slots",
         description="All slots of the request are held, or none. 201 a new hold; 200 the holder's existing "
         "hold on exactly these slots, or a replay of an Idempotency-Key's first response; "
@@ -110,6 +150,7 @@ class HoldsController(Controller):
         "/",
         summary="List holds in expiry order",
         guards=[require_ops_token],
+        responses=problem_specs(400, 401, 422, 503),
         description="Filtered by event, holder, status (a lapsed held hold reads as expired) and time to "
         "expiry; cursor-paginated. Requires the ops token when one is set.",
     )
@@ -118,7 +159,16 @@ class HoldsController(Controller):
         *,
         state: State,
         event_id: FromQuery[str | None] = None,
-        holder: Annotated[str | None, QueryParameter(max_length=128)] = None,
+        # Printable only, as in a body: Postgres text cannot hold NUL.
+        holder: Annotated[
+            str | None,
+            QueryParameter(
+                min_length=1,
+                max_length=128,
+                pattern=HOLDER_PATTERN,
+                description="1 to 128 printable characters",
+            ),
+        ] = None,
         status: Annotated[
             str | None, QueryParameter(description="held, confirmed, cancelled or expired")
         ] = None,
@@ -140,12 +190,18 @@ class HoldsController(Controller):
             cursor=cursor,
         )
 
-    @get("/{hold_id:str}", summary="Read a hold")
+    @get("/{hold_id:str}", summary="Read a hold", responses=problem_specs(400, 404, 503))
     async def get_hold(self, state: State, hold_id: FromPath[str]) -> Hold:
         _check_hold_id(hold_id)
         return await _service(state).get(hold_id)
 
-    @post("/{hold_id:str}/confirm", status_code=200, summary="Confirm a held hold")
+    @post(
+        "/{hold_id:str}/confirm",
+        status_code=200,
+        summary="Confirm a held hold",
+        guards=[require_json_body],
+        responses=_TRANSITION_RESPONSES,
+    )
     async def confirm_hold(
         self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
     ) -> Hold:
@@ -153,7 +209,13 @@ class HoldsController(Controller):
         _check_hold_id(hold_id)
         return await _service(state).confirm(hold_id, body.holder)
 
-    @post("/{hold_id:str}/cancel", status_code=200, summary="Cancel a hold and release its slots")
+    @post(
+        "/{hold_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a hold and release its slots",
+        guards=[require_json_body],
+        responses=_TRANSITION_RESPONSES,
+    )
     async def cancel_hold(
         self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
     ) -> Hold:

@@ -9,6 +9,7 @@ from litestar.params import FromPath
 
 from gateway import metrics
 from gateway.api.auth import require_ops_token
+from gateway.api.problems import problem_specs
 from gateway.api.slots import check_identifier
 from gateway.models import Stats
 from gateway.ops import OpsService
@@ -27,11 +28,15 @@ class OpsController(Controller):
     tags = ["operations"]  # noqa: RUF012 - Litestar's own class attribute
     guards = [require_ops_token]  # noqa: RUF012 - Litestar's own class attribute
 
-    @get("/stats", summary="The gateway's numbers, over all events")
+    @get("/stats", summary="The gateway's numbers, over all events", responses=problem_specs(401, 503))
     async def stats(self, state: State) -> Stats:
         return await _ops(state).stats(None)
 
-    @get("/events/{event_id:str}/stats", summary="The gateway's numbers for one event")
+    @get(
+        "/events/{event_id:str}/stats",
+        summary="The gateway's numbers for one event",
+        responses=problem_specs(400, 401, 422, 503),
+    )
     async def event_stats(self, state: State, event_id: FromPath[str]) -> Stats:
         check_identifier("event_id", event_id)
         return await _ops(state).stats(event_id)

@@ -7,6 +7,7 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 
+from gateway.api.problems import problem_specs
 from gateway.errors import InvalidRequest
 from gateway.holds import HoldService
 from gateway.models import SlotPage, SlotState, SlotStateName
@@ -33,6 +34,7 @@ class SlotsController(Controller):
         summary="The state of every slot of an event that has or had a hold",
         description="In slot order, cursor-paginated; filter with `state` (free, held, confirmed). A slot "
         "never held is not listed. Holders are never shown.",
+        responses=problem_specs(400, 422, 503),
     )
     async def event_slots(
         self,
@@ -56,7 +58,7 @@ class SlotsController(Controller):
             cursor=cursor,
         )
 
-    @get("/{slot_id:str}", summary="The state of one slot")
+    @get("/{slot_id:str}", summary="The state of one slot", responses=problem_specs(400, 422, 503))
     async def slot_state(self, state: State, event_id: FromPath[str], slot_id: FromPath[str]) -> SlotState:
         check_identifier("event_id", event_id)
         check_identifier("slot_id", slot_id)
