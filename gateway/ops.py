@@ -19,6 +19,7 @@ from gateway.models import (
     HoldCounts,
     HoldPage,
     HoldStatus,
+    Identifier,
     RoundTrips,
     SlotPage,
     SlotState,
@@ -31,8 +32,9 @@ from gateway.store import remaining_ms
 
 T = TypeVar("T")
 
-_HOLD_CURSOR = msgspec.json.Decoder(tuple[datetime, str])
-_SLOT_CURSOR = msgspec.json.Decoder(tuple[str])
+# A cursor comes back from the client: its ids are checked like any id (a NUL would reach Postgres).
+_HOLD_CURSOR = msgspec.json.Decoder(tuple[datetime, Identifier])
+_SLOT_CURSOR = msgspec.json.Decoder(tuple[Identifier])
 
 
 def _encode_cursor(value: object) -> str:
