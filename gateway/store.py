@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -29,6 +29,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now, statement_timeout
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
     asyncpg.exceptions.TransactionRollbackError,  # deadlock or serialization failure: retryable
+    # A pooled connection whose server ended it (shutdown, pg_terminate_backend) a moment before it was used:
+    # asyncpg is still reading the server's goodbye and refuses the statement with this.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -244,9 +247,17 @@ class Store:
             except UNAVAILABLE_ERRORS as exc:
                 raise BackendUnavailable(self._settings.retry_after_s) from exc
             finally:
-                await self._pool.release(conn)
+                await self._release(conn)
         finally:
             metrics.POSTGRES_QUERY_SECONDS.labels(query).observe(time.perf_counter() - started)
+
+    async def _release(self, conn: "PoolConnectionProxy[asyncpg.Record]") -> None:
+        """Back to the pool. A connection that cannot be made ready again (a statement timed out on a frozen
+        backend, and so did its cancellation) is closed by asyncpg; the request keeps its own outcome."""
+        try:
+            await self._pool.release(conn)
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("pooled connection dropped on release: %s: %s", type(exc).__name__, exc)
 
     async def _acquire(self) -> "PoolConnectionProxy[asyncpg.Record]":
         """A connection within db_acquire_timeout_s. Every connection busy that long is overload (503
@@ -300,6 +311,16 @@ class Store:
                     # One statement is atomic on its own: it claims the slot and inserts the hold, or neither.
                     return _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
                 return await _claim_in_transaction(conn, args, keyed=idempotency_key is not None)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != sql.ONE_ACTIVE_HOLD_PER_SLOT:
+                    raise
+                # A rival holds a slot and Postgres said so with an error rather than through ON CONFLICT:
+                # a lost race like any other, and the claim was rolled back.
+                return ClaimResult(False, False, [], None, None, datetime.now(UTC))
+            except asyncpg.TransactionRollbackError:
+                # Deadlock or serialization failure: the server rolled the claim back, so the outcome is known
+                # (not committed); _connection makes it BackendUnavailable.
+                raise
             except UNAVAILABLE_ERRORS as exc:
                 raise ClaimOutcomeUnknown(f"{type(exc).__name__}: {exc}") from exc
 
