@@ -24,7 +24,6 @@ import redis.asyncio as redis
 
 from gateway import keys
 from gateway.chaos.proxy import FaultProxy
-from gateway.config import Settings
 from gateway.embedded import LocalPostgres, free_port
 from gateway.migrations import migrate
 from tests.conftest import make_settings
@@ -320,7 +319,9 @@ async def test_frozen_backend_costs_its_requests_the_command_budget_only(
         own_database_url,
         redis_url,
         key_prefix,
-        **(FAST | {"db_pool_min_size": 3, "db_pool_max_size": 3, "db_command_timeout_s": 1.0}),
+        # The sweeper runs once, at start: a later sweep could take the frozen connection before any request.
+        **(FAST | {"db_pool_min_size": 3, "db_pool_max_size": 3, "db_command_timeout_s": 1.0})
+        | {"sweep_interval_s": 3600},
     )
     async with running_gateway(settings) as gateway:
         hold = await create_hold(gateway, "show", ["A-1"], "alice")
@@ -671,13 +672,15 @@ async def test_gateway_killed_between_redis_acquire_and_commit(
     }
     headers = {"Idempotency-Key": key} if key else {}
     body = {"event_id": "show", "slots": ["A-1"], "holder": "alice"}
-    async with doomed_gateway(env) as url, httpx.AsyncClient(timeout=10) as client:
-        with pytest.raises(httpx.TransportError):
-            await client.post(f"{url}/v1/holds", json=body, headers=headers)
-    killed_at = time.monotonic()
-    lease_value, lease_ttl_ms = await slot_lease(redis_url, key_prefix, "show", "A-1")
-    settings: Settings = make_settings(database_url, redis_url, key_prefix, lease_pending_ms=pending_ms)
+    settings = make_settings(database_url, redis_url, key_prefix, lease_pending_ms=pending_ms)
+    # The healthy gateway is up first, so that it asks while the dead one's lease is still pending.
     async with running_gateway(settings) as gateway:
+        async with doomed_gateway(env) as url, httpx.AsyncClient(timeout=10) as client:
+            with pytest.raises(httpx.TransportError):
+                await client.post(f"{url}/v1/holds", json=body, headers=headers)
+        killed_at = time.monotonic()
+        lease_value, lease_ttl_ms = await slot_lease(redis_url, key_prefix, "show", "A-1")
+        rows_after_kill = await fetch(database_url, "SELECT id FROM holds")
         if key is not None:
             retry = await create_hold(gateway, "show", ["A-1"], "alice", key)
             assert retry.status == 201, retry
@@ -690,6 +693,7 @@ async def test_gateway_killed_between_redis_acquire_and_commit(
             rival = await create_hold(gateway, "show", ["A-1"], "bob")
             assert rival.status == 201, rival
 
+    assert rows_after_kill == []
     assert lease_value is not None
     assert lease_value.endswith(":" + keys.holder_fingerprint("alice"))
     assert 0 < lease_ttl_ms <= pending_ms
