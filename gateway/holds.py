@@ -207,7 +207,12 @@ class HoldService:
 
         # Not created: the slots are taken, or the Idempotency-Key was used before.
         if request.idempotency_key is not None:
-            replay = await self._replay(request)
+            try:
+                replay = await self._replay(request)
+            except IdempotencyKeyReused:
+                if lease is not None:
+                    await self._release(lease)  # taken for another request's slots: not this key's
+                raise
             if replay is not None:
                 # The leases carrying this token belong to that committed hold: keep them.
                 return replay

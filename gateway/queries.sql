@@ -70,10 +70,11 @@ WHERE holder = $1 AND key = $2;
 -- Confirm a live held hold of this holder, in one statement. Locks the hold row, then its slot rows in
 -- slot order (the sweeper's order), and confirms only if the hold still owns every slot: a claim may have
 -- taken over a slot the instant the hold lapsed, so "held and not past expires_at" alone is not enough.
+-- Liveness is judged by the clock once every lock is held (clock_timestamp(), not now(): now() is when the
+-- statement started, and a confirm that waited for a lock past expires_at must not confirm a lapsed hold).
 -- $1 hold id, $2 holder. Returns no row for an unknown id; `changed` says whether this call confirmed it.
 WITH target AS (
-    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-           expires_at > now() AS live
+    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at
     FROM holds
     WHERE id = $1
     FOR UPDATE
@@ -86,17 +87,21 @@ WITH target AS (
     WHERE hs.hold_id = (SELECT id FROM target)
     ORDER BY hs.event_id, hs.slot_id
     FOR UPDATE
+), locked AS (
+    -- An aggregate over the locked slot rows: its clock reading comes after the last lock was granted.
+    SELECT count(*) FILTER (WHERE status = 'held') AS held_slots, clock_timestamp() AS at
+    FROM owned
 ), allowed AS (
-    SELECT id FROM target
-    WHERE holder = $2 AND status = 'held' AND live
-      AND cardinality(slots) = (SELECT count(*) FROM owned WHERE status = 'held')
+    SELECT t.id FROM target AS t, locked
+    WHERE t.holder = $2 AND t.status = 'held' AND t.expires_at > locked.at
+      AND cardinality(t.slots) = locked.held_slots
 ), confirmed_slots AS (
     UPDATE hold_slots AS hs SET status = 'confirmed'
     FROM owned
     WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id
       AND owned.status = 'held' AND owned.hold_id IN (SELECT id FROM allowed)
 ), confirmed AS (
-    UPDATE holds SET status = 'confirmed', confirmed_at = now()
+    UPDATE holds SET status = 'confirmed', confirmed_at = (SELECT at FROM locked)
     WHERE id IN (SELECT id FROM allowed)
     RETURNING id, status, confirmed_at
 )
@@ -105,25 +110,28 @@ SELECT t.id, t.token, t.event_id, t.holder, t.slots,
        coalesce(confirmed.status, t.status) AS status,
        t.created_at, t.expires_at,
        coalesce(confirmed.confirmed_at, t.confirmed_at) AS confirmed_at,
-       t.cancelled_at, now() AS db_now,
+       t.cancelled_at, (SELECT at FROM locked) AS db_now,
        confirmed.id IS NOT NULL AS changed
 FROM target AS t
 LEFT JOIN confirmed ON confirmed.id = t.id;
 
 -- cancel_hold --
 -- Cancel a confirmed or live held hold of this holder and release its slots, in one statement.
--- Locks the hold row, then its slot rows in slot order. $1 hold id, $2 holder, $3 whether its lease must be
--- dropped in Redis (the release outbox; false without Redis). Returns no row for an unknown id; `changed` says
--- whether this call cancelled it.
+-- Locks the hold row, then its slot rows in slot order. Liveness is judged once the hold row is locked
+-- (clock_timestamp(), as in confirm_hold). $1 hold id, $2 holder, $3 whether its lease must be dropped in
+-- Redis (the release outbox; false without Redis). Returns no row for an unknown id; `changed` says whether
+-- this call cancelled it.
 WITH target AS (
-    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-           expires_at > now() AS live
+    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at
     FROM holds
     WHERE id = $1
     FOR UPDATE
+), judged AS (
+    -- The clock read after target's row lock was granted.
+    SELECT t.*, clock_timestamp() AS at FROM target AS t
 ), allowed AS (
-    SELECT id FROM target
-    WHERE holder = $2 AND (status = 'confirmed' OR (status = 'held' AND live))
+    SELECT id, at FROM judged
+    WHERE holder = $2 AND (status = 'confirmed' OR (status = 'held' AND expires_at > at))
 ), owned AS (
     -- By the primary key's prefix, status tested on the locked rows, as in confirm_hold.
     SELECT hs.hold_id, hs.slot_id, hs.status
@@ -136,18 +144,19 @@ WITH target AS (
     FROM owned
     WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id AND owned.status IN ('held', 'confirmed')
 ), cancelled AS (
-    UPDATE holds SET status = 'cancelled', cancelled_at = now(), lease_release_due = $3
-    WHERE id IN (SELECT id FROM allowed)
-    RETURNING id, status, cancelled_at
+    UPDATE holds AS h SET status = 'cancelled', cancelled_at = allowed.at, lease_release_due = $3
+    FROM allowed
+    WHERE h.id = allowed.id
+    RETURNING h.id, h.status, h.cancelled_at
 )
-SELECT t.id, t.token, t.event_id, t.holder, t.slots,
-       coalesce(cancelled.status, t.status) AS status,
-       t.created_at, t.expires_at, t.confirmed_at,
-       coalesce(cancelled.cancelled_at, t.cancelled_at) AS cancelled_at,
-       now() AS db_now,
+SELECT j.id, j.token, j.event_id, j.holder, j.slots,
+       coalesce(cancelled.status, j.status) AS status,
+       j.created_at, j.expires_at, j.confirmed_at,
+       coalesce(cancelled.cancelled_at, j.cancelled_at) AS cancelled_at,
+       j.at AS db_now,
        cancelled.id IS NOT NULL AS changed
-FROM target AS t
-LEFT JOIN cancelled ON cancelled.id = t.id;
+FROM judged AS j
+LEFT JOIN cancelled ON cancelled.id = j.id;
 
 -- slot_state --
 -- The live hold on one slot, if any. $1 event id, $2 slot id.

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 SCRIPT_NAMES: Final = ("acquire", "extend", "release")
 
 
+# What a Redis that is down, restarting or cut off looks like to the client. uvloop raises RuntimeError
+# ("the handler is closed") for a write on a connection that was reset under it, before redis-py notices.
+REDIS_FAILURES: Final = (RedisError, OSError, RuntimeError)
+
 # Connections the pool opens at start when the pipe carries the scripts (else: all of them).
 WARM_POOL_WITH_PIPE = 8
 
@@ -157,7 +161,7 @@ class RedisFront:
             )
         except ResponseError:
             raise
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self.breaker.record_failure(f"not reachable at start: {type(exc).__name__}: {exc}")
 
     def on_recovery(self, synchronize: Synchronize) -> None:
@@ -176,7 +180,7 @@ class RedisFront:
                 stale = await self._instance_changed()
         except Overloaded:
             return
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed("instance check", exc)
             return
         if not stale:
@@ -219,7 +223,12 @@ class RedisFront:
         except Overloaded:
             self.breaker.release_probe()
             return
-        except (RedisError, OSError, RedisUnavailable, GatewayError) as exc:
+        except asyncio.CancelledError:
+            self.breaker.release_probe()
+            raise
+        except Exception as exc:  # whatever ends a recovery, the breaker must be able to probe again later
+            if not isinstance(exc, (*REDIS_FAILURES, RedisUnavailable, GatewayError)):
+                log.exception("redis recovery failed unexpectedly")
             self._failed("recovery", exc)
             return
         self.breaker.record_success()
@@ -259,7 +268,7 @@ class RedisFront:
         try:
             async with self._connection_slot():
                 await self._client.ping()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed("ping", exc)
             return False
         except Overloaded:
@@ -332,7 +341,7 @@ class RedisFront:
             await self.set_leases(leases)
         except Overloaded:
             return
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed("adopt", exc)
 
     async def set_leases(self, leases: Sequence[tuple[Lease, int]]) -> None:
@@ -354,7 +363,7 @@ class RedisFront:
                 for lease in leases:
                     pipe.evalsha(script.sha, len(lease.slot_keys), *lease.slot_keys, lease.value)
                 replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed("release", exc)
             raise RedisUnavailable(str(exc)) from exc
         return sum(int(r) for r in replies)
@@ -376,7 +385,7 @@ class RedisFront:
         started = time.perf_counter()
         try:
             reply: list[int] | int = await self._run_script(name, keys_, args)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed(name, exc)
             raise RedisUnavailable(str(exc)) from exc
         finally:
@@ -413,7 +422,7 @@ class RedisFront:
                 for event_id, indexes in by_event.items():
                     pipe.mget([keys.slot_key(self._prefix, event_id, slots[i][1]) for i in indexes])
                 replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise RedisUnavailable(str(exc)) from exc
         for indexes, reply in zip(by_event.values(), replies, strict=True):
             for i, value in zip(indexes, reply, strict=True):

@@ -61,7 +61,11 @@ class _Protocol(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._transport is not None and self._pending:
-            self._transport.write(b"".join(self._pending))
+            try:
+                self._transport.write(b"".join(self._pending))
+            except (RuntimeError, OSError) as exc:
+                # A transport closed under us (uvloop raises RuntimeError) before connection_lost ran.
+                self.connection_lost(exc)
         self._pending.clear()
 
     def close(self) -> None:

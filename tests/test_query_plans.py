@@ -18,7 +18,8 @@ async def test_confirm_cancel_and_expire_find_slot_rows_by_primary_key(database_
             name: "\n".join(
                 row[0]
                 for row in await conn.fetch(
-                    "EXPLAIN " + sql.QUERIES[name].replace("$1", arg).replace("$2", "'x'")
+                    "EXPLAIN "
+                    + sql.QUERIES[name].replace("$1", arg).replace("$2", "'x'").replace("$3", "true")
                 )
             )
             for name, arg in (("confirm_hold", "'h7'"), ("cancel_hold", "'h7'"), ("expire_holds", "100"))
