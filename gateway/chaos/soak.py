@@ -1,7 +1,7 @@
 """The chaos soak: a gateway under a mixed workload while a chaos loop injects one fault at a time.
 
 It starts its own PostgreSQL and Redis (on free ports, in a temporary directory), fault proxies in front of
-both when gateway.chaos.proxy is there, migrates, and runs `gateway serve` as a subprocess pointed at the
+both, migrates, and runs `gateway serve` as a subprocess pointed at the
 proxies. Clients then create holds on a few hot slots (with and without Idempotency-Key, some keys retried),
 confirm, cancel, read, and make deliberate mistakes, every request recorded in a History, while every few
 seconds the chaos loop picks a fault and heals it after its duration. At the end everything is healed, the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import random
 import re
@@ -31,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -50,6 +49,7 @@ from gateway.chaos.history import (
     Violation,
     check,
 )
+from gateway.chaos.proxy import FaultProxy
 from gateway.embedded import LocalPostgres, LocalRedis, free_port
 from gateway.migrations import migrate_url
 
@@ -69,31 +69,6 @@ CLIENT_TIMEOUT_S = 10.0
 EPOCH_S = 8.0
 SLOTS_PER_EVENT = 6
 HOLDERS = tuple(f"holder-{i}" for i in range(6))
-
-
-class FaultProxy(Protocol):
-    """What the soak uses of gateway.chaos.proxy.FaultProxy."""
-
-    port: int
-
-    @property
-    def open_connections(self) -> int: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    def heal(self) -> None: ...
-    def latency(self, ms: float, jitter_ms: float = 0) -> None: ...
-    def blackhole(self) -> None: ...
-    def reset(self) -> None: ...
-    def drop_reply(self, command: bytes, *, times: int = 1) -> None: ...
-
-
-def _proxy_class() -> Callable[..., FaultProxy] | None:
-    """FaultProxy, if this checkout has it; without it the soak injects process-level faults only."""
-    try:
-        module = importlib.import_module("gateway.chaos.proxy")
-    except ImportError:
-        return None
-    return cast("Callable[..., FaultProxy] | None", getattr(module, "FaultProxy", None))
 
 
 @dataclass(frozen=True)
@@ -118,24 +93,20 @@ class Servers:
 
     postgres: LocalPostgres
     redis_server: LocalRedis
-    pg_proxy: FaultProxy | None
-    redis_proxy: FaultProxy | None
+    pg_proxy: FaultProxy
+    redis_proxy: FaultProxy
     frozen: bool = False  # Redis is stopped by SIGSTOP right now
 
     @property
     def database_url(self) -> str:
-        if self.pg_proxy is None:
-            return self.postgres.dsn
         return f"postgresql://postgres@127.0.0.1:{self.pg_proxy.port}/postgres"
 
     @property
     def redis_url(self) -> str:
-        if self.redis_proxy is None:
-            return self.redis_server.url
         return f"redis://127.0.0.1:{self.redis_proxy.port}/0"
 
     def proxies(self) -> list[FaultProxy]:
-        return [proxy for proxy in (self.pg_proxy, self.redis_proxy) if proxy is not None]
+        return [self.pg_proxy, self.redis_proxy]
 
 
 # --- faults -----------------------------------------------------------------------------------------------
@@ -208,7 +179,6 @@ def _proxy_fault(
 ) -> Fault:
     async def fault(servers: Servers, rng: random.Random) -> str:
         proxy = servers.redis_proxy if which == "redis" else servers.pg_proxy
-        assert proxy is not None
         lasting_s = rng.uniform(*duration_s)
         detail = start(proxy, rng)
         try:
@@ -266,9 +236,7 @@ PROXY_FAULTS: dict[str, Fault] = {
 
 async def chaos_loop(servers: Servers, history: History, rng: random.Random, until: float) -> None:
     """One fault at a time, a pause of a few seconds between them, until `until` (History time)."""
-    faults = dict(PROCESS_FAULTS)
-    if servers.pg_proxy is not None and servers.redis_proxy is not None:
-        faults |= PROXY_FAULTS
+    faults = PROCESS_FAULTS | PROXY_FAULTS
     kinds = sorted(faults)
     while True:
         await asyncio.sleep(rng.uniform(1.5, 3.5))
@@ -557,9 +525,8 @@ async def take_snapshot(servers: Servers, workers: int) -> Snapshot:
     proxied: dict[str, list[int]] = {}
     for _ in range(3):
         backends.append(await gateway_backends(servers.postgres.dsn))
-        if servers.pg_proxy is not None and servers.redis_proxy is not None:
-            proxied.setdefault("postgres proxy", []).append(servers.pg_proxy.open_connections)
-            proxied.setdefault("redis proxy", []).append(servers.redis_proxy.open_connections)
+        proxied.setdefault("postgres proxy", []).append(servers.pg_proxy.open_connections)
+        proxied.setdefault("redis proxy", []).append(servers.redis_proxy.open_connections)
         await asyncio.sleep(1)
     connections = [ConnectionCount("postgres backends", tuple(backends), DB_POOL_MAX_SIZE * workers)]
     bounds = {
@@ -623,23 +590,15 @@ async def take_snapshot(servers: Servers, workers: int) -> Snapshot:
 async def started_servers(root: Path) -> AsyncIterator[Servers]:
     postgres = LocalPostgres(root / "postgres", durable=False)
     redis_server = LocalRedis(root / "redis", persistent=True)
-    proxy_class = _proxy_class()
     await asyncio.to_thread(postgres.start)
     try:
         await asyncio.to_thread(redis_server.start)
         try:
-            pg_proxy = redis_proxy = None
-            if proxy_class is not None:
-                pg_proxy = proxy_class("127.0.0.1", postgres.port, protocol="postgres")
-                redis_proxy = proxy_class("127.0.0.1", redis_server.port, protocol="redis")
-                await pg_proxy.start()
-                await redis_proxy.start()
-            try:
+            async with (
+                FaultProxy("127.0.0.1", postgres.port, protocol="postgres") as pg_proxy,
+                FaultProxy("127.0.0.1", redis_server.port, protocol="redis") as redis_proxy,
+            ):
                 yield Servers(postgres, redis_server, pg_proxy, redis_proxy)
-            finally:
-                for proxy in (pg_proxy, redis_proxy):
-                    if proxy is not None:
-                        await proxy.close()
         finally:
             if redis_server.pid is not None:
                 redis_server.kill(signal.SIGCONT)
@@ -658,14 +617,9 @@ async def run_soak(options: SoakOptions) -> SoakResult:
     try:
         async with started_servers(root) as servers:
             await migrate_url(servers.postgres.dsn)
-            proxies = (
-                "with fault proxies"
-                if servers.pg_proxy is not None
-                else "without fault proxies (no gateway.chaos.proxy)"
-            )
             log(
                 f"chaos soak: seed {options.seed}, {options.minutes} min, "
-                f"{options.workers} worker(s), {proxies}"
+                f"{options.workers} worker(s), with fault proxies"
             )
             async with gateway_process(servers, options.workers, gateway_log) as (url, process):
                 limits = httpx.Limits(
