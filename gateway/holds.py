@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # Leases end this much before their hold: the lease's TTL is counted from when it reaches Redis, a little
 # after the moment Postgres's clock was read. A rival in that gap asks Postgres, which turns it away.
 LEASE_EARLY_END_MS = 50
+# Longest life of a lease taught to Redis from a loser's read of Postgres (see _adopt): 30 s.
+ADOPTED_LEASE_MAX_MS = 30_000
 # Live holds rebuilt in a restarted Redis, at most, of each kind (held; recently confirmed).
 REBUILD_MAX_HOLDS = 200_000
 # Leases dropped or rebuilt per Redis pipeline.
@@ -322,6 +324,10 @@ class HoldService:
                 if h.status == "confirmed"
                 else _lease_ttl_ms(h.remaining_ms, read_at)
             )
+            # The read may be out of date by the time the lease is set (the hold cancelled, and its lease
+            # released, in between): an adopted lease lives ADOPTED_LEASE_MAX_MS at most, so such a lease
+            # misleads for seconds, not for the hour of a confirmed lease.
+            ttl_ms = min(ttl_ms, ADOPTED_LEASE_MAX_MS)
             if ttl_ms > 0:
                 leases.append((front.lease(h.event_id, h.slots, h.token, h.holder), ttl_ms))
         await front.adopt(leases)

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as redis
 
 from gateway.embedded import LocalRedis, free_port
+from gateway.holds import ADOPTED_LEASE_MAX_MS
 from gateway.keys import holder_fingerprint, slot_key
 from tests.conftest import make_settings
 from tests.support import Gateway, active_holds_per_slot, released_together, running_gateway, statuses
@@ -63,8 +64,12 @@ async def test_redis_killed_mid_run_then_restarted(
     ready_during = (await gateway.client.get("/ready")).json()
 
     own_redis.start()  # same port, empty: it kept nothing
-    await asyncio.sleep(gateway.settings.redis_retry_interval_s + 0.1)
-    ready_after = (await gateway.client.get("/ready")).json()
+    # The breaker probes once per retry interval; a probe that failed just before the restart delays it.
+    deadline = time.monotonic() + 3 * gateway.settings.redis_retry_interval_s + 1
+    while (ready_after := (await gateway.client.get("/ready")).json())["mode"] != "redis-front":
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     after = await storm_one_slot(gateway, "show-3")
     # Redis forgot show-1's lease: Postgres still refuses the rival, and the lease is put back.
     rival_after = await gateway.hold("show-1", ["A-1"], holder="rival")
@@ -125,4 +130,4 @@ async def test_lease_lost_in_redis_is_refused_by_postgres_and_relearned(
     assert relearned[0] == relearned[1]
     assert relearned[0] is not None
     assert relearned[0].endswith(":" + holder_fingerprint("alice"))
-    assert 290_000 < ttl_ms <= 300_000
+    assert 0 < ttl_ms <= ADOPTED_LEASE_MAX_MS  # re-taught from a read, so kept short
