@@ -16,7 +16,7 @@ from litestar.utils.scope.state import ScopeState
 
 from gateway import __version__, metrics
 from gateway.api.health import health, ready
-from gateway.api.holds import HoldsController
+from gateway.api.holds import HoldsController, content_type_error
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.problems import gateway_error, lone_surrogate_field, problem_response
 from gateway.api.slots import SlotsController
@@ -105,6 +105,8 @@ def create_app(settings: Settings) -> Litestar:
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
     """Litestar's own errors (bad JSON, wrong types, body too large, unknown route) as problem+json."""
     status = exc.status_code
+    if status == 400 and (declared := content_type_error(request.scope)) is not None:
+        exc, status = declared, 415  # a body declared as something else did not decode as JSON: say why
     if status == 400 and not isinstance(exc, ValidationException):
         # The body did not decode. A lone surrogate ("\\ud800") is not text: name its field as a bad value.
         field = lone_surrogate_field(value_or_default(ScopeState.from_scope(request.scope).body, b""))
