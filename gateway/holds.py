@@ -20,13 +20,13 @@ from gateway import faultpoints, metrics
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import (
-    BackendUnavailable,
     HoldNotFound,
     IdempotencyKeyReused,
     InvalidRequest,
     InvalidTransition,
     NotHolder,
     OutcomeUnknown,
+    RetryLater,
     SlotUnavailable,
 )
 from gateway.logs import note_request
@@ -244,7 +244,8 @@ class HoldService:
             log.warning("claim answer lost (%s): asking postgres again with the same token", exc)
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((ClaimOutcomeUnknown, BackendUnavailable)),
+                # Postgres down, or this worker's pool full: either way the first claim's fate is still open.
+                retry=retry_if_exception_type((ClaimOutcomeUnknown, RetryLater)),
                 stop=stop_after_delay(self.settings.claim_resolve_budget_s),
                 wait=wait_random_exponential(multiplier=0.05, max=1.0),
                 reraise=True,
@@ -266,7 +267,7 @@ class HoldService:
                         expires_at=committed.expires_at,
                         db_now=committed.db_now,
                     )
-        except (ClaimOutcomeUnknown, BackendUnavailable) as exc:
+        except (ClaimOutcomeUnknown, RetryLater) as exc:
             raise OutcomeUnknown(self.settings.retry_after_s) from exc
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 

@@ -312,9 +312,10 @@ async def test_backends_terminated_mid_storm(gateway: Gateway, database_url: str
 async def test_frozen_backend_costs_its_requests_the_command_budget_only(
     own_database_url: str, redis_url: str, key_prefix: str
 ) -> None:
-    """One gateway backend stopped (SIGSTOP): requests that get its connection fail with a planned 503
-    within db_command_timeout_s (plus slack) and never hang; the others succeed meanwhile; after SIGCONT
-    the gateway serves as before, and no slot has two winners."""
+    """One gateway backend stopped (SIGSTOP): requests that get its connection wait out db_command_timeout_s
+    (plus slack) and never hang: a read then gets a planned 503, a create's unanswered claim is resolved on
+    another connection; the others succeed meanwhile; after SIGCONT the gateway serves as before, and no
+    slot has two winners."""
     settings = make_settings(
         own_database_url,
         redis_url,
@@ -349,9 +350,12 @@ async def test_frozen_backend_costs_its_requests_the_command_budget_only(
     # The statement's timeout, then as long again for asyncpg to give up on cancelling it and close the
     # connection, plus slack.
     slow = [a for a in answers if a.seconds > 2 * settings.db_command_timeout_s + 0.75]
+    # A request that met the frozen backend waited out the command timeout: a read then gets 503, a create
+    # (its claim's answer lost) is resolved on another connection and usually gets its 201 after all.
+    met = [a for a in answers if a.seconds >= settings.db_command_timeout_s]
     failed = [a for a in answers if a.status == 503]
     assert slow == [], slow
-    assert failed, "no request met the frozen backend"
+    assert met, "no request met the frozen backend"
     assert len(failed) < len(answers) / 2, failed
     assert [a.status for a in after] == [200] * 6 + [201] * 6, after
     assert rival.status == 409
