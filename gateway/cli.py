@@ -41,6 +41,10 @@ def app_from_env() -> "Litestar":
 # 11 ms with this setting, at 64 connections on 2 workers). Cycles are still collected, just in batches.
 GC_YOUNG_THRESHOLD = 50_000
 
+# On SIGTERM, requests still running this long after the listener closed are cancelled, so that nothing stuck
+# (a client trickling its body, a backend that stopped answering) can keep a worker from stopping.
+GRACEFUL_SHUTDOWN_S = 10
+
 
 def tune_garbage_collector() -> None:
     """In a serving worker: leave the objects of the loaded code out of every future collection
@@ -124,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             http="httptools",
             access_log=False,  # the gateway logs each request itself, with its request id
             timeout_keep_alive=settings.http_keep_alive_s,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             log_config=log_config,
             log_level=settings.log_level.lower(),
         )

@@ -42,6 +42,9 @@ SCRIPT_NAMES: Final = ("acquire", "extend", "release")
 # ("the handler is closed") for a write on a connection that was reset under it, before redis-py notices.
 REDIS_FAILURES: Final = (RedisError, OSError, RuntimeError)
 
+# How long a readiness check waits for a recovery it started before answering with the mode as it stands.
+RECOVERY_WAIT_S = 1.0
+
 # Connections the pool opens at start when the pipe carries the scripts (else: all of them).
 WARM_POOL_WITH_PIPE = 8
 
@@ -263,7 +266,9 @@ class RedisFront:
         if not self.breaker.is_closed:
             recovery = self._probe()
             if recovery is not None:
-                await asyncio.shield(recovery)
+                # A quick recovery is reported at once; a long one (a big rebuild) goes on without the caller.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(recovery), RECOVERY_WAIT_S)
             return self.breaker.is_closed
         try:
             async with self._connection_slot():

@@ -59,4 +59,6 @@ async def run_sweeper(service: HoldService) -> None:
             log.warning("sweep skipped: database unavailable (%s)", exc.__cause__)
         except RedisUnavailable as exc:
             log.warning("lease releases postponed: redis unavailable (%s)", exc)
+        except Exception:  # anything else must not end the sweeper for the life of the worker
+            log.exception("sweep failed")
         await asyncio.sleep(service.settings.sweep_interval_s)

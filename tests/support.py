@@ -15,6 +15,7 @@ import uvicorn
 
 from gateway import keys
 from gateway.app import create_app
+from gateway.cli import GRACEFUL_SHUTDOWN_S
 from gateway.config import Settings
 from gateway.embedded import free_port
 from gateway.holds import HoldService
@@ -80,6 +81,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         access_log=False,
         loop="none",
         backlog=4096,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -97,7 +99,13 @@ async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             yield Gateway(f"http://127.0.0.1:{port}", client, settings, server)
         finally:
             server.should_exit = True
-            await task
+            try:
+                await asyncio.wait_for(asyncio.shield(task), GRACEFUL_SHUTDOWN_S)
+            except TimeoutError:
+                # A request still running after the grace period: stop without waiting for it, as
+                # `gateway serve` does, rather than hang the suite.
+                server.force_exit = True
+                await task
 
 
 async def released_together(
