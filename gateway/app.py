@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.utils.empty import value_or_default
 from litestar.utils.scope.state import ScopeState
 
-from gateway import __version__, metrics
+from gateway import __version__, background, metrics
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController, content_type_error
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> Litestar:
                 "who can reach this port"
             )
         metrics.worker_started()
-        background = [
+        tasks = [
             asyncio.create_task(run_sweeper(service), name="sweeper"),
             asyncio.create_task(watch_loop_lag(), name="loop-lag"),
         ]
@@ -66,10 +66,8 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             metrics.worker_stopped()
-            for task in background:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+            for task in tasks:
+                await background.stop(task)
             if front is not None:
                 await front.close()
             await store.close()

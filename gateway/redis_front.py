@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from gateway import keys, metrics
+from gateway import background, keys, metrics
 from gateway.breaker import CircuitBreaker
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
@@ -248,9 +248,7 @@ class RedisFront:
 
     async def close(self) -> None:
         if self._recovery is not None:
-            self._recovery.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._recovery
+            await background.stop(self._recovery)
         if self._pipe is not None:
             await self._pipe.close()
         await self._client.aclose(close_connection_pool=True)
