@@ -95,7 +95,7 @@ def slot_counts(per_slot: dict[tuple[str, str], int], event_id: str) -> dict[str
 async def test_storm_has_exactly_one_winner(gateway: Gateway, database_url: str) -> None:
     run = await run_locust("StormUser", gateway.url, users=100, env={"STORM_EVENT_ID": "storm-t"})
 
-    assert run.exit_code == 0, run
+    assert run.exit_code == 0, str(run)
     assert run.verdict.startswith(PASS), run
     assert "won (201) 1   turned away (409) 99" in run.output, run
     assert slot_counts(await active_holds_per_slot(database_url), "storm-t") == {"seat-1": 1}
@@ -107,7 +107,7 @@ async def test_storm_fails_when_the_slot_was_taken_before_it(gateway: Gateway, d
 
     run = await run_locust("StormUser", gateway.url, users=30, env={"STORM_EVENT_ID": "storm-t"})
 
-    assert run.exit_code == 1, run
+    assert run.exit_code == 1, str(run)
     assert run.verdict.startswith(FAIL), run
     assert "expected exactly one 201, got 0" in run.output, run
     holds = await holds_of(database_url, "storm-t")
@@ -122,7 +122,7 @@ FLASH = {"FLASH_SEATS": "60", "FLASH_ROW_SIZE": "10", "FLASH_THINK_MS": "50"}
 async def test_flash_sale_sells_every_seat_once(gateway: Gateway, database_url: str) -> None:
     run = await run_locust("FlashSaleUser", gateway.url, users=40, env=FLASH | {"FLASH_EVENT_ID": "sale"})
 
-    assert run.exit_code == 0, run
+    assert run.exit_code == 0, str(run)
     assert run.verdict.startswith(PASS), run
     seats = {f"R{row}-{n}" for row in range(1, 7) for n in range(1, 11)}
     assert slot_counts(await active_holds_per_slot(database_url), "sale") == dict.fromkeys(seats, 1)
@@ -136,7 +136,7 @@ async def test_flash_sale_fails_when_a_stranger_holds_a_seat(gateway: Gateway, d
 
     run = await run_locust("FlashSaleUser", gateway.url, users=40, env=FLASH | {"FLASH_EVENT_ID": "sale"})
 
-    assert run.exit_code == 1, run
+    assert run.exit_code == 1, str(run)
     assert run.verdict.startswith(FAIL), run
     assert f"R1-1 is held by hold {stranger.json()['id']}, which no 201 of this run created" in run.output, (
         run
@@ -152,7 +152,7 @@ MIX = {"MIX_RPS": "50", "MIX_TTL_S": "1", "MIX_SLOTS": "300", "MIX_EVENT_ID": "m
 async def test_mix_ends_every_hold_where_its_transitions_say(gateway: Gateway, database_url: str) -> None:
     run = await run_locust("HoldMixUser", gateway.url, users=10, env=MIX, run_time_s=15)
 
-    assert run.exit_code == 0, run
+    assert run.exit_code == 0, str(run)
     assert run.verdict.startswith(PASS), run
     assert max(slot_counts(await active_holds_per_slot(database_url), "mix").values()) == 1
     # Every hold Postgres has is one the scenario was told about: no hold was created behind a 409 or a 5xx.
@@ -165,7 +165,7 @@ async def test_mix_fails_on_a_hold_it_did_not_create(gateway: Gateway) -> None:
 
     run = await run_locust("HoldMixUser", gateway.url, users=5, env=MIX | {"MIX_SLOTS": "40"}, run_time_s=3)
 
-    assert run.exit_code == 1, run
+    assert run.exit_code == 1, str(run)
     assert run.verdict.startswith(FAIL), run
     assert f"held by hold {stranger.json()['id']}, which no answer ever named" in run.output, run
 
@@ -178,7 +178,7 @@ EDGE = {"EDGE_HOLDS": "30", "EDGE_TTL_S": "1", "EDGE_EVENT_ID": "edge"}
 async def test_confirm_at_expiry_has_one_outcome(gateway: Gateway, database_url: str) -> None:
     run = await run_locust("ConfirmVsExpiryUser", gateway.url, users=30, env=EDGE)
 
-    assert run.exit_code == 0, run
+    assert run.exit_code == 0, str(run)
     assert run.verdict.startswith(PASS), run
     assert run.number("rounds") == 30
     assert max(slot_counts(await active_holds_per_slot(database_url), "edge").values()) == 1
@@ -194,7 +194,7 @@ async def test_confirm_at_expiry_fails_when_its_slots_are_taken(gateway: Gateway
 
     run = await run_locust("ConfirmVsExpiryUser", gateway.url, users=30, env=EDGE)
 
-    assert run.exit_code == 1, run
+    assert run.exit_code == 1, str(run)
     assert run.verdict.startswith(FAIL), run
     assert "2 holds on fresh slots were not granted" in run.output, run
 
@@ -207,7 +207,7 @@ async def test_degraded_storm_has_exactly_one_winner(database_url: str, key_pref
     async with running_gateway(make_settings(database_url, nothing_listens, key_prefix)) as gateway:
         run = await run_locust("DegradedStormUser", gateway.url, users=100, env={"DEGRADED_EVENT_ID": "deg"})
 
-    assert run.exit_code == 0, run
+    assert run.exit_code == 0, str(run)
     assert run.verdict.startswith(PASS), run
     assert "gateway mode             db-only" in run.output, run
     assert slot_counts(await active_holds_per_slot(database_url), "deg") == {"seat-1": 1}
@@ -218,7 +218,7 @@ async def test_degraded_storm_refuses_a_gateway_that_redis_fronts(
 ) -> None:
     run = await run_locust("DegradedStormUser", gateway.url, users=20, env={"DEGRADED_EVENT_ID": "deg"})
 
-    assert run.exit_code == 1, run
+    assert run.exit_code == 1, str(run)
     assert run.verdict.startswith(FAIL), run
     assert "GET /ready says mode 'redis-front' before the storm, not 'db-only'" in run.output, run
     assert await holds_of(database_url, "deg") == []
