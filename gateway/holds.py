@@ -320,11 +320,8 @@ class HoldService:
         holds = {owner.hold.id: owner.hold for owner in owners}
         leases = []
         for h in holds.values():
-            ttl_ms = (
-                self.settings.confirmed_lease_ms
-                if h.status == "confirmed"
-                else _lease_ttl_ms(h.remaining_ms, read_at)
-            )
+            remaining_ms = None if h.status == "confirmed" else h.remaining_ms
+            ttl_ms = self._live_lease_ttl_ms(remaining_ms, read_at)
             # The read may be out of date by the time the lease is set (the hold cancelled, and its lease
             # released, in between): an adopted lease lives ADOPTED_LEASE_MAX_MS at most, so such a lease
             # misleads for seconds, not for the hour of a confirmed lease.
@@ -338,8 +335,7 @@ class HoldService:
         holds cancelled while Redis was out of reach (the release outbox). After a restart or a flush, Redis
         may also hold leases of any hold cancelled within a lease's life (an old snapshot), and lacks the
         leases of live holds: drop the former, rebuild the latter."""
-        while await self.release_due_leases(front) == LEASE_BATCH:
-            pass
+        await self.release_due_leases(front)
         if not restarted:
             return
         settings = self.settings
@@ -352,11 +348,7 @@ class HoldService:
         owners = await self.store.live_leases(settings.confirmed_lease_ms, REBUILD_MAX_HOLDS)
         leases = []
         for o in owners:
-            ttl_ms = (
-                settings.confirmed_lease_ms
-                if o.remaining_ms is None
-                else _lease_ttl_ms(o.remaining_ms, read_at)
-            )
+            ttl_ms = self._live_lease_ttl_ms(o.remaining_ms, read_at)
             if ttl_ms > 0:
                 leases.append((_lease_of(front, o), ttl_ms))
         for start in range(0, len(leases), LEASE_BATCH):
@@ -369,16 +361,27 @@ class HoldService:
             extra={"dropped": dropped, "rebuilt": len(leases)},
         )
 
+    def _live_lease_ttl_ms(self, remaining_ms: int | None, read_at: float) -> int:
+        """The TTL of a live hold's lease: a confirmed hold's (`remaining_ms` None) or the rest of a held
+        hold's life, read at `read_at`. Zero or less: the hold is over."""
+        if remaining_ms is None:
+            return self.settings.confirmed_lease_ms
+        return _lease_ttl_ms(remaining_ms, read_at)
+
     async def release_due_leases(self, front: RedisFront) -> int:
-        """One batch of the release outbox: drop the leases of cancelled holds in Redis, then clear their
-        flags. Raises if Redis fails (the flags stay)."""
+        """Drain the release outbox, batch by batch: drop the leases of cancelled holds in Redis, then clear
+        their flags. Returns how many; raises if Redis fails (the flags of that batch stay)."""
 
         async def release(owners: Sequence[LeaseOwner]) -> None:
             await front.release_leases([_lease_of(front, o) for o in owners])
 
-        taken = await self.store.release_due_leases(LEASE_BATCH, release)
-        metrics.LEASE_RELEASES.labels("outbox").inc(taken)
-        return taken
+        total = 0
+        while True:
+            taken = await self.store.release_due_leases(LEASE_BATCH, release)
+            metrics.LEASE_RELEASES.labels("outbox").inc(taken)
+            total += taken
+            if taken < LEASE_BATCH:
+                return total
 
     async def get(self, hold_id: str) -> Hold:
         hold = await self.store.get_hold(hold_id)

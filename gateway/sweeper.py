@@ -11,7 +11,7 @@ import logging
 from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
-from gateway.holds import LEASE_BATCH, HoldService
+from gateway.holds import HoldService
 from gateway.redis_front import RedisUnavailable
 from gateway.store import Store
 
@@ -45,8 +45,7 @@ async def tend_redis(service: HoldService) -> None:
     await front.synchronize_if_needed()
     if not front.available:
         return  # the outbox waits: the recovery drains it before Redis is trusted again
-    while await service.release_due_leases(front) == LEASE_BATCH:
-        pass
+    await service.release_due_leases(front)
 
 
 async def run_sweeper(service: HoldService) -> None:
