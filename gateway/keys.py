@@ -2,6 +2,9 @@
 so one script only ever touches one Redis Cluster slot."""
 
 import hashlib
+from typing import NamedTuple
+
+_FINGERPRINT_LENGTH = 16  # hex digits of a holder fingerprint
 
 
 def slot_key(prefix: str, event_id: str, slot_id: str) -> str:
@@ -28,6 +31,19 @@ def holder_fingerprint(holder: str) -> str:
 def lease_value(token: str, holder: str) -> str:
     """What a lease key holds: the hold's token, then the holder fingerprint."""
     return f"{token}:{holder_fingerprint(holder)}"
+
+
+class LeaseValue(NamedTuple):
+    token: str
+    holder_fingerprint: str
+
+
+def parse_lease_value(value: str) -> LeaseValue:
+    """The token and holder fingerprint of a value lease_value() built; ValueError for anything else."""
+    token, sep, fingerprint = value.rpartition(":")  # the fingerprint is hex: the last colon is the separator
+    if not sep or not token or len(fingerprint) != _FINGERPRINT_LENGTH:
+        raise ValueError(f"not a lease value: {value!r}")
+    return LeaseValue(token, fingerprint)
 
 
 def _digest(*parts: str) -> str:

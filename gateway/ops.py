@@ -13,6 +13,7 @@ import msgspec
 from gateway import metrics
 from gateway.errors import BackendUnavailable, InvalidRequest, Overloaded
 from gateway.holds import HoldService
+from gateway.keys import parse_lease_value
 from gateway.models import (
     Agreement,
     Counters,
@@ -159,7 +160,7 @@ class OpsService:
         for slot, value in zip(checked, values, strict=True):
             if value is None:
                 missing += 1
-            elif value.partition(":")[0] == slot.token:
+            elif _lease_token(value) == slot.token:
                 leased += 1
             else:
                 other += 1
@@ -187,6 +188,13 @@ class OpsService:
                 lag_s,
             ),
         }
+
+
+def _lease_token(value: str) -> str | None:
+    try:
+        return parse_lease_value(value).token
+    except ValueError:
+        return None  # not a lease value at all: counted as another hold's
 
 
 def mode_reason(holds: HoldService) -> str | None:

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.keys import parse_lease_value
+
 OpKind = Literal["create", "confirm", "cancel", "read", "mistake"]
 Outcome = Literal["pending", "completed", "unknown"]
 
@@ -382,9 +384,13 @@ def _leases(snapshot: Snapshot, tolerance_ms: int) -> list[Violation]:
         slot = _parse_slot_key(snapshot.key_prefix, lease.key)
         if slot is None:
             continue  # an idempotency record, not a lease
-        token = lease.value.rsplit(":", 1)[0]
-        hold = by_token.get(token)
         where = f"lease {lease.key}={lease.value} pttl={lease.pttl_ms}ms"
+        try:
+            token = parse_lease_value(lease.value).token
+        except ValueError:
+            violations.append(Violation("redis-lease", f"{where}: not a lease value"))
+            continue
+        hold = by_token.get(token)
         if hold is None:
             violations.append(Violation("redis-lease", f"{where}: no hold in Postgres has this token"))
             continue
