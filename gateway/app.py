@@ -4,21 +4,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, InternalServerException, ValidationException
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from litestar.utils.empty import value_or_default
-from litestar.utils.scope.state import ScopeState
 
 from gateway import __version__, background, metrics
 from gateway.api.health import health, ready
-from gateway.api.holds import HoldsController, content_type_error
+from gateway.api.holds import HoldsController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
-from gateway.api.problems import gateway_error, lone_surrogate_field, problem_response
+from gateway.api.problems import framework_error, gateway_error, internal_error
 from gateway.api.slots import SlotsController
 from gateway.config import Settings
 from gateway.errors import GatewayError
@@ -32,9 +29,6 @@ from gateway.store import Store
 from gateway.sweeper import run_sweeper
 
 log = logging.getLogger(__name__)
-
-# What Litestar raises (as a 500) when the client disconnects while its body is being read.
-_CLIENT_DISCONNECTED = "client disconnected prematurely"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -87,8 +81,8 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: gateway_error,
-            HTTPException: _http_exception,
-            HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
+            HTTPException: framework_error,  # mapped to GatewayErrors by class and status code
+            HTTP_500_INTERNAL_SERVER_ERROR: internal_error,
         },
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Reservation gateway", version=__version__, path="/schema"),
@@ -98,67 +92,3 @@ def create_app(settings: Settings) -> Litestar:
     )
     app.access_log_enabled = settings.access_log
     return app
-
-
-def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
-    """Litestar's own errors (bad JSON, wrong types, body too large, unknown route) as problem+json."""
-    status = exc.status_code
-    if status == 400 and (declared := content_type_error(request.scope)) is not None:
-        exc, status = declared, 415  # a body declared as something else did not decode as JSON: say why
-    if status == 400 and not isinstance(exc, ValidationException):
-        # The body did not decode. A lone surrogate ("\\ud800") is not text: name its field as a bad value.
-        field = lone_surrogate_field(value_or_default(ScopeState.from_scope(request.scope).body, b""))
-        if field is not None:
-            detail = f"`{field}`: a string holds a lone UTF-16 surrogate, which is not text"
-            return problem_response(422, "invalid-request", "Invalid request", detail)
-        return problem_response(400, "malformed-request", "Malformed request", str(exc.detail))
-    if isinstance(exc, ValidationException):
-        detail = _validation_detail(exc)
-        malformed = "malformed" in detail.lower() or "json is malformed" in detail.lower()
-        if malformed:
-            return problem_response(400, "malformed-request", "Malformed request", detail)
-        return problem_response(422, "invalid-request", "Invalid request", detail)
-    titles = {
-        404: "Not found",
-        405: "Method not allowed",
-        413: "Request body too large",
-        415: "Unsupported media type",
-    }
-    slug = {
-        404: "not-found",
-        405: "method-not-allowed",
-        413: "body-too-large",
-        415: "unsupported-media-type",
-    }.get(status, "http-error")
-    headers = dict(exc.headers or {})
-    return problem_response(status, slug, titles.get(status, "HTTP error"), str(exc.detail), headers=headers)
-
-
-def _validation_detail(exc: ValidationException) -> str:
-    """msgspec's message with the field path: e.g. "Expected `str`, got `int` - at `$.event_id`"."""
-    extra = exc.extra
-    if isinstance(extra, list) and extra:
-        parts = []
-        for item in extra:
-            if isinstance(item, dict):
-                message = str(item.get("message", ""))
-                key = item.get("key")
-                source = item.get("source")
-                source = getattr(source, "value", source)  # a ParamType enum for parameters
-                where = f"`{key}`" if key else "the body"
-                parts.append(
-                    f"{where} ({source}): {message}" if source and source != "body" else f"{where}: {message}"
-                )
-        if parts:
-            return "; ".join(parts)
-    return str(exc.detail)
-
-
-def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
-    if isinstance(exc, InternalServerException) and exc.detail == _CLIENT_DISCONNECTED:
-        # The client went away before sending the body it announced: its fault, and it hears no answer.
-        return problem_response(400, "incomplete-request", "Incomplete request", "The body ended early.")
-    log.exception("unhandled error", exc_info=exc)
-    return problem_response(
-        500, "internal-error", "Internal error", "The gateway failed to process the request."
-    )

@@ -35,11 +35,58 @@ class InvalidRequest(GatewayError):
 
 
 class MalformedRequest(InvalidRequest):
-    """The request body is not valid JSON."""
+    """The request cannot be parsed."""
 
     status_code = 400
     problem = "malformed-request"
     title = "Malformed request"
+
+
+class IncompleteRequest(MalformedRequest):
+    """The body ended before the length the request announced: the client went away. Not a gateway failure,
+    so never logged as one; the client hears no answer."""
+
+    problem = "incomplete-request"
+    title = "Incomplete request"
+
+
+class BodyTooLarge(GatewayError):
+    """The body is larger than the gateway accepts (max_body_bytes)."""
+
+    status_code = 413
+    problem = "body-too-large"
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """The body is declared as something other than JSON."""
+
+    status_code = 415
+    problem = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class RouteNotFound(GatewayError):
+    """No route has this path."""
+
+    status_code = 404
+    problem = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    """This route does not take this method; `Allow` lists those it takes."""
+
+    status_code = 405
+    problem = "method-not-allowed"
+    title = "Method not allowed"
+
+    def __init__(self, allowed_methods: str) -> None:
+        super().__init__()
+        self.allowed_methods = allowed_methods
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allowed_methods}
 
 
 class SlotUnavailable(GatewayError):

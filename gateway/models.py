@@ -1,21 +1,39 @@
 """Request and response bodies: msgspec Structs, with the contract's limits declared on the types."""
 
+import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta
 
+# The one definition of event and slot ids: the body types, the path checks (api/), the /ops page (served
+# by api/ops.py) all read it from here.
+IDENTIFIER_CHARACTERS = "A-Za-z0-9._:~-"  # the body of a regex character class
+IDENTIFIER_MAX_LENGTH = 128
+IDENTIFIER_DESCRIPTION = f"1 to {IDENTIFIER_MAX_LENGTH} characters from [{IDENTIFIER_CHARACTERS}]"
 # Patterns use \A and \Z: `$` would let a trailing newline through.
+IDENTIFIER_PATTERN = rf"\A[{IDENTIFIER_CHARACTERS}]+\Z"
+# The same grammar, lengths included, for JavaScript (the /ops page): there `$` (no m flag) ends the text.
+IDENTIFIER_PATTERN_JS = f"^[{IDENTIFIER_CHARACTERS}]{{1,{IDENTIFIER_MAX_LENGTH}}}$"
+_IDENTIFIER_RE = re.compile(rf"\A[{IDENTIFIER_CHARACTERS}]{{1,{IDENTIFIER_MAX_LENGTH}}}\Z")
+
 Identifier = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=128,
-        pattern=r"\A[A-Za-z0-9._:~-]+\Z",
-        description="1 to 128 characters from [A-Za-z0-9._:~-]",
+        max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
+        description=IDENTIFIER_DESCRIPTION,
     ),
 ]
+
+
+def is_identifier(value: str) -> bool:
+    """Whether `value` is an event or slot id (for ids that arrive outside a body: paths, query strings)."""
+    return _IDENTIFIER_RE.match(value) is not None
+
+
 # Printable: no control characters (C0, DEL, C1), no line/paragraph separators, no lone surrogates.
 HOLDER_PATTERN = "\\A[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ud800-\\udfff]+\\Z"
 Holder = Annotated[
@@ -25,7 +43,12 @@ Holder = Annotated[
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"\A[\x20-\x7e]+\Z")]
 
 HoldStatus = Literal["held", "confirmed", "cancelled", "expired"]
+HOLD_STATUSES: tuple[HoldStatus, ...] = get_args(HoldStatus)
+LIVE_HOLD_STATUS: HoldStatus = (
+    "held"  # a hold whose slots are taken until it expires, is confirmed or cancelled
+)
 SlotStateName = Literal["free", "held", "confirmed"]
+SLOT_STATES: tuple[SlotStateName, ...] = get_args(SlotStateName)
 
 
 class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

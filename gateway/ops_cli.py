@@ -15,9 +15,10 @@ from urllib.parse import quote
 import httpx
 from tabulate import tabulate
 
+from gateway.models import HOLD_STATUSES  # msgspec only: no Litestar
+
 COMMANDS = frozenset({"holds", "slot", "stats"})
 DEFAULT_URL = "http://127.0.0.1:8000"
-HOLD_STATUSES = ("held", "confirmed", "cancelled", "expired")
 MAX_PAGE = 1000  # the gateway's largest page of /v1/holds
 MAX_EXPIRING_S = 86_400  # the gateway takes expiring_within_seconds up to a day
 SLOTS_WIDTH = 32  # characters of the slots column before it is cut

@@ -1,48 +1,40 @@
 """/v1/holds: create, read, confirm, cancel; and the listing for operations (which needs the ops token)."""
 
-from typing import Annotated, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
+from litestar.exceptions import InternalServerException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import Scope
 
 from gateway.api.auth import require_ops_token
-from gateway.api.problems import problem_for, problem_specs
+from gateway.api.problems import lone_surrogate_field, problem_for, problem_specs
 from gateway.api.slots import check_identifier
-from gateway.errors import HoldNotFound, InvalidRequest, SlotUnavailable
+from gateway.errors import (
+    BodyTooLarge,
+    HoldNotFound,
+    IncompleteRequest,
+    InvalidRequest,
+    MalformedRequest,
+    SlotUnavailable,
+    UnsupportedMediaType,
+)
 from gateway.holds import HoldService
-from gateway.models import HOLDER_PATTERN, CreateHold, Hold, HolderAction, HoldPage, HoldStatus
+from gateway.models import HOLD_STATUSES, HOLDER_PATTERN, Body, CreateHold, Hold, HolderAction, HoldPage
 from gateway.ops import OpsService
 
-HOLD_STATUSES: tuple[HoldStatus, ...] = ("held", "confirmed", "cancelled", "expired")
 MAX_LIST_LIMIT = 1000
-
-BodyT = TypeVar("BodyT", CreateHold, HolderAction)
 
 # A hold id is 22 base64url characters; anything else cannot exist, so it is a 404 without a query.
 _HOLD_ID_LENGTH = 22
 _HOLD_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
-# Litestar validates bodies leniently (it would turn "300" into 300); the gateway wants JSON types exact, so
-# the body Litestar parsed (and documents in the OpenAPI) is decoded once more, strictly: microseconds.
-_STRICT_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    CreateHold: msgspec.json.Decoder(CreateHold),
-    HolderAction: msgspec.json.Decoder(HolderAction),
-}
-
 AnyRequest = Request[Any, Any, State]
-
-
-async def strict_body(request: AnyRequest, model: type[BodyT]) -> BodyT:
-    try:
-        decoded: BodyT = _STRICT_DECODERS[model].decode(await request.body())
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(field_message(str(exc))) from None
-    return decoded
 
 
 def field_message(message: str) -> str:
@@ -53,7 +45,7 @@ def field_message(message: str) -> str:
     return f"{path.replace('$.', '')}: {text}"
 
 
-def content_type_error(scope: Scope) -> HTTPException | None:
+def content_type_error(scope: Scope) -> UnsupportedMediaType | None:
     """415 for a body declared as anything but JSON (a form, text, multipart). A request with no
     Content-Type at all is read as JSON: the body is decoded strictly either way."""
     for name, value in scope["headers"]:  # raw ASGI headers: no Headers object on the hot path
@@ -62,19 +54,43 @@ def content_type_error(scope: Scope) -> HTTPException | None:
             if media_type == b"application/json" or media_type.endswith(b"+json"):
                 return None
             shown = value[:100].decode("latin-1")
-            return HTTPException(
-                status_code=415, detail=f"header `Content-Type` must be application/json, got {shown!r}"
-            )
+            return UnsupportedMediaType(f"header `Content-Type` must be application/json, got {shown!r}")
     return None
 
 
-def require_json_body(request: AnyRequest) -> None:
-    """Called first by the handlers that take a body. (Not a Litestar guard: a guard costs each request a
-    copy of its route handler, a third of a rejection's CPU.) A body that did not decode is checked by the
-    app's HTTPException handler instead, which answers 415 rather than 400 for the same reason."""
-    error = content_type_error(request.scope)
-    if error is not None:
-        raise error
+def strict_json_body(model: type[Body]) -> Callable[[AnyRequest], Awaitable[None]]:
+    """The before_request hook of a handler that takes a `model` body: the gateway owns the body's read and
+    decode, so each way it can fail is a GatewayError of its own, raised before Litestar reads it. Litestar
+    decodes leniently (it would turn "300" into 300); this decodes strictly, so the `data` Litestar then
+    parses from the same cached bytes (and documents in the OpenAPI) is the Struct this one accepted.
+    (Not a Litestar guard: a guard costs each request a copy of its route handler, a third of a rejection's
+    CPU.)"""
+    decoder = msgspec.json.Decoder(model)
+
+    async def check_body(request: AnyRequest) -> None:
+        error = content_type_error(request.scope)
+        if error is not None:
+            raise error
+        try:
+            body = await request.body()
+        except RequestEntityTooLarge:
+            raise BodyTooLarge() from None
+        except InternalServerException:
+            # A first read of the body fails only when the client disconnects before its end: its fault.
+            raise IncompleteRequest() from None
+        try:
+            decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(field_message(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            # A lone surrogate ("\\ud800") is not text, so msgspec calls the JSON malformed: name its field.
+            field = lone_surrogate_field(body)
+            if field is not None:
+                detail = f"`{field}`: a string holds a lone UTF-16 surrogate, which is not text"
+                raise InvalidRequest(detail) from None
+            raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+
+    return check_body
 
 
 # Confirm and cancel answer these besides 200.
@@ -123,6 +139,7 @@ class HoldsController(Controller):
             ),
         },
         summary="Hold slots",
+        before_request=strict_json_body(CreateHold),
         description="All slots of the request are held, or none. 201 a new hold; 200 the holder's existing "
         "hold on exactly these slots, or a replay of an Idempotency-Key's first response; "
         "409 slot-unavailable with `conflicts`; 422 idempotency-key-reused or invalid input; "
@@ -130,7 +147,6 @@ class HoldsController(Controller):
     )
     async def create_hold(
         self,
-        request: AnyRequest,
         state: State,
         data: JSONBody[CreateHold],
         idempotency_key: Annotated[
@@ -140,12 +156,10 @@ class HoldsController(Controller):
             ),
         ] = None,
     ) -> Response[Hold]:
-        require_json_body(request)
-        body = await strict_body(request, CreateHold)
         _check_idempotency_key(idempotency_key)
         service = _service(state)
         try:
-            result = await service.create(service.validate(body, idempotency_key))
+            result = await service.create(service.validate(data, idempotency_key))
         except SlotUnavailable as exc:
             # The expected answer of a contended sale, returned rather than raised: Litestar's exception
             # path costs a rejection about as much as its Redis call.
@@ -179,7 +193,7 @@ class HoldsController(Controller):
             ),
         ] = None,
         status: Annotated[
-            str | None, QueryParameter(description="held, confirmed, cancelled or expired")
+            str | None, QueryParameter(description=f"one of {', '.join(HOLD_STATUSES)}")
         ] = None,
         expiring_within_seconds: Annotated[int | None, QueryParameter(ge=1, le=86_400)] = None,
         limit: Annotated[int | None, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = None,
@@ -208,26 +222,20 @@ class HoldsController(Controller):
         "/{hold_id:str}/confirm",
         status_code=200,
         summary="Confirm a held hold",
+        before_request=strict_json_body(HolderAction),
         responses=_TRANSITION_RESPONSES,
     )
-    async def confirm_hold(
-        self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
-    ) -> Hold:
-        require_json_body(request)
-        body = await strict_body(request, HolderAction)
+    async def confirm_hold(self, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]) -> Hold:
         _check_hold_id(hold_id)
-        return await _service(state).confirm(hold_id, body.holder)
+        return await _service(state).confirm(hold_id, data.holder)
 
     @post(
         "/{hold_id:str}/cancel",
         status_code=200,
         summary="Cancel a hold and release its slots",
+        before_request=strict_json_body(HolderAction),
         responses=_TRANSITION_RESPONSES,
     )
-    async def cancel_hold(
-        self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
-    ) -> Hold:
-        require_json_body(request)
-        body = await strict_body(request, HolderAction)
+    async def cancel_hold(self, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]) -> Hold:
         _check_hold_id(hold_id)
-        return await _service(state).cancel(hold_id, body.holder)
+        return await _service(state).cancel(hold_id, data.holder)

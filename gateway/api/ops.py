@@ -3,6 +3,7 @@ set they require it (so does the holds listing, in holds.py); the slot routes fr
 
 from pathlib import Path
 
+import msgspec
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
@@ -11,11 +12,35 @@ from gateway import metrics
 from gateway.api.auth import require_ops_token
 from gateway.api.problems import problem_specs
 from gateway.api.slots import check_identifier
-from gateway.models import Stats
+from gateway.errors import RouteNotFound
+from gateway.models import (
+    HOLD_STATUSES,
+    IDENTIFIER_DESCRIPTION,
+    IDENTIFIER_PATTERN_JS,
+    LIVE_HOLD_STATUS,
+    SLOT_STATES,
+    Stats,
+)
 from gateway.ops import OpsService
 
 OPS_PAGE_DIR = Path(__file__).resolve().parent.parent / "ops_page"
 OPS_PAGE_FILES = {"ops.html": "text/html; charset=utf-8", "ops.js": "text/javascript", "ops.css": "text/css"}
+# The formats the page's script needs, from their one definition (models.py), given to it as a JSON data block
+# in the page: the script keeps no copy. (A data block is not script: the page's CSP lets it be.)
+PAGE_FORMATS_ID = "gateway-formats"
+PAGE_FORMATS = {
+    "identifier_pattern": IDENTIFIER_PATTERN_JS,
+    "identifier_description": IDENTIFIER_DESCRIPTION,
+    "hold_statuses": HOLD_STATUSES,
+    "live_hold_status": LIVE_HOLD_STATUS,
+    "slot_states": SLOT_STATES,
+}
+# `<` escaped, so no value could ever close the block early.
+_FORMATS_BLOCK = (
+    f'<script type="application/json" id="{PAGE_FORMATS_ID}">'.encode()
+    + msgspec.json.encode(PAGE_FORMATS).replace(b"<", b"\\u003c")
+    + b"</script>\n"
+)
 
 
 def _ops(state: State) -> OpsService:
@@ -62,12 +87,14 @@ async def ops_page() -> Response[bytes]:
 @get("/ops/{name:str}", guards=[require_ops_token], include_in_schema=False)
 async def ops_page_asset(name: FromPath[str]) -> Response[bytes]:
     if name not in OPS_PAGE_FILES or name == "ops.html":
-        return Response(b"", status_code=404)
+        raise RouteNotFound()
     return _page_file(name)
 
 
 def _page_file(name: str) -> Response[bytes]:
     content = (OPS_PAGE_DIR / name).read_bytes()
+    if name == "ops.html":
+        content = content.replace(b"</head>", _FORMATS_BLOCK + b"</head>", 1)
     # The page works offline: no CDN, and it may only talk to this gateway.
     headers = {
         "Cache-Control": "no-store",

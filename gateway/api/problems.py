@@ -1,14 +1,29 @@
-"""Errors as problem+json (RFC 9457): one renderer for the exception handlers and for handlers that answer
-an expected refusal without raising (a 409 on the hot path skips Litestar's exception machinery)."""
+"""Errors as problem+json (RFC 9457): one renderer, `problem_for(GatewayError)`, for the exception handlers
+and for handlers that answer an expected refusal without raising (a 409 on the hot path skips Litestar's
+exception machinery). Litestar's own errors become GatewayErrors first, by their class and status code, never
+by their message text."""
 
 import json
+import logging
 from typing import Any
 
 from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 
-from gateway.errors import PROBLEM_TYPE_BASE, GatewayError
+from gateway.errors import (
+    PROBLEM_TYPE_BASE,
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    MalformedRequest,
+    MethodNotAllowed,
+    RouteNotFound,
+    UnsupportedMediaType,
+)
 from gateway.models import Problem
+
+log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -65,31 +80,70 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def problem_response(
-    status: int,
-    problem: str,
-    title: str,
-    detail: str,
-    *,
-    headers: dict[str, str] | None = None,
-    **extensions: object,
-) -> Response[dict[str, object]]:
-    body: dict[str, object] = {
-        "type": PROBLEM_TYPE_BASE + problem,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extensions,
-    }
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
 def problem_for(exc: GatewayError) -> Response[dict[str, object]]:
-    return problem_response(
-        exc.status_code, exc.problem, exc.title, exc.detail, headers=exc.headers(), **exc.extensions
-    )
+    """The one renderer: every problem+json the gateway sends is a GatewayError's."""
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE_BASE + exc.problem,
+        "title": exc.title,
+        "status": exc.status_code,
+        "detail": exc.detail,
+        **exc.extensions,
+    }
+    return Response(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers())
 
 
 def gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[dict[str, object]]:
     """The exception handler for every GatewayError."""
     return problem_for(exc)
+
+
+# Litestar's client errors that carry no more than their status: the domain error each one is. (Bodies are
+# decoded by the handlers' own hook, api/holds.py, which raises its GatewayErrors before Litestar reads them.)
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    400: MalformedRequest,  # e.g. a Content-Length that is not a number
+    404: RouteNotFound,
+    413: BodyTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def framework_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
+    """The exception handler for Litestar's own errors (unknown route, wrong method, bad parameter)."""
+    error = domain_error(exc)
+    if error.status_code >= 500:
+        log.error("unmapped framework error", exc_info=exc)
+    return problem_for(error)
+
+
+def domain_error(exc: HTTPException) -> GatewayError:
+    """The GatewayError a Litestar exception stands for, by its class and status code; its message text is
+    Litestar's wording and decides nothing."""
+    if isinstance(exc, ValidationException):
+        return InvalidRequest(_validation_detail(exc))
+    if exc.status_code == 405:
+        return MethodNotAllowed((exc.headers or {}).get("allow", ""))
+    mapped = _BY_STATUS.get(exc.status_code)
+    if mapped is not None:
+        return mapped()
+    # A status the gateway does not expect from Litestar: a 500, logged, so that it is mapped once seen.
+    return GatewayError("The gateway failed to process the request.")
+
+
+def _validation_detail(exc: ValidationException) -> str:
+    """Each bad parameter from Litestar's structured list: "`limit` (query): Expected `int`, got `str`"."""
+    parts = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            key = item.get("key")
+            source = item.get("source")
+            source = getattr(source, "value", source)  # a ParamType enum for parameters
+            where = f"`{key}`" if key else "a parameter"
+            message = item.get("message", "")
+            parts.append(f"{where} ({source}): {message}" if source else f"{where}: {message}")
+    return "; ".join(parts) or "a required parameter is missing or invalid"
+
+
+def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
+    """The exception handler for everything else: a gateway failure, logged with its traceback."""
+    log.exception("unhandled error", exc_info=exc)
+    return problem_for(GatewayError("The gateway failed to process the request."))

@@ -1,6 +1,5 @@
 """/v1/events/{event_id}/slots: the state of a slot, as Postgres sees it. Never shows the holder."""
 
-import re
 from typing import Annotated
 
 from litestar import Controller, get
@@ -10,19 +9,17 @@ from litestar.params import FromPath, QueryParameter
 from gateway.api.problems import problem_specs
 from gateway.errors import InvalidRequest
 from gateway.holds import HoldService
-from gateway.models import SlotPage, SlotState, SlotStateName
+from gateway.models import IDENTIFIER_DESCRIPTION, SLOT_STATES, SlotPage, SlotState, is_identifier
 from gateway.ops import OpsService
 
-SLOT_STATES: tuple[SlotStateName, ...] = ("free", "held", "confirmed")
 # A seat map is drawn from one page where it can be: a large hall has a few thousand seats.
 DEFAULT_SLOTS_LIMIT = 1000
 MAX_SLOTS_LIMIT = 5000
-_IDENTIFIER = re.compile(r"\A[A-Za-z0-9._:~-]{1,128}\Z")
 
 
 def check_identifier(name: str, value: str) -> None:
-    if not _IDENTIFIER.match(value):
-        raise InvalidRequest(f"`{name}` must be 1 to 128 characters from [A-Za-z0-9._:~-]")
+    if not is_identifier(value):
+        raise InvalidRequest(f"`{name}` must be {IDENTIFIER_DESCRIPTION}")
 
 
 class SlotsController(Controller):
@@ -32,8 +29,8 @@ class SlotsController(Controller):
     @get(
         "/",
         summary="The state of every slot of an event that has or had a hold",
-        description="In slot order, cursor-paginated; filter with `state` (free, held, confirmed). A slot "
-        "never held is not listed. Holders are never shown.",
+        description=f"In slot order, cursor-paginated; filter with `state` ({', '.join(SLOT_STATES)}). A "
+        "slot never held is not listed. Holders are never shown.",
         responses=problem_specs(400, 422, 503),
     )
     async def event_slots(
@@ -42,7 +39,7 @@ class SlotsController(Controller):
         state: State,
         event_id: FromPath[str],
         slot_state: Annotated[
-            str | None, QueryParameter(name="state", description="free, held or confirmed")
+            str | None, QueryParameter(name="state", description=f"one of {', '.join(SLOT_STATES)}")
         ] = None,
         limit: Annotated[int | None, QueryParameter(ge=1, le=MAX_SLOTS_LIMIT)] = None,
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,

@@ -10,9 +10,12 @@ const HOLDS_LIMIT = 200;
 const SLOTS_LIMIT = 5000; // the API's maximum: a large hall in one page
 const SWEEPER_LAG_WARN_MS = 5000; // the sweeper runs about every second; five behind is worth a look
 const SLOTS_SHOWN = 6; // per hold in the table; the rest is summarised as "+N"
-const EVENT_ID = /^[A-Za-z0-9._:~-]{1,128}$/;
 
 const $ = (id) => document.getElementById(id);
+
+// The id grammar and the status names, as the gateway defines them: it puts them in the page as JSON.
+const FORMATS = JSON.parse($("gateway-formats").textContent);
+const EVENT_ID = new RegExp(FORMATS.identifier_pattern);
 
 const filters = { event: "", holder: "" };
 let generation = 0; // bumped on each filter change, so an answer to the old filters is dropped
@@ -63,10 +66,11 @@ async function poll() {
   // Counted from when the requests left, a TTL errs toward less time left, never more.
   const sentAt = performance.now();
   const eventPath = event ? `/v1/events/${encodeURIComponent(event)}` : "/v1";
+  const live = FORMATS.live_hold_status;
   const results = await Promise.allSettled([
     getJson("/ready", { acceptUnavailable: true }),
     getJson(`${eventPath}/stats`),
-    getJson(`/v1/holds?${query({ status: "held", event_id: event, holder, limit: HOLDS_LIMIT })}`),
+    getJson(`/v1/holds?${query({ status: live, event_id: event, holder, limit: HOLDS_LIMIT })}`),
     event ? getJson(`${eventPath}/slots?limit=${SLOTS_LIMIT}`) : Promise.resolve(null),
   ]);
   if (asked !== generation) return false; // the filters changed meanwhile: ask again at once
@@ -287,7 +291,7 @@ function showSeats(page) {
   $("seats-panel").hidden = page === null;
   $("seats-scope").textContent = page ? `event ${page.event_id}` : "";
   const slots = page ? [...page.slots].sort((x, y) => naturalOrder(x.slot_id, y.slot_id)) : [];
-  const counts = { free: 0, held: 0, confirmed: 0 };
+  const counts = Object.fromEntries(FORMATS.slot_states.map((state) => [state, 0]));
   reconcile($("seats"), seatCells, slots, (slot) => slot.slot_id, newSeat, (entry, slot) => {
     counts[slot.state] += 1;
     if (entry.node.dataset.state === slot.state) return;
