@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from litestar import Litestar, Request, Response
@@ -21,13 +21,13 @@ from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_
 from gateway.api.problems import gateway_error, lone_surrogate_field, problem_response
 from gateway.api.slots import SlotsController
 from gateway.config import Settings
-from gateway.errors import GatewayError
+from gateway.errors import BackendUnavailable, GatewayError
 from gateway.holds import HoldService
 from gateway.logs import install_request_id_factory
 from gateway.loop_lag import watch_loop_lag
 from gateway.observability import ObservedLitestar
 from gateway.ops import OpsService
-from gateway.redis_front import RedisFront
+from gateway.redis_front import REDIS_FAILURES, RedisFront, RedisUnavailable
 from gateway.store import Store
 from gateway.sweeper import run_sweeper
 
@@ -47,9 +47,10 @@ def create_app(settings: Settings) -> Litestar:
         store = await Store.open(settings)
         front = await RedisFront.open(settings) if settings.redis_url else None
         service = HoldService(store, front, settings)
-        if front is not None:
-            front.on_recovery(service.synchronize_redis)
-            await front.synchronize_if_needed(at_start=True)
+        if service.lease_sync is not None and front is not None and front.available:
+            # A Redis restarted or flushed since the last rebuild gets its leases back before traffic.
+            with suppress(*REDIS_FAILURES, RedisUnavailable, BackendUnavailable):
+                await service.lease_sync.rebuild_if_needed()
         app.state.holds = service
         app.state.ops = OpsService(service)
         if settings.ops_token is None:

@@ -299,31 +299,43 @@ FROM due
 WHERE h.id = due.id
 RETURNING h.event_id, h.slots, h.token, h.holder;
 
+-- lease_events --
+-- The events whose leases Redis may hold: with a live held hold, or a hold confirmed or cancelled in the last
+-- $1 ms (a lease lives no longer). The bulk rebuild after a restart or flush synchronizes these.
+SELECT event_id FROM holds WHERE status = 'held' AND expires_at > now()
+UNION
+SELECT event_id FROM holds WHERE status = 'confirmed' AND confirmed_at > now() - $1 * interval '1 millisecond'
+UNION
+SELECT event_id FROM holds WHERE status = 'cancelled' AND cancelled_at > now() - $1 * interval '1 millisecond';
+
 -- recently_cancelled --
--- Holds cancelled in the last $1 ms, whose leases a Redis restarted from an old snapshot may still hold.
--- Keyset pages: $2, $3 the last (cancelled_at, id) seen or nulls; $4 page size.
+-- Holds of events $1 cancelled in the last $2 ms, whose leases a Redis restarted from an old snapshot may
+-- still hold. Keyset pages: $3, $4 the last (cancelled_at, id) seen or nulls; $5 page size.
 SELECT cancelled_at, id, event_id, slots, token, holder
 FROM holds
-WHERE status = 'cancelled' AND cancelled_at > now() - $1 * interval '1 millisecond'
-  AND ($2::timestamptz IS NULL OR (cancelled_at, id) > ($2, $3::text))
+WHERE event_id = ANY($1::text[])
+  AND status = 'cancelled' AND cancelled_at > now() - $2 * interval '1 millisecond'
+  AND ($3::timestamptz IS NULL OR (cancelled_at, id) > ($3, $4::text))
 ORDER BY cancelled_at, id
-LIMIT $4;
+LIMIT $5;
 
 -- live_leases --
--- The leases Redis should hold: live held holds (for their remaining life) and holds confirmed in the last
--- $1 ms (a confirmed lease lives that long). At most $2 rows; remaining_ms is null for confirmed holds.
+-- The leases Redis should hold for events $1: their live held holds (for their remaining life) and their
+-- holds confirmed in the last $2 ms (a confirmed lease lives that long). At most $3 rows of each;
+-- remaining_ms is null for confirmed holds.
 (SELECT event_id, slots, token, holder,
         floor(extract(epoch FROM expires_at - now()) * 1000)::bigint AS remaining_ms
  FROM holds
- WHERE status = 'held' AND expires_at > now()
+ WHERE event_id = ANY($1::text[]) AND status = 'held' AND expires_at > now()
  ORDER BY expires_at DESC
- LIMIT $2)
+ LIMIT $3)
 UNION ALL
 (SELECT event_id, slots, token, holder, NULL::bigint
  FROM holds
- WHERE status = 'confirmed' AND confirmed_at > now() - $1 * interval '1 millisecond'
+ WHERE event_id = ANY($1::text[])
+   AND status = 'confirmed' AND confirmed_at > now() - $2 * interval '1 millisecond'
  ORDER BY confirmed_at DESC
- LIMIT $2);
+ LIMIT $3);
 
 -- ping --
 -- A round trip to the database.

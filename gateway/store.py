@@ -372,22 +372,34 @@ class Store:
                 await release([_lease_owner(r) for r in records])
         return len(records)
 
-    async def recently_cancelled(self, within_ms: int, page_size: int) -> AsyncIterator[list[LeaseOwner]]:
-        """Pages of the holds cancelled in the last `within_ms`."""
+    async def lease_events(self, within_ms: int) -> list[str]:
+        """The events with a live held hold, or a hold confirmed or cancelled in the last `within_ms`."""
+        async with self._connection("lease_events") as conn:
+            records = await conn.fetch(sql.LEASE_EVENTS, within_ms)
+        return [r["event_id"] for r in records]
+
+    async def recently_cancelled(
+        self, event_ids: Sequence[str], within_ms: int, page_size: int
+    ) -> AsyncIterator[list[LeaseOwner]]:
+        """Pages of the holds of these events cancelled in the last `within_ms`."""
         after: tuple[datetime | None, str | None] = (None, None)
         while True:
             async with self._connection("recently_cancelled") as conn:
-                records = await conn.fetch(sql.RECENTLY_CANCELLED, within_ms, *after, page_size)
+                records = await conn.fetch(
+                    sql.RECENTLY_CANCELLED, list(event_ids), within_ms, *after, page_size
+                )
             if not records:
                 return
             yield [_lease_owner(r) for r in records]
             after = (records[-1]["cancelled_at"], records[-1]["id"])
 
-    async def live_leases(self, confirmed_within_ms: int, limit: int) -> list[LeaseOwner]:
-        """The live held holds, and the holds confirmed in the last `confirmed_within_ms`; at most `limit`
-        of each, the latest first."""
+    async def live_leases(
+        self, event_ids: Sequence[str], confirmed_within_ms: int, limit: int
+    ) -> list[LeaseOwner]:
+        """The live held holds of these events, and their holds confirmed in the last
+        `confirmed_within_ms`; at most `limit` of each, the latest first."""
         async with self._connection("live_leases") as conn:
-            records = await conn.fetch(sql.LIVE_LEASES, confirmed_within_ms, limit)
+            records = await conn.fetch(sql.LIVE_LEASES, list(event_ids), confirmed_within_ms, limit)
         return [_lease_owner(r) for r in records]
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotRow | None:

@@ -143,11 +143,15 @@ async def active_holds_per_slot(database_url: str) -> dict[tuple[str, str], int]
 
 
 async def redis_keys(url: str, prefix: str) -> list[str]:
-    """Lease and idempotency keys under `prefix` (not the marker of the Redis instance synchronized with)."""
+    """Lease and idempotency keys under `prefix` (not the synchronization markers of the instance and of
+    each event)."""
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
         found = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        return sorted(key for key in found if key != keys.instance_key(prefix))
+        markers = {keys.instance_key(prefix)} | {
+            key for key in found if key == keys.sync_key(prefix, key.split("{", 1)[-1].split("}", 1)[0])
+        }
+        return sorted(key for key in found if key not in markers)
     finally:
         await client.aclose()
 
