@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -165,3 +166,35 @@ async def row_counts(database_url: str) -> dict[str, int]:
         }
     finally:
         await conn.close()
+
+
+async def trusted_again(gateway: Gateway, within_s: float = 30) -> None:
+    """Wait until /ready says the gateway trusts Redis again (redis-front)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if (await gateway.client.get("/ready")).json()["mode"] == "redis-front":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still db-only after {within_s}s: {(await gateway.client.get('/ready')).json()}")
+
+
+async def counters(gateway: Gateway) -> dict[str, int]:
+    """The gateway's request counters since start (created, rejected by Redis or Postgres, ...)."""
+    result: dict[str, int] = (await gateway.client.get("/v1/stats")).json()["counters"]
+    return result
+
+
+async def lease_of(client: redis.Redis, gateway: Gateway, event_id: str, slot_id: str) -> str | None:
+    """The lease value on one slot, read straight from Redis."""
+    value: str | None = await client.get(keys.slot_key(gateway.settings.redis_key_prefix, event_id, slot_id))
+    return value
+
+
+async def token_of(gateway: Gateway, hold_id: str) -> str:
+    """A hold's lease token, read straight from Postgres."""
+    conn = await asyncpg.connect(gateway.settings.database_url)
+    try:
+        token: str = await conn.fetchval("SELECT token FROM holds WHERE id = $1", hold_id)
+    finally:
+        await conn.close()
+    return token
