@@ -129,39 +129,3 @@ def test_serve_db_only_ignores_a_configured_redis(database_url: str, redis_url: 
         "mode": "db-only",
         "mode_reason": "redis not configured",
     }
-
-
-@pytest.mark.parametrize(
-    ("command", "missing"),
-    [
-        (["stats"], "httpx"),
-        (["holds", "--event", "show"], "tabulate"),
-        (["chaos", "--minutes", "1"], "httpx"),
-    ],
-)
-def test_a_command_without_its_extra_says_which_to_install(command: list[str], missing: str) -> None:
-    # None in sys.modules makes importing that module fail as if it were not installed.
-    code = (
-        f"import sys; sys.modules[{missing!r}] = None; "
-        f"from gateway.cli import main; sys.exit(main({command!r}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=60, check=False
-    )
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (
-        f"gateway: `gateway {command[0]}` needs the cli extra ({missing} is not installed): "
-        "pip install 'reservation-gateway[cli]'\n"
-    )
-
-
-def test_help_needs_no_extra() -> None:
-    code = (
-        "import sys; sys.modules['httpx'] = sys.modules['tabulate'] = None; "
-        "from gateway.cli import main; main()"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert "holds" in result.stdout

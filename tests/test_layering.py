@@ -1,5 +1,5 @@
-"""The package stays layered, and what `gateway serve` loads in production is the serving code and its
-dependencies: no test, chaos or operator tooling."""
+"""What `gateway serve` loads in production is the serving code and its dependencies: no test, chaos or
+operator tooling, whose extras the commands that need them ask for by name. And the package stays layered."""
 
 import ast
 import os
@@ -54,6 +54,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api.holds",
             "api.ops",
             "api.problems",
+            "api.schema",
             "api.slots",
             "observability",
         },
@@ -125,6 +126,43 @@ def test_serving_loads_no_tooling() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [
+        (["stats"], "httpx"),
+        (["holds", "--event", "show"], "tabulate"),
+        (["chaos", "--minutes", "1"], "httpx"),
+    ],
+)
+def test_a_command_without_its_extra_says_which_to_install(command: list[str], missing: str) -> None:
+    # None in sys.modules makes importing that module fail as if it were not installed.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None; "
+        f"from gateway.cli import main; sys.exit(main({command!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"gateway: `gateway {command[0]}` needs the cli extra ({missing} is not installed): "
+        "pip install 'reservation-gateway[cli]'\n"
+    )
+
+
+def test_help_needs_no_extra() -> None:
+    code = (
+        "import sys; sys.modules['httpx'] = sys.modules['tabulate'] = None; "
+        "from gateway.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "holds" in result.stdout
 
 
 @dataclass(frozen=True)
