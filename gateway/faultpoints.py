@@ -45,7 +45,3 @@ async def reached(point: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     await asyncio.sleep(float(action.removeprefix("sleep:")))
-
-
-# Whether any fault point is set: call sites test this first, so the request path pays no await when off.
-ACTIVE: Final = bool(_actions)
