@@ -38,6 +38,7 @@ from gateway.store import (
     ClaimOutcomeUnknown,
     ClaimResult,
     HoldRow,
+    IdempotencyRecord,
     SlotOwner,
     Store,
     remaining_ms,
@@ -186,7 +187,7 @@ class HoldService:
             raise
         if result.created:
             return await self._won(request, hold_id, result, sent_at)
-        return await self._lost(request, result, lease)
+        return await self._lost(request, result, lease, sent_at)
 
     async def _won(
         self, request: HoldRequest, hold_id: str, result: ClaimResult, sent_at: float
@@ -219,12 +220,22 @@ class HoldService:
         )
         return HoldResponse(hold.to_model(), 201)
 
-    async def _lost(self, request: HoldRequest, result: ClaimResult, lease: Lease | None) -> HoldResponse:
+    async def _lost(
+        self, request: HoldRequest, result: ClaimResult, lease: Lease | None, sent_at: float
+    ) -> HoldResponse:
         """Not created: the Idempotency-Key was used before (a replay, or 422), this holder already holds
-        exactly these slots (200), or rivals own some slots (409). Postgres's answer is taught to Redis."""
+        exactly these slots (200), or rivals own some slots (409). Postgres's answer is taught to Redis.
+        The claim itself reported the owners and the key's record, so a loss costs no other statement
+        unless a rival committed after the claim's snapshot (an owner missing): then ask again."""
+        taken = sorted(set(request.slots) - set(result.claimed_slots))
+        owners = [owner for owner in result.owners if owner.slot_id in taken]
+        seen_all = {owner.slot_id for owner in owners} == set(taken)
         if request.idempotency_key is not None:
+            record = result.prior_record
+            if record is None and not seen_all:
+                record = await self.store.idempotency_record(request.holder, request.idempotency_key)
             try:
-                replay = await self._replay(request)
+                replay = None if record is None else await self._replay_record(request, record)
             except IdempotencyKeyReused:
                 if lease is not None:
                     await self._release(lease)  # taken for another request's slots: not this key's
@@ -234,9 +245,10 @@ class HoldService:
                 return replay
         if lease is not None:
             await self._release(lease)
-        taken = sorted(set(request.slots) - set(result.claimed_slots))
-        read_at = time.monotonic()
-        owners = await self.store.slot_owners(request.event_id, taken)
+        read_at = sent_at
+        if not seen_all:
+            read_at = time.monotonic()
+            owners = await self.store.slot_owners(request.event_id, taken)
         if self.lease_sync is not None and owners:
             await self.lease_sync.adopt([owner.hold for owner in owners], read_at)
         existing = _same_holders_hold(owners, request)
@@ -303,8 +315,11 @@ class HoldService:
         """The first response to this Idempotency-Key, or None if the key is unused."""
         assert request.idempotency_key is not None
         record = await self.store.idempotency_record(request.holder, request.idempotency_key)
-        if record is None:
-            return None
+        return None if record is None else await self._replay_record(request, record)
+
+    async def _replay_record(self, request: HoldRequest, record: IdempotencyRecord) -> HoldResponse:
+        """The first response to this request's Idempotency-Key, recorded as `record`; 422 if the record is
+        of another request."""
         if record.request_hash != request.request_hash:
             raise IdempotencyKeyReused()
         hold = await self.store.get_hold(record.hold_id)
