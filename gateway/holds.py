@@ -128,10 +128,11 @@ class HoldService:
         An event not synchronized on this Redis is synchronized first (once), then asked again."""
         await self._create_turns.enter()
         try:
+            asked_at = time.monotonic()
             verdict = await self._acquire(front, lease, request)
             if verdict.outcome is AcquireOutcome.NOT_SYNCED:
                 assert self.lease_sync is not None
-                if await self.lease_sync.synchronize_event(request.event_id):
+                if await self.lease_sync.synchronize_event(request.event_id, asked_at):
                     verdict = await self._acquire(front, lease, request)
             return verdict
         finally:

@@ -45,6 +45,8 @@ REBUILD_MAX_HOLDS = 200_000
 # Leases dropped or rebuilt per Redis pipeline; events synchronized per bulk step.
 LEASE_BATCH = 1_000
 EVENT_BATCH = 100
+# Events whose last synchronization time a worker remembers, at most.
+SYNCHRONIZED_EVENTS_KEPT = 10_000
 
 
 def lease_ttl_ms(remaining_ms: int, read_at: float) -> int:
@@ -65,6 +67,9 @@ class LeaseSync:
         self._window_ms = max(settings.confirmed_lease_ms, settings.max_ttl_s * 1000)
         # One synchronization per event at a time in this worker; requests for the event wait on it.
         self._syncing: dict[str, asyncio.Task[None]] = {}
+        # When each event's last synchronization ended (monotonic): a NOT_SYNCED answer to a call sent
+        # before then is out of date, and needs no synchronization of its own.
+        self._synchronized_at: dict[str, float] = {}
         front.on_recovery(self.recover)
 
     def live_lease_ttl_ms(self, remaining_ms: int | None, read_at: float) -> int:
@@ -111,22 +116,32 @@ class LeaseSync:
         await front.set_instance_marker()
         metrics.LEASE_REBUILDS.inc()
 
-    async def synchronize_event(self, event_id: str) -> bool:
-        """Bring one event in line (a request met NOT_SYNCED), sharing a synchronization already under way in
-        this worker. False if it failed: the caller asks Postgres instead."""
+    async def synchronize_event(self, event_id: str, asked_at: float) -> bool:
+        """Bring one event in line (a call sent at `asked_at`, monotonic, met NOT_SYNCED), sharing a
+        synchronization under way in this worker, or one that ended since. False if it failed: the caller
+        asks Postgres instead."""
+        if self._synchronized_at.get(event_id, -1.0) >= asked_at:
+            return True
         task = self._syncing.get(event_id)
         if task is None:
             task = asyncio.get_running_loop().create_task(
                 self.synchronize_events([event_id]), name=f"lease-sync-{event_id}"
             )
             self._syncing[event_id] = task
-            task.add_done_callback(lambda _: self._syncing.pop(event_id, None))
+            task.add_done_callback(lambda t: self._synchronized(event_id, t))
         try:
             await asyncio.shield(task)
         except Exception as exc:  # any failure means the same: Postgres decides this request
             log.warning("lease synchronization of event %s failed: %s: %s", event_id, type(exc).__name__, exc)
             return False
         return True
+
+    def _synchronized(self, event_id: str, task: "asyncio.Task[None]") -> None:
+        self._syncing.pop(event_id, None)
+        if not task.cancelled() and task.exception() is None:
+            if len(self._synchronized_at) >= SYNCHRONIZED_EVENTS_KEPT:
+                self._synchronized_at.clear()  # only spares repeated work; forgetting costs a resync at most
+            self._synchronized_at[event_id] = time.monotonic()
 
     async def synchronize_events(self, event_ids: Sequence[str]) -> None:
         """Rebuild the leases of these events' live holds, drop those of their recently cancelled holds, then
