@@ -9,16 +9,16 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, InternalServerException, ValidationException
-from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.utils.empty import value_or_default
 from litestar.utils.scope.state import ScopeState
 
-from gateway import __version__, background, metrics
+from gateway import background, metrics
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController, content_type_error
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.problems import gateway_error, lone_surrogate_field, problem_response
+from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable, GatewayError
@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> Litestar:
             prometheus_metrics,
             ops_page,
             ops_page_asset,
+            schema_page_asset,
         ],
         lifespan=[lifespan],
         exception_handlers={
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
             HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
         },
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Reservation gateway", version=__version__, path="/schema"),
+        openapi_config=openapi_config(),
         debug=False,
         logging_config=None,  # the CLI configures logging (JSON lines) in every worker; Litestar must not
         state=State({"settings": settings}),

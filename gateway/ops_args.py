@@ -40,7 +40,9 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     """Register holds, slot and stats on the `gateway` command's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"the gateway (default: $GATEWAY_URL, else {DEFAULT_URL})")
-    common.add_argument("--token", help="ops token (default: $GATEWAY_OPS_TOKEN, better: a flag shows in ps)")
+    common.add_argument(
+        "--token", help="ops token (default: $GATEWAY_OPS_TOKEN, which is safer: a flag's value shows in ps)"
+    )
     common.add_argument("--json", action="store_true", help="print the gateway's JSON instead of tables")
     common.add_argument("--timeout", dest="timeout_s", metavar="SECONDS", type=_positive(float), default=5.0)
     watch = argparse.ArgumentParser(add_help=False)

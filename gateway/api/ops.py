@@ -15,7 +15,8 @@ from gateway.models import Stats
 from gateway.ops import OpsService
 
 OPS_PAGE_DIR = Path(__file__).resolve().parent.parent / "ops_page"
-OPS_PAGE_FILES = {"ops.html": "text/html; charset=utf-8", "ops.js": "text/javascript", "ops.css": "text/css"}
+# Media types without a charset: Litestar appends `; charset=utf-8` to every text/* type itself.
+OPS_PAGE_FILES = {"ops.html": "text/html", "ops.js": "text/javascript", "ops.css": "text/css"}
 
 
 def _ops(state: State) -> OpsService:
