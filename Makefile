@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-serve: $(STAMP)  ## Serve the gateway on :8000 (embedded Postgres and Redis unless GATEWAY_*_URL are set)
+serve: $(STAMP)  ## Serve the gateway on :8000 (HOST= PORT= WORKERS=; embedded Postgres and Redis unless GATEWAY_*_URL are set)
 	$(BIN)/gateway serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --workers $${WORKERS:-1}
 
 $(CHROMIUM):

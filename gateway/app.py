@@ -3,28 +3,28 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from gateway import __version__, background, metrics
+from gateway import background, metrics
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.problems import framework_error, gateway_error, internal_error
+from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
 from gateway.config import Settings
-from gateway.errors import GatewayError
+from gateway.errors import BackendUnavailable, GatewayError
 from gateway.holds import HoldService
 from gateway.logs import install_request_id_factory
 from gateway.loop_lag import watch_loop_lag
 from gateway.observability import ObservedLitestar
 from gateway.ops import OpsService
-from gateway.redis_front import RedisFront
+from gateway.redis_front import REDIS_FAILURES, RedisFront, RedisUnavailable
 from gateway.store import Store
 from gateway.sweeper import run_sweeper
 
@@ -41,9 +41,10 @@ def create_app(settings: Settings) -> Litestar:
         store = await Store.open(settings)
         front = await RedisFront.open(settings) if settings.redis_url else None
         service = HoldService(store, front, settings)
-        if front is not None:
-            front.on_recovery(service.synchronize_redis)
-            await front.synchronize_if_needed(at_start=True)
+        if service.lease_sync is not None and front is not None and front.available:
+            # A Redis restarted or flushed since the last rebuild gets its leases back before traffic.
+            with suppress(*REDIS_FAILURES, RedisUnavailable, BackendUnavailable):
+                await service.lease_sync.rebuild_if_needed()
         app.state.holds = service
         app.state.ops = OpsService(service)
         if settings.ops_token is None:
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> Litestar:
             prometheus_metrics,
             ops_page,
             ops_page_asset,
+            schema_page_asset,
         ],
         lifespan=[lifespan],
         exception_handlers={
@@ -85,7 +87,7 @@ def create_app(settings: Settings) -> Litestar:
             HTTP_500_INTERNAL_SERVER_ERROR: internal_error,
         },
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Reservation gateway", version=__version__, path="/schema"),
+        openapi_config=openapi_config(),
         debug=False,
         logging_config=None,  # the CLI configures logging (JSON lines) in every worker; Litestar must not
         state=State({"settings": settings}),

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import ops_cli
+from gateway import ops_args
 from gateway.config import ConfigError, Settings, settings_from_env
 from gateway.logs import logging_config
 from gateway.migrations import MigrationError, migrate_url
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from litestar import Litestar
 
 log = logging.getLogger("gateway")
+
+# The packages of pyproject's extras that some commands import, and their extra: serving needs none of them.
+EXTRAS = {"httpx": "cli", "tabulate": "cli"}
 
 
 def app_from_env() -> "Litestar":
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve without Redis, even if GATEWAY_REDIS_URL is set: Postgres alone turns losers away",
     )
     commands.add_parser("migrate", help="apply pending migrations and exit")
-    ops_cli.add_commands(commands)
+    ops_args.add_commands(commands)
     chaos = commands.add_parser(
         "chaos",
         help="soak a gateway of its own with a mixed workload under random Redis and Postgres faults, then "
@@ -77,11 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     chaos.add_argument("--seed", type=int, default=None, help="replay a run's choices (default: random)")
     chaos.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     args = parser.parse_args(argv)
-    if args.command in ops_cli.COMMANDS:
+    if args.command in ops_args.COMMANDS:
+        try:
+            from gateway import ops_cli  # noqa: PLC0415 - its client libraries are an extra serving never loads
+        except ModuleNotFoundError as exc:
+            return _missing_extra(args.command, exc)
         return ops_cli.run(args)  # a client of a running gateway: the server's settings do not apply
     if args.command == "chaos":
-        from gateway.chaos import soak  # noqa: PLC0415 - keep `gateway --help` free of the soak's imports
-
+        try:
+            from gateway.chaos import soak  # noqa: PLC0415 - keep `gateway --help` free of the soak's imports
+        except ModuleNotFoundError as exc:
+            return _missing_extra(args.command, exc)
         return soak.main(args.minutes, args.seed, args.workers)  # its own servers: no settings apply
 
     try:
@@ -160,6 +169,19 @@ def _with_embedded_servers(settings: Settings, servers: ExitStack, *, redis: boo
         )
         overrides["redis_url"] = redis_server.url
     return settings_from_env(**overrides)
+
+
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> int:
+    """One line, not a traceback, when an operator command's extra is not installed; other errors raise."""
+    extra = EXTRAS.get((exc.name or "").partition(".")[0])
+    if extra is None:
+        raise exc
+    print(
+        f"gateway: `gateway {command}` needs the {extra} extra ({exc.name} is not installed): "
+        f"pip install 'reservation-gateway[{extra}]'",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -97,7 +97,8 @@ class SlotUnavailable(GatewayError):
     title = "Slot unavailable"
 
     def __init__(self, conflicts: list[str]) -> None:
-        super().__init__(f"{len(conflicts)} of the requested slots are taken", conflicts=conflicts)
+        verb = "is" if len(conflicts) == 1 else "are"
+        super().__init__(f"{len(conflicts)} of the requested slots {verb} taken", conflicts=conflicts)
         self.conflicts = conflicts
 
 

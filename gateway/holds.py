@@ -1,15 +1,16 @@
-"""The hold service: Redis first, then Postgres; and Postgres alone when Redis is down.
+"""The hold service: create, confirm, cancel and read. Redis first, then Postgres; Postgres alone when Redis
+is down.
 
 Create: validate; take pending leases in Redis (a rival's lease is a 409 with no database work); claim in
-Postgres, whose partial unique index decides; on success stretch the leases to the hold's life, on failure
-drop them. Postgres is the truth: Redis only spares it the losers.
+Postgres, whose partial unique index decides. Then one of two stories: won (stretch the leases to the
+hold's life) or lost (drop them, tell a retry from a rival, teach Redis the owner). Postgres is the truth:
+Redis only spares it the losers. Keeping Redis's leases in line with Postgres is gateway.lease_sync's.
 """
 
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,7 @@ from gateway.errors import (
     RetryLater,
     SlotUnavailable,
 )
+from gateway.lease_sync import LeaseSync, lease_ttl_ms
 from gateway.logs import note_request
 from gateway.models import CreateHold, Hold, SlotState
 from gateway.redis_front import AcquireOutcome, AcquireResult, Lease, RedisFront, RedisUnavailable
@@ -36,23 +38,13 @@ from gateway.store import (
     ClaimOutcomeUnknown,
     ClaimResult,
     HoldRow,
-    LeaseOwner,
+    IdempotencyRecord,
     SlotOwner,
     Store,
     remaining_ms,
 )
 
 log = logging.getLogger(__name__)
-
-# Leases end this much before their hold: the lease's TTL is counted from when it reaches Redis, a little
-# after the moment Postgres's clock was read. A rival in that gap asks Postgres, which turns it away.
-LEASE_EARLY_END_MS = 50
-# Longest life of a lease taught to Redis from a loser's read of Postgres (see _adopt): 30 s.
-ADOPTED_LEASE_MAX_MS = 30_000
-# Live holds rebuilt in a restarted Redis, at most, of each kind (held; recently confirmed).
-REBUILD_MAX_HOLDS = 200_000
-# Leases dropped or rebuilt per Redis pipeline.
-LEASE_BATCH = 1_000
 
 _canonical_encoder = msgspec.json.Encoder(order="sorted")
 
@@ -87,6 +79,7 @@ class HoldService:
         self.store = store
         self.front = front
         self.settings = settings
+        self.lease_sync = None if front is None else LeaseSync(store, front, settings)
         # Bulkhead for creates: a storm waits here, parked, instead of crowding the event loop.
         self._create_turns = Bulkhead(
             settings.create_concurrency,
@@ -131,14 +124,24 @@ class HoldService:
     async def _acquire_in_redis(self, front: RedisFront, lease: Lease, request: HoldRequest) -> AcquireResult:
         """Redis's verdict, taking turns: at most `create_concurrency` requests of this worker are at this
         step at once. The storm of losers ends here, so it waits parked instead of crowding the event loop
-        (confirms and reads would wait behind it); winners leave the queue before their Postgres commit."""
+        (confirms and reads would wait behind it); winners leave the queue before their Postgres commit.
+        An event not synchronized on this Redis is synchronized first (once), then asked again."""
         await self._create_turns.enter()
         try:
-            return await front.acquire(
-                lease, self.settings.lease_pending_ms, _record_key(front, request), request.request_hash
-            )
+            asked_at = time.monotonic()
+            verdict = await self._acquire(front, lease, request)
+            if verdict.outcome is AcquireOutcome.NOT_SYNCED:
+                assert self.lease_sync is not None
+                if await self.lease_sync.synchronize_event(request.event_id, asked_at):
+                    verdict = await self._acquire(front, lease, request)
+            return verdict
         finally:
             self._create_turns.leave()
+
+    async def _acquire(self, front: RedisFront, lease: Lease, request: HoldRequest) -> AcquireResult:
+        return await front.acquire(
+            lease, self.settings.lease_pending_ms, _record_key(front, request), request.request_hash
+        )
 
     async def create(self, request: HoldRequest) -> HoldResponse:
         front = self.front
@@ -146,14 +149,14 @@ class HoldService:
             return await self._create_in_postgres(request, lease=None)
         lease = front.lease(request.event_id, request.slots, request.token, request.holder)
         try:
-            acquired = await self._acquire_in_redis(front, lease, request)
+            verdict = await self._acquire_in_redis(front, lease, request)
         except RedisUnavailable:
             return await self._create_in_postgres(request, lease=None)
-        match acquired.outcome:
+        match verdict.outcome:
             case AcquireOutcome.CONFLICT:
                 metrics.HOLDS_REJECTED_BY_REDIS.inc()
                 note_request(layer="redis")
-                raise SlotUnavailable(acquired.conflicts)
+                raise SlotUnavailable(verdict.conflicts)
             case AcquireOutcome.KEY_REUSED:
                 note_request(layer="redis")
                 raise IdempotencyKeyReused()
@@ -162,14 +165,17 @@ class HoldService:
                 if replay is not None:
                     return replay
                 return await self._create_in_postgres(request, lease=None)
-            case AcquireOutcome.HELD_BY_HOLDER:
-                # Likely a retry of a hold this holder already has: Postgres tells which.
+            case AcquireOutcome.HELD_BY_HOLDER | AcquireOutcome.NOT_SYNCED:
+                # Likely a retry of a hold this holder already has, or Redis cannot judge this event now:
+                # Postgres tells.
                 return await self._create_in_postgres(request, lease=None)
             case AcquireOutcome.ACQUIRED:
-                await faultpoints.reached("after_redis_acquire")
+                if faultpoints.ACTIVE:
+                    await faultpoints.reached("after_redis_acquire")
                 return await self._create_in_postgres(request, lease=lease)
 
     async def _create_in_postgres(self, request: HoldRequest, lease: Lease | None) -> HoldResponse:
+        """Claim in Postgres, which decides; `lease` is the pending lease Redis gave this request, if any."""
         note_request(layer="postgres")
         sent_at = time.monotonic()
         try:
@@ -181,36 +187,56 @@ class HoldService:
                 await self._release(lease)
             raise
         if result.created:
-            assert result.created_at is not None
-            assert result.expires_at is not None
-            hold = HoldRow(
-                id=hold_id,
-                token=request.token,
-                event_id=request.event_id,
-                holder=request.holder,
-                slots=request.slots,
-                status="held",
-                created_at=result.created_at,
-                expires_at=result.expires_at,
-                confirmed_at=None,
-                cancelled_at=None,
-                db_now=result.db_now,
-            )
-            await faultpoints.reached("after_commit")
-            await self._extend_after_commit(hold, request, sent_at)
-            metrics.HOLDS_CREATED.inc()
-            note_request(hold_id=hold_id)
-            log.info(
-                "hold %s created",
-                hold_id,
-                extra={"hold_id": hold_id, "event_id": request.event_id, "slots": len(request.slots)},
-            )
-            return HoldResponse(hold.to_model(), 201)
+            return await self._won(request, hold_id, result, sent_at)
+        return await self._lost(request, result, lease, sent_at)
 
-        # Not created: the slots are taken, or the Idempotency-Key was used before.
+    async def _won(
+        self, request: HoldRequest, hold_id: str, result: ClaimResult, sent_at: float
+    ) -> HoldResponse:
+        """The claim committed: stretch the leases to the hold's life and answer 201."""
+        assert result.created_at is not None
+        assert result.expires_at is not None
+        hold = HoldRow(
+            id=hold_id,
+            token=request.token,
+            event_id=request.event_id,
+            holder=request.holder,
+            slots=request.slots,
+            status="held",
+            created_at=result.created_at,
+            expires_at=result.expires_at,
+            confirmed_at=None,
+            cancelled_at=None,
+            db_now=result.db_now,
+        )
+        if faultpoints.ACTIVE:
+            await faultpoints.reached("after_commit")
+        await self._extend_after_commit(hold, request, sent_at)
+        metrics.HOLDS_CREATED.inc()
+        note_request(hold_id=hold_id)
+        log.info(
+            "hold %s created",
+            hold_id,
+            extra={"hold_id": hold_id, "event_id": request.event_id, "slots": len(request.slots)},
+        )
+        return HoldResponse(hold.to_model(), 201)
+
+    async def _lost(
+        self, request: HoldRequest, result: ClaimResult, lease: Lease | None, sent_at: float
+    ) -> HoldResponse:
+        """Not created: the Idempotency-Key was used before (a replay, or 422), this holder already holds
+        exactly these slots (200), or rivals own some slots (409). Postgres's answer is taught to Redis.
+        The claim itself reported the owners and the key's record, so a loss costs no other statement
+        unless a rival committed after the claim's snapshot (an owner missing): then ask again."""
+        taken = sorted(set(request.slots) - set(result.claimed_slots))
+        owners = [owner for owner in result.owners if owner.slot_id in taken]
+        seen_all = {owner.slot_id for owner in owners} == set(taken)
         if request.idempotency_key is not None:
+            record = result.prior_record
+            if record is None and not seen_all:
+                record = await self.store.idempotency_record(request.holder, request.idempotency_key)
             try:
-                replay = await self._replay(request)
+                replay = None if record is None else await self._replay_record(request, record)
             except IdempotencyKeyReused:
                 if lease is not None:
                     await self._release(lease)  # taken for another request's slots: not this key's
@@ -220,10 +246,12 @@ class HoldService:
                 return replay
         if lease is not None:
             await self._release(lease)
-        taken = sorted(set(request.slots) - set(result.claimed_slots))
-        read_at = time.monotonic()
-        owners = await self.store.slot_owners(request.event_id, taken)
-        await self._adopt(owners, read_at)
+        read_at = sent_at
+        if not seen_all:
+            read_at = time.monotonic()
+            owners = await self.store.slot_owners(request.event_id, taken)
+        if self.lease_sync is not None and owners:
+            await self.lease_sync.adopt([owner.hold for owner in owners], read_at)
         existing = _same_holders_hold(owners, request)
         if existing is not None:
             note_request(hold_id=existing.id)
@@ -288,8 +316,11 @@ class HoldService:
         """The first response to this Idempotency-Key, or None if the key is unused."""
         assert request.idempotency_key is not None
         record = await self.store.idempotency_record(request.holder, request.idempotency_key)
-        if record is None:
-            return None
+        return None if record is None else await self._replay_record(request, record)
+
+    async def _replay_record(self, request: HoldRequest, record: IdempotencyRecord) -> HoldResponse:
+        """The first response to this request's Idempotency-Key, recorded as `record`; 422 if the record is
+        of another request."""
         if record.request_hash != request.request_hash:
             raise IdempotencyKeyReused()
         hold = await self.store.get_hold(record.hold_id)
@@ -302,7 +333,7 @@ class HoldService:
         if front is None:
             return
         lease = front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
-        ttl_ms = _lease_ttl_ms(hold.remaining_ms, sent_at)
+        ttl_ms = lease_ttl_ms(hold.remaining_ms, sent_at)
         if ttl_ms <= 0:
             await front.release(lease)  # the hold is already over (a very late answer): no lease at all
             return
@@ -311,77 +342,6 @@ class HoldService:
     async def _release(self, lease: Lease) -> None:
         if self.front is not None:
             await self.front.release(lease)
-
-    async def _adopt(self, owners: list[SlotOwner], read_at: float) -> None:
-        """Teach Redis the leases Postgres knows, so the next rivals stop at Redis."""
-        front = self.front
-        if front is None or not owners:
-            return
-        holds = {owner.hold.id: owner.hold for owner in owners}
-        leases = []
-        for h in holds.values():
-            remaining_ms = None if h.status == "confirmed" else h.remaining_ms
-            ttl_ms = self._live_lease_ttl_ms(remaining_ms, read_at)
-            # The read may be out of date by the time the lease is set (the hold cancelled, and its lease
-            # released, in between): an adopted lease lives ADOPTED_LEASE_MAX_MS at most, so such a lease
-            # misleads for seconds, not for the hour of a confirmed lease.
-            ttl_ms = min(ttl_ms, ADOPTED_LEASE_MAX_MS)
-            if ttl_ms > 0:
-                leases.append((front.lease(h.event_id, h.slots, h.token, h.holder), ttl_ms))
-        await front.adopt(leases)
-
-    async def synchronize_redis(self, front: RedisFront, restarted: bool) -> None:
-        """Bring Redis in line with Postgres before it is trusted again (see RedisFront): drop the leases of
-        holds cancelled while Redis was out of reach (the release outbox). After a restart or a flush, Redis
-        may also hold leases of any hold cancelled within a lease's life (an old snapshot), and lacks the
-        leases of live holds: drop the former, rebuild the latter."""
-        await self.release_due_leases(front)
-        if not restarted:
-            return
-        settings = self.settings
-        window_ms = max(settings.confirmed_lease_ms, settings.max_ttl_s * 1000)
-        dropped = 0
-        async for owners in self.store.recently_cancelled(window_ms, LEASE_BATCH):
-            dropped += await front.release_leases([_lease_of(front, o) for o in owners])
-        metrics.LEASE_RELEASES.labels("restart").inc(dropped)
-        read_at = time.monotonic()
-        owners = await self.store.live_leases(settings.confirmed_lease_ms, REBUILD_MAX_HOLDS)
-        leases = []
-        for o in owners:
-            ttl_ms = self._live_lease_ttl_ms(o.remaining_ms, read_at)
-            if ttl_ms > 0:
-                leases.append((_lease_of(front, o), ttl_ms))
-        for start in range(0, len(leases), LEASE_BATCH):
-            await front.set_leases(leases[start : start + LEASE_BATCH])
-        metrics.LEASE_REBUILDS.inc()
-        log.info(
-            "redis synchronized after a restart or flush: %d stale leases dropped, %d rebuilt",
-            dropped,
-            len(leases),
-            extra={"dropped": dropped, "rebuilt": len(leases)},
-        )
-
-    def _live_lease_ttl_ms(self, remaining_ms: int | None, read_at: float) -> int:
-        """The TTL of a live hold's lease: a confirmed hold's (`remaining_ms` None) or the rest of a held
-        hold's life, read at `read_at`. Zero or less: the hold is over."""
-        if remaining_ms is None:
-            return self.settings.confirmed_lease_ms
-        return _lease_ttl_ms(remaining_ms, read_at)
-
-    async def release_due_leases(self, front: RedisFront) -> int:
-        """Drain the release outbox, batch by batch: drop the leases of cancelled holds in Redis, then clear
-        their flags. Returns how many; raises if Redis fails (the flags of that batch stay)."""
-
-        async def release(owners: Sequence[LeaseOwner]) -> None:
-            await front.release_leases([_lease_of(front, o) for o in owners])
-
-        total = 0
-        while True:
-            taken = await self.store.release_due_leases(LEASE_BATCH, release)
-            metrics.LEASE_RELEASES.labels("outbox").inc(taken)
-            total += taken
-            if taken < LEASE_BATCH:
-                return total
 
     async def get(self, hold_id: str) -> Hold:
         hold = await self.store.get_hold(hold_id)
@@ -450,17 +410,6 @@ class HoldService:
             expires_at=row.expires_at if held else None,
             ttl_ms=remaining_ms(row.expires_at, row.db_now) if held else None,
         )
-
-
-def _lease_ttl_ms(remaining_ms: int, read_at: float) -> int:
-    """A lease TTL that ends no later than the hold: `remaining_ms` as Postgres read it, less the time since
-    the statement was sent (`read_at`, monotonic) and a margin. Zero or less: the hold is over."""
-    elapsed_ms = int((time.monotonic() - read_at) * 1000)
-    return remaining_ms - elapsed_ms - LEASE_EARLY_END_MS
-
-
-def _lease_of(front: RedisFront, owner: LeaseOwner) -> Lease:
-    return front.lease(owner.event_id, owner.slots, owner.token, owner.holder)
 
 
 def _record_key(front: RedisFront, request: HoldRequest) -> str | None:

@@ -12,9 +12,17 @@ def slot_key(prefix: str, event_id: str, slot_id: str) -> str:
     return f"{prefix}:{{{event_id}}}:slot:{slot_id}"
 
 
+def sync_key(prefix: str, event_id: str) -> str:
+    """The event's synchronization marker: the run_id of the Redis instance whose leases of this event were
+    last brought in line with Postgres. acquire.lua judges nothing while it differs from the run_id the
+    gateway checked on its connection (a restart, an old snapshot) or is missing (a flush, a new event)."""
+    return f"{prefix}:{{{event_id}}}:synced"
+
+
 def instance_key(prefix: str) -> str:
-    """The run_id of the Redis instance the leases were last synchronized with (a restart or flush since
-    shows as a different run_id or no key)."""
+    """The run_id of the Redis instance whose live leases were last rebuilt in bulk (a restart or flush since
+    shows as a different run_id or no key). Only decides whether to rebuild eagerly: requests are protected
+    by each event's sync_key."""
     return f"{prefix}:instance"
 
 

@@ -1,10 +1,10 @@
-"""Operator commands that read a running gateway over HTTP: `holds`, `slot`, `stats`. They need none of the
-server's settings and import neither Litestar nor Prometheus, so they run from any machine that reaches it."""
+"""Operator commands that read a running gateway over HTTP: `holds`, `slot`, `stats` (their arguments are in
+ops_args). They need none of the server's settings and import neither Litestar nor Prometheus, so they run
+from any machine that reaches it; they do need the `cli` extra (httpx, tabulate), which serving does not."""
 
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -15,17 +15,12 @@ from urllib.parse import quote
 import httpx
 from tabulate import tabulate
 
-from gateway.models import HOLD_STATUSES  # msgspec only: no Litestar
+from gateway.ops_args import DEFAULT_URL
 
-COMMANDS = frozenset({"holds", "slot", "stats"})
-DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_PAGE = 1000  # the gateway's largest page of /v1/holds
-MAX_EXPIRING_S = 86_400  # the gateway takes expiring_within_seconds up to a day
 SLOTS_WIDTH = 32  # characters of the slots column before it is cut
 HOLDER_WIDTH = 24
 CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase display
-_DURATION = re.compile(r"\A(\d+)([smh]?)\Z")
-_SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 Json = dict[str, Any]
 
@@ -44,28 +39,6 @@ class Problem(Exception):
         if self.status == 401:
             message += " (pass --token or set GATEWAY_OPS_TOKEN)"
         super().__init__(message)
-
-
-def duration_s(text: str) -> int:
-    """`90`, `90s`, `5m`, `1h` as seconds: the argparse type of --expiring."""
-    match = _DURATION.match(text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 90, 90s, 5m or 1h")
-    seconds = int(match[1]) * _SECONDS_PER_UNIT[match[2]]
-    if not 1 <= seconds <= MAX_EXPIRING_S:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range: 1s to 24h")
-    return seconds
-
-
-def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = kind(text)  # a ValueError here becomes argparse's "invalid parse value" message
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its error message
-    return parse
 
 
 def human_ttl(ttl_ms: int | None) -> str:
@@ -208,40 +181,8 @@ _HANDLERS: dict[str, tuple[Fetch, Callable[[Json], str]]] = {
 }
 
 
-def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register holds, slot and stats on the `gateway` command's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help=f"the gateway (default: $GATEWAY_URL, else {DEFAULT_URL})")
-    common.add_argument("--token", help="ops token (default: $GATEWAY_OPS_TOKEN, better: a flag shows in ps)")
-    common.add_argument("--json", action="store_true", help="print the gateway's JSON instead of tables")
-    common.add_argument("--timeout", dest="timeout_s", metavar="SECONDS", type=_positive(float), default=5.0)
-    watch = argparse.ArgumentParser(add_help=False)
-    every = "redraw every SECONDS (default 1) until Ctrl-C"
-    watch.add_argument(
-        "--watch", dest="watch_s", metavar="SECONDS", type=_positive(float), nargs="?", const=1.0, help=every
-    )
-    watch.add_argument(
-        "--count", metavar="N", type=_positive(int), help="with --watch: stop after N refreshes"
-    )
-
-    holds = commands.add_parser("holds", parents=[common, watch], help="holds by expiry (default: active)")
-    holds.add_argument("--event")
-    holds.add_argument("--holder")
-    holds.add_argument("--status", choices=[*HOLD_STATUSES, "all"], default="held", help="default: held")
-    within = "only held holds expiring within DURATION: 90, 90s, 5m, 1h"
-    holds.add_argument("--expiring", dest="expiring_s", metavar="DURATION", type=duration_s, help=within)
-    holds.add_argument("--limit", metavar="N", type=_positive(int), default=50, help="at most N (default 50)")
-
-    slot = commands.add_parser("slot", parents=[common], help="the state of one slot")
-    slot.add_argument("event_id", metavar="EVENT")
-    slot.add_argument("slot_id", metavar="SLOT")
-
-    stats = commands.add_parser("stats", parents=[common, watch], help="mode, holds, sweeper, agreement")
-    stats.add_argument("--event", help="one event's numbers (default: all events)")
-
-
 def run(args: argparse.Namespace) -> int:
-    """Run a command add_commands registered. Every failure is one line on stderr and exit 1, no traceback."""
+    """Run one of the ops_args commands. Every failure is one line on stderr and exit 1, no traceback."""
     url = (args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/")
     token = args.token or os.environ.get("GATEWAY_OPS_TOKEN")
     watch_s: float | None = getattr(args, "watch_s", None)

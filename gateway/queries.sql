@@ -3,6 +3,10 @@
 -- $1 hold id, $2 token, $3 event id, $4 holder, $5 sorted slots, $6 ttl ms, $7 idempotency key or null,
 -- $8 request hash or null. Run alone for one slot without a key (atomic); otherwise inside a transaction
 -- that the caller rolls back unless `created` and, with a key, `idempotency_recorded`.
+-- One row, or one per live hold owning a slot the claim did not get (`owner_*`): a lost claim is answered
+-- (200 to its own holder's retry, else 409) and taught to Redis without another statement. A claim that lost
+-- with a key also reports the key's record (`prior_*`). Both are as the statement's snapshot saw them: a
+-- rival that committed after it started is missing there, and the caller asks again.
 WITH claimed AS (
     INSERT INTO hold_slots AS hs (hold_id, event_id, slot_id, status, expires_at)
     SELECT $1, $3, requested.slot_id, 'held', now() + $6 * interval '1 millisecond'
@@ -23,6 +27,21 @@ WITH claimed AS (
     SELECT $4, $7, $8, new_hold.id, 201 FROM new_hold WHERE $7::text IS NOT NULL
     ON CONFLICT (holder, key) DO NOTHING
     RETURNING 1
+), prior_record AS (
+    SELECT request_hash, hold_id, status_code
+    FROM idempotency_keys
+    WHERE $7::text IS NOT NULL AND holder = $4 AND key = $7 AND NOT EXISTS (SELECT 1 FROM new_hold)
+), owners AS (
+    -- Our own rows are not in the snapshot, and a lapsed row the claim took over shows its old version.
+    SELECT hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
+           h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at
+    FROM hold_slots AS hs
+    JOIN holds AS h ON h.id = hs.hold_id
+    WHERE NOT EXISTS (SELECT 1 FROM new_hold)
+      AND hs.event_id = $3
+      AND hs.slot_id = ANY($5::text[])
+      AND hs.status IN ('held', 'confirmed')
+      AND NOT (hs.status = 'held' AND hs.expires_at <= now())
 )
 SELECT
     new_hold.id IS NOT NULL AS created,
@@ -30,9 +49,17 @@ SELECT
     coalesce((SELECT array_agg(slot_id) FROM claimed), '{}') AS claimed_slots,
     new_hold.created_at,
     new_hold.expires_at,
-    now() AS db_now
+    now() AS db_now,
+    prior.request_hash AS prior_request_hash, prior.hold_id AS prior_hold_id,
+    prior.status_code AS prior_status_code,
+    o.slot_id AS owner_slot_id, o.id AS owner_id, o.token AS owner_token, o.event_id AS owner_event_id,
+    o.holder AS owner_holder, o.slots AS owner_slots, o.status AS owner_status,
+    o.created_at AS owner_created_at, o.expires_at AS owner_expires_at,
+    o.confirmed_at AS owner_confirmed_at, o.cancelled_at AS owner_cancelled_at
 FROM (SELECT) AS one
-LEFT JOIN new_hold ON true;
+LEFT JOIN new_hold ON true
+LEFT JOIN prior_record AS prior ON true
+LEFT JOIN owners AS o ON true;
 
 -- hold_by_token --
 -- The hold with this lease token, if any: after a lost reply to a claim, finding it means the claim won.
@@ -299,31 +326,43 @@ FROM due
 WHERE h.id = due.id
 RETURNING h.event_id, h.slots, h.token, h.holder;
 
+-- lease_events --
+-- The events whose leases Redis may hold: with a live held hold, or a hold confirmed or cancelled in the last
+-- $1 ms (a lease lives no longer). The bulk rebuild after a restart or flush synchronizes these.
+SELECT event_id FROM holds WHERE status = 'held' AND expires_at > now()
+UNION
+SELECT event_id FROM holds WHERE status = 'confirmed' AND confirmed_at > now() - $1 * interval '1 millisecond'
+UNION
+SELECT event_id FROM holds WHERE status = 'cancelled' AND cancelled_at > now() - $1 * interval '1 millisecond';
+
 -- recently_cancelled --
--- Holds cancelled in the last $1 ms, whose leases a Redis restarted from an old snapshot may still hold.
--- Keyset pages: $2, $3 the last (cancelled_at, id) seen or nulls; $4 page size.
+-- Holds of events $1 cancelled in the last $2 ms, whose leases a Redis restarted from an old snapshot may
+-- still hold. Keyset pages: $3, $4 the last (cancelled_at, id) seen or nulls; $5 page size.
 SELECT cancelled_at, id, event_id, slots, token, holder
 FROM holds
-WHERE status = 'cancelled' AND cancelled_at > now() - $1 * interval '1 millisecond'
-  AND ($2::timestamptz IS NULL OR (cancelled_at, id) > ($2, $3::text))
+WHERE event_id = ANY($1::text[])
+  AND status = 'cancelled' AND cancelled_at > now() - $2 * interval '1 millisecond'
+  AND ($3::timestamptz IS NULL OR (cancelled_at, id) > ($3, $4::text))
 ORDER BY cancelled_at, id
-LIMIT $4;
+LIMIT $5;
 
 -- live_leases --
--- The leases Redis should hold: live held holds (for their remaining life) and holds confirmed in the last
--- $1 ms (a confirmed lease lives that long). At most $2 rows; remaining_ms is null for confirmed holds.
+-- The leases Redis should hold for events $1: their live held holds (for their remaining life) and their
+-- holds confirmed in the last $2 ms (a confirmed lease lives that long). At most $3 rows of each;
+-- remaining_ms is null for confirmed holds.
 (SELECT event_id, slots, token, holder,
         floor(extract(epoch FROM expires_at - now()) * 1000)::bigint AS remaining_ms
  FROM holds
- WHERE status = 'held' AND expires_at > now()
+ WHERE event_id = ANY($1::text[]) AND status = 'held' AND expires_at > now()
  ORDER BY expires_at DESC
- LIMIT $2)
+ LIMIT $3)
 UNION ALL
 (SELECT event_id, slots, token, holder, NULL::bigint
  FROM holds
- WHERE status = 'confirmed' AND confirmed_at > now() - $1 * interval '1 millisecond'
+ WHERE event_id = ANY($1::text[])
+   AND status = 'confirmed' AND confirmed_at > now() - $2 * interval '1 millisecond'
  ORDER BY confirmed_at DESC
- LIMIT $2);
+ LIMIT $3);
 
 -- ping --
 -- A round trip to the database.

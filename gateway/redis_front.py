@@ -3,11 +3,13 @@
 Redis only filters. A "no" from Redis is a fast 409; a "yes" sends the request on to Postgres, which
 decides; an error or a timeout sends it straight to Postgres and opens the breaker for a while.
 
-Redis must not lie once trusted again: leases written before an outage may belong to holds cancelled during
-it, and a restarted Redis may have reloaded an old snapshot. So the breaker's probe is not a request but a
-recovery: it asks Redis who it is (its run_id, against the marker key written at the last synchronization)
-and runs the synchronization the hold service provides (drop leases of cancelled holds; after a restart or
-flush, also rebuild the leases of live holds) before the breaker closes.
+Redis must not lie once trusted. This module gives the checks that keep it honest in-band, at no extra
+round trip; gateway.lease_sync decides what to do about them:
+- every new connection asks the server its run_id first, and a server other than the one this worker
+  recovered against (a restart, an old snapshot, a failover) answers no call: the breaker opens, and its
+  probe is a recovery (reload the scripts, then the reconciler's `on_recovery` work) before trust;
+- acquire.lua judges an event only if the event's sync marker holds that run_id, else it answers
+  NOT_SYNCED (a flush, an old snapshot, an event never synchronized on this instance).
 """
 
 import asyncio
@@ -20,9 +22,11 @@ from enum import IntEnum
 from typing import Any, Final
 
 import redis.asyncio as redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from gateway import background, keys, metrics
@@ -30,7 +34,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import GatewayError, Overloaded
-from gateway.redis_pipe import PipelinedRedis
+from gateway.redis_pipe import PipelinedRedis, run_id_of
 from gateway.resources import resource_dir
 
 log = logging.getLogger(__name__)
@@ -57,15 +61,20 @@ class AcquireOutcome(IntEnum):
     HELD_BY_HOLDER = 2
     REPLAY = 3
     KEY_REUSED = 4
+    NOT_SYNCED = 5
 
 
 class RedisUnavailable(Exception):
     """Redis did not answer in time, or the breaker is open; the caller goes to Postgres."""
 
 
-# Brings a Redis that was unreachable, restarted or flushed back in line with Postgres; `restarted` says the
-# leases of live holds must be rebuilt too. Raises on failure (the breaker stays open).
-Synchronize = Callable[["RedisFront", bool], Awaitable[None]]
+class RedisRestarted(RedisConnectionError):
+    """A new connection found another Redis instance (run_id) than the one this worker recovered against."""
+
+
+# The reconciler's part of a recovery, run once the scripts are loaded and before the breaker closes (drain
+# the release outbox; after a restart or flush, rebuild). Raises on failure: the breaker stays open.
+Synchronize = Callable[[], Awaitable[None]]
 
 
 class UnexpectedReply(Exception):
@@ -80,6 +89,10 @@ class Lease:
     slots: Sequence[str]
     value: str
     slot_keys: list[str]
+
+    @property
+    def holder_fingerprint(self) -> str:
+        return keys.parse_lease_value(self.value).holder_fingerprint
 
     @classmethod
     def build(cls, prefix: str, event_id: str, slots: Sequence[str], token: str, holder: str) -> "Lease":
@@ -108,7 +121,10 @@ class RedisFront:
         self.breaker = CircuitBreaker("redis", settings.redis_retry_interval_s, on_change=_mode_changed)
         self._synchronize: Synchronize | None = None
         self._recovery: asyncio.Task[None] | None = None
-        self._run_id: str | None = None  # of the Redis instance last asked
+        # The run_id of the Redis instance this worker recovered against: connections to any other are
+        # refused, and acquire.lua judges an event only if its sync marker holds this value. None: accept
+        # the first instance (at start, and inside a recovery, which then sets it).
+        self._run_id: str | None = None
         # Bulkhead: calls wait here, never in the connection pool, so a burst larger than the pool queues
         # (and past redis_queue_timeout_s is shed as 503) instead of looking like a dead Redis.
         self._bulkhead = Bulkhead(
@@ -139,21 +155,33 @@ class RedisFront:
             retry_on_timeout=False,
             health_check_interval=0,
         )
-        pipe = None
+        front = cls(redis.Redis(connection_pool=pool), settings)
+        pool.connection_kwargs["redis_connect_func"] = front._check_pool_connection
         if settings.redis_pipeline and PipelinedRedis.supports(settings.redis_url):
-            pipe = PipelinedRedis(
+            front._pipe = PipelinedRedis(
                 settings.redis_url,
                 timeout_s=settings.redis_timeout_s,
                 connect_timeout_s=settings.redis_connect_timeout_s,
+                check_instance=front._check_instance,
             )
-        front = cls(redis.Redis(connection_pool=pool), settings, pipe)
         await front.start()
         return front
+
+    def _check_instance(self, run_id: str) -> None:
+        """Every new connection: refuse a Redis other than the one recovered against (see the module doc)."""
+        if self._run_id is not None and run_id != self._run_id:
+            raise RedisRestarted(f"redis restarted or failed over: run_id {run_id}, expected {self._run_id}")
+
+    async def _check_pool_connection(self, connection: AbstractConnection) -> None:
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        self._check_instance(run_id_of(await connection.read_response()))
 
     async def start(self) -> None:
         """Load the scripts (a Lua syntax error stops the boot) and open connections before traffic arrives.
         A Redis that is down now is not fatal: the gateway starts in db-only mode."""
         try:
+            await self._learn_instance()
             await self.load_scripts()
             if self._pipe is not None:
                 await self._pipe.execute("PING")
@@ -168,61 +196,56 @@ class RedisFront:
             self.breaker.record_failure(f"not reachable at start: {type(exc).__name__}: {exc}")
 
     def on_recovery(self, synchronize: Synchronize) -> None:
-        """What to run before Redis is trusted again after an outage, a restart or a flush."""
+        """The reconciler's work before Redis is trusted again after an outage, a restart or a flush."""
         self._synchronize = synchronize
 
-    async def synchronize_if_needed(self, *, at_start: bool = False) -> None:
-        """From the sweeper, and once at start: if Redis is not the instance last synchronized (a restart or
-        a flush since), stop trusting it and recover now. At start no request is being served yet, so the
-        recovery runs without a spell of db-only mode. Redis unreachable: the breaker handles it."""
-        if not self.breaker.is_closed:
-            self._probe()
-            return
-        try:
-            async with self._connection_slot():
-                stale = await self._instance_changed()
-        except Overloaded:
-            return
-        except REDIS_FAILURES as exc:
-            self._failed("instance check", exc)
-            return
-        if not stale:
-            return
-        if at_start:
-            log.info("redis was restarted or flushed since the leases were last synchronized: rebuilding")
-        else:
-            self.breaker.record_failure("redis restarted or flushed: rebuilding leases from postgres")
-        await self._recover()
+    @property
+    def run_id(self) -> str | None:
+        """The Redis instance this worker trusts (None before it first reached one)."""
+        return self._run_id
 
-    async def _instance_changed(self) -> bool:
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.info("server")
-            pipe.get(keys.instance_key(self._prefix))
-            info, marker = await pipe.execute()
-        run_id = str(info["run_id"])
-        self._run_id = run_id
-        return marker is None or marker.decode() != run_id
+    async def _learn_instance(self) -> None:
+        """Ask Redis its run_id and trust that instance from now on (at start, and in a recovery)."""
+        self._run_id = None  # the connection this opens must not be refused for being the new instance
+        async with self._connection_slot():
+            info = await self._client.info("server")
+        self._run_id = str(info["run_id"])
+
+    async def instance_marker(self) -> str | None:
+        """The run_id recorded when the live leases were last rebuilt in bulk; None after a flush."""
+        async with self._connection_slot():
+            value = await self._client.get(keys.instance_key(self._prefix))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def set_instance_marker(self) -> None:
+        async with self._connection_slot():
+            await self._client.set(keys.instance_key(self._prefix), self._run_id or "")
 
     def _probe(self) -> "asyncio.Task[None] | None":
         """The breaker is open: if its interval has passed, recover in the background (one probe at a time)
         and return the recovery. The caller goes on to Postgres either way."""
         if not self.breaker.allow():
             return None
-        self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="redis-recovery")
+        self._recovery = asyncio.get_running_loop().create_task(self.recover(), name="redis-recovery")
         return self._recovery
 
-    async def _recover(self) -> None:
+    def probe_if_due(self) -> None:
+        """With the breaker open, start a recovery if one is due (the sweeper's tick on an idle worker)."""
+        if not self.breaker.is_closed:
+            self._probe()
+
+    async def recover(self) -> None:
+        """Reconnect, learn which instance answers, reload the scripts (a restart or SCRIPT FLUSH loses them),
+        run the reconciler's synchronization, and only then close the breaker."""
         try:
             # Connections opened before the outage may be dead (a restart): start afresh.
             await self._client.connection_pool.disconnect()
-            async with self._connection_slot():
-                restarted = await self._instance_changed()
-                if restarted:
-                    await self.load_scripts()
+            if self._pipe is not None:
+                await self._pipe.close()
+            await self._learn_instance()
+            await self.load_scripts()
             if self._synchronize is not None:
-                await self._synchronize(self, restarted)
-            async with self._connection_slot():
-                await self._client.set(keys.instance_key(self._prefix), self._run_id or "")
+                await self._synchronize()
         except Overloaded:
             self.breaker.release_probe()
             return
@@ -237,9 +260,9 @@ class RedisFront:
         self.breaker.record_success()
 
     async def load_scripts(self) -> None:
-        for script in self._scripts.values():
-            sha = await self._client.script_load(script.script)
-            script.sha = sha
+        async with self._connection_slot():
+            for script in self._scripts.values():
+                script.sha = await self._client.script_load(script.script)
 
     async def _open_connections(self, count: int) -> None:
         # Open the whole pool now: a burst on cold connections pays connect time on the request path, and a
@@ -290,15 +313,16 @@ class RedisFront:
         self, lease: Lease, pending_ttl_ms: int, idempotency_record_key: str | None, request_fp: str | None
     ) -> AcquireResult:
         """Take pending leases on all slots of `lease`, or report why not. Raises RedisUnavailable."""
-        keys_ = list(lease.slot_keys)
+        keys_ = [*lease.slot_keys, keys.sync_key(self._prefix, lease.event_id)]
         if idempotency_record_key is not None:
             keys_.append(idempotency_record_key)
         args = [
             lease.value,
-            lease.value.rsplit(":", 1)[1],
+            lease.holder_fingerprint,
             pending_ttl_ms,
             request_fp or "",
             len(lease.slots),
+            self._run_id or "",
         ]
         reply = await self._call("acquire", keys_, args)
         if not isinstance(reply, list) or not reply:
@@ -355,6 +379,15 @@ class RedisFront:
                     pipe.set(key, lease.value, px=max(1, ttl_ms), nx=True)
             await pipe.execute()
 
+    async def mark_synchronized(self, event_ids: Sequence[str]) -> None:
+        """Set the events' sync markers to this instance's run_id: acquire.lua judges them from now on."""
+        if not event_ids:
+            return
+        async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.set(keys.sync_key(self._prefix, event_id), self._run_id or "")
+            await pipe.execute()
+
     async def release_leases(self, leases: Sequence[Lease]) -> int:
         """Compare-and-delete many leases, pipelined; how many were deleted. Raises RedisUnavailable (and
         opens the breaker) when Redis fails."""
@@ -364,7 +397,8 @@ class RedisFront:
         try:
             async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
                 for lease in leases:
-                    pipe.evalsha(script.sha, len(lease.slot_keys), *lease.slot_keys, lease.value)
+                    # Through the script object: the pipeline loads the script first if Redis lost it.
+                    await script(keys=list(lease.slot_keys), args=[lease.value], client=pipe)
                 replies = await pipe.execute()
         except REDIS_FAILURES as exc:
             self._failed("release", exc)

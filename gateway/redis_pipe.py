@@ -8,10 +8,14 @@ matched to callers first-in first-out by hiredis's parser.
 Failure semantics are redis-py's as the gateway configures it: a per-call timeout, no retries. A timeout
 or a lost connection fails every call in flight on that connection and closes it (replies after a timeout
 could otherwise be matched to the wrong caller); the next call opens a new one.
+
+Every new connection first asks the server its run_id and hands it to `check_instance`, which may refuse it
+(by raising): a Redis that restarted behind a reconnect then answers no call, not even one already queued.
 """
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -19,6 +23,20 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Told the run_id of the server behind a new connection; raises to refuse the connection.
+CheckInstance = Callable[[str], None]
+
+
+def run_id_of(info: bytes | str) -> str:
+    """The run_id in the reply to `INFO server`."""
+    if not isinstance(info, bytes | str):
+        raise RedisConnectionError(f"INFO server failed: {info}")
+    text = info.decode() if isinstance(info, bytes) else info
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line.removeprefix("run_id:").strip()
+    raise RedisConnectionError("INFO server gave no run_id")
 
 
 class _Protocol(asyncio.Protocol):
@@ -76,7 +94,14 @@ class _Protocol(asyncio.Protocol):
 class PipelinedRedis:
     """Commands over one shared connection, opened on first use and again after a failure."""
 
-    def __init__(self, url: str, *, timeout_s: float, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        connect_timeout_s: float,
+        check_instance: CheckInstance | None = None,
+    ) -> None:
         options = parse_url(url)
         self._host: str = options.get("host", "localhost")
         self._port: int = int(options.get("port", 6379))
@@ -85,6 +110,7 @@ class PipelinedRedis:
         self._password: str | None = options.get("password")
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
+        self._check_instance = check_instance
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -130,6 +156,13 @@ class PipelinedRedis:
                     if isinstance(reply, hiredis.ReplyError):
                         protocol.close()
                         raise RedisConnectionError(f"{command[0]} failed: {reply}")
+                if self._check_instance is not None:
+                    info = await protocol.send(hiredis.pack_command(cast(Any, ("INFO", "server"))))
+                    try:
+                        self._check_instance(run_id_of(info))
+                    except BaseException:
+                        protocol.close()
+                        raise
         except TimeoutError:
             raise RedisTimeoutError(f"Timeout connecting to {self._host}:{self._port}") from None
         except OSError as exc:

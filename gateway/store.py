@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
@@ -62,18 +62,19 @@ class HoldRow:
     db_now: datetime
 
     @classmethod
-    def from_record(cls, record: asyncpg.Record) -> "HoldRow":
+    def from_record(cls, record: asyncpg.Record, prefix: str = "") -> "HoldRow":
+        """From a row of the hold's columns, each named `prefix` + its name (db_now: unprefixed)."""
         return cls(
-            id=record["id"],
-            token=record["token"],
-            event_id=record["event_id"],
-            holder=record["holder"],
-            slots=list(record["slots"]),
-            status=record["status"],
-            created_at=record["created_at"],
-            expires_at=record["expires_at"],
-            confirmed_at=record["confirmed_at"],
-            cancelled_at=record["cancelled_at"],
+            id=record[prefix + "id"],
+            token=record[prefix + "token"],
+            event_id=record[prefix + "event_id"],
+            holder=record[prefix + "holder"],
+            slots=list(record[prefix + "slots"]),
+            status=record[prefix + "status"],
+            created_at=record[prefix + "created_at"],
+            expires_at=record[prefix + "expires_at"],
+            confirmed_at=record[prefix + "confirmed_at"],
+            cancelled_at=record[prefix + "cancelled_at"],
             db_now=record["db_now"],
         )
 
@@ -111,17 +112,6 @@ class HoldRow:
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimResult:
-    created: bool
-    # With an Idempotency-Key: whether this claim recorded it (false: the key was already used).
-    idempotency_recorded: bool
-    claimed_slots: list[str]
-    created_at: datetime | None
-    expires_at: datetime | None
-    db_now: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class SlotOwner:
     slot_id: str
     hold: HoldRow
@@ -132,6 +122,21 @@ class IdempotencyRecord:
     request_hash: str
     hold_id: str
     status_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    created: bool
+    # With an Idempotency-Key: whether this claim recorded it (false: the key was already used).
+    idempotency_recorded: bool
+    claimed_slots: list[str]
+    created_at: datetime | None
+    expires_at: datetime | None
+    db_now: datetime
+    # Of a claim that lost, as its statement's snapshot saw them (a rival that committed after it started
+    # is missing): the live holds owning requested slots, and the Idempotency-Key's record.
+    owners: list[SlotOwner] = field(default_factory=list)
+    prior_record: IdempotencyRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +314,7 @@ class Store:
             try:
                 if len(slots) == 1 and idempotency_key is None and not in_transaction:
                     # One statement is atomic on its own: it claims the slot and inserts the hold, or neither.
-                    return _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
+                    return _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
                 return await _claim_in_transaction(conn, args, keyed=idempotency_key is not None)
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != sql.ONE_ACTIVE_HOLD_PER_SLOT:
@@ -372,22 +377,34 @@ class Store:
                 await release([_lease_owner(r) for r in records])
         return len(records)
 
-    async def recently_cancelled(self, within_ms: int, page_size: int) -> AsyncIterator[list[LeaseOwner]]:
-        """Pages of the holds cancelled in the last `within_ms`."""
+    async def lease_events(self, within_ms: int) -> list[str]:
+        """The events with a live held hold, or a hold confirmed or cancelled in the last `within_ms`."""
+        async with self._connection("lease_events") as conn:
+            records = await conn.fetch(sql.LEASE_EVENTS, within_ms)
+        return [r["event_id"] for r in records]
+
+    async def recently_cancelled(
+        self, event_ids: Sequence[str], within_ms: int, page_size: int
+    ) -> AsyncIterator[list[LeaseOwner]]:
+        """Pages of the holds of these events cancelled in the last `within_ms`."""
         after: tuple[datetime | None, str | None] = (None, None)
         while True:
             async with self._connection("recently_cancelled") as conn:
-                records = await conn.fetch(sql.RECENTLY_CANCELLED, within_ms, *after, page_size)
+                records = await conn.fetch(
+                    sql.RECENTLY_CANCELLED, list(event_ids), within_ms, *after, page_size
+                )
             if not records:
                 return
             yield [_lease_owner(r) for r in records]
             after = (records[-1]["cancelled_at"], records[-1]["id"])
 
-    async def live_leases(self, confirmed_within_ms: int, limit: int) -> list[LeaseOwner]:
-        """The live held holds, and the holds confirmed in the last `confirmed_within_ms`; at most `limit`
-        of each, the latest first."""
+    async def live_leases(
+        self, event_ids: Sequence[str], confirmed_within_ms: int, limit: int
+    ) -> list[LeaseOwner]:
+        """The live held holds of these events, and their holds confirmed in the last
+        `confirmed_within_ms`; at most `limit` of each, the latest first."""
         async with self._connection("live_leases") as conn:
-            records = await conn.fetch(sql.LIVE_LEASES, confirmed_within_ms, limit)
+            records = await conn.fetch(sql.LIVE_LEASES, list(event_ids), confirmed_within_ms, limit)
         return [_lease_owner(r) for r in records]
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotRow | None:
@@ -467,7 +484,7 @@ async def _claim_in_transaction(
     transaction = conn.transaction()
     await transaction.start()
     try:
-        result = _claim_result(await conn.fetchrow(sql.CLAIM_HOLD, *args))
+        result = _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
     except BaseException:
         await transaction.rollback()
         raise
@@ -489,8 +506,13 @@ def _lease_owner(record: asyncpg.Record) -> LeaseOwner:
     )
 
 
-def _claim_result(record: asyncpg.Record | None) -> ClaimResult:
-    assert record is not None  # claim_hold always returns one row
+def _claim_result(records: list[asyncpg.Record]) -> ClaimResult:
+    record = records[0]  # claim_hold returns one row, or one per owner of a slot it did not get
+    prior = None
+    if record["prior_hold_id"] is not None:
+        prior = IdempotencyRecord(
+            record["prior_request_hash"], record["prior_hold_id"], record["prior_status_code"]
+        )
     return ClaimResult(
         created=record["created"],
         idempotency_recorded=record["idempotency_recorded"],
@@ -498,4 +520,10 @@ def _claim_result(record: asyncpg.Record | None) -> ClaimResult:
         created_at=record["created_at"],
         expires_at=record["expires_at"],
         db_now=record["db_now"],
+        owners=[
+            SlotOwner(r["owner_slot_id"], HoldRow.from_record(r, prefix="owner_"))
+            for r in records
+            if r["owner_id"] is not None
+        ],
+        prior_record=prior,
     )

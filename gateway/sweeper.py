@@ -1,5 +1,6 @@
 """Background upkeep in each worker: marks lapsed holds expired, purges old idempotency records, drops the
-leases of cancelled holds in Redis (the release outbox), and notices a restarted or flushed Redis.
+leases of cancelled holds in Redis (the release outbox) and catches up on a restarted or flushed Redis
+(gateway.lease_sync's `tend`).
 
 Correctness never waits for it: reads treat a lapsed hold as expired and claims take over lapsed slots.
 Several workers sweep side by side; FOR UPDATE SKIP LOCKED keeps them off each other's rows.
@@ -37,23 +38,13 @@ async def sweep_once(store: Store, settings: Settings) -> int:
     return total
 
 
-async def tend_redis(service: HoldService) -> None:
-    """Check that Redis is still the instance the leases were synchronized with, then drain the outbox."""
-    front = service.front
-    if front is None:
-        return
-    await front.synchronize_if_needed()
-    if not front.available:
-        return  # the outbox waits: the recovery drains it before Redis is trusted again
-    await service.release_due_leases(front)
-
-
 async def run_sweeper(service: HoldService) -> None:
     """Sweep every `sweep_interval_s` until cancelled; an outage only delays the next sweep."""
     while True:
         try:
             await sweep_once(service.store, service.settings)
-            await tend_redis(service)
+            if service.lease_sync is not None:
+                await service.lease_sync.tend()
         except BackendUnavailable as exc:
             log.warning("sweep skipped: database unavailable (%s)", exc.__cause__)
         except RedisUnavailable as exc:

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from gateway.chaos.proxy import FaultProxy
 from gateway.config import Settings, settings_from_env
 from gateway.embedded import LocalPostgres, LocalRedis
 from gateway.migrations import migrate
@@ -125,3 +129,43 @@ def fx_own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
     """A Redis for this test alone, to kill, freeze or restart."""
     with LocalRedis(tmp_path / "redis") as server:
         yield server
+
+
+@pytest.fixture(name="redis_proxy")
+async def fx_redis_proxy(own_redis: LocalRedis) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the test's own Redis."""
+    async with FaultProxy.in_front_of(own_redis.url, protocol="redis") as proxy:
+        yield proxy
+
+
+@pytest.fixture(name="proxied_gateway")
+async def fx_proxied_gateway(
+    database_url: str, redis_proxy: FaultProxy, own_redis: LocalRedis, key_prefix: str
+) -> AsyncIterator[Gateway]:
+    """A gateway whose Redis is reached through a fault proxy."""
+    settings = make_settings(
+        database_url, redis_proxy.redis_url(own_redis.url), key_prefix, sweep_interval_s=0.2
+    )
+    async with running_gateway(settings) as gateway:
+        yield gateway
+
+
+@pytest.fixture(name="own_gateway")
+async def fx_own_gateway(database_url: str, own_redis: LocalRedis, key_prefix: str) -> AsyncIterator[Gateway]:
+    """A gateway on a Redis of this test's own, to kill or restart."""
+    settings = make_settings(database_url, own_redis.url, key_prefix, sweep_interval_s=0.2)
+    async with running_gateway(settings) as gateway:
+        yield gateway
+
+
+@pytest.fixture(name="direct")
+async def fx_direct(own_redis: LocalRedis) -> AsyncIterator[redis.Redis]:
+    """A client straight to the test's own Redis, past any proxy; it reconnects once after a restart."""
+    client = redis.Redis.from_url(
+        own_redis.url,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[redis.ConnectionError],
+    )
+    yield client
+    await client.aclose()

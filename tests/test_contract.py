@@ -76,10 +76,21 @@ async def test_conflict_is_problem_json_naming_only_the_taken_slots(gateway: Gat
     assert problem["status"] == 409
     assert {"title", "detail"} <= set(problem)
     assert sorted(problem["conflicts"]) == ["A-2", "A-4"]
+    assert problem["detail"] == "2 of the requested slots are taken"
     # All or nothing: the free slots of the losing request were not held either.
     for slot in ("A-1", "A-3"):
         state = (await gateway.client.get(f"/v1/events/show-1/slots/{slot}")).json()
         assert state["state"] == "free"
+
+
+async def test_conflict_detail_on_one_taken_slot_is_singular(gateway: Gateway) -> None:
+    """Regression: one taken slot read "1 of the requested slots are taken"."""
+    await gateway.hold("show-1", ["A-2"], holder="bob")
+
+    response = await gateway.hold("show-1", ["A-1", "A-2", "A-3"], holder="carol")
+
+    assert response.status_code == 409
+    assert response.json()["detail"] == "1 of the requested slots is taken"
 
 
 async def test_same_slot_ids_in_different_events_do_not_conflict(gateway: Gateway) -> None:

@@ -8,92 +8,29 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from gateway import keys
 from gateway.chaos.proxy import FaultProxy
 from gateway.embedded import LocalRedis, free_port
 from tests.conftest import make_settings
-from tests.support import Gateway, active_holds_per_slot, released_together, running_gateway, statuses
+from tests.support import (
+    Gateway,
+    active_holds_per_slot,
+    counters,
+    released_together,
+    running_gateway,
+    statuses,
+    trusted_again,
+)
 from tests.test_cli import GATEWAY, clean_env
 
 FAKETIME = os.environ.get("GATEWAY_TEST_FAKETIME", "/usr/bin/faketime")
-
-
-@pytest.fixture(name="redis_proxy")
-async def fx_redis_proxy(own_redis: LocalRedis) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy.in_front_of(own_redis.url, protocol="redis") as proxy:
-        yield proxy
-
-
-@pytest.fixture(name="proxied_gateway")
-async def fx_proxied_gateway(
-    database_url: str, redis_proxy: FaultProxy, own_redis: LocalRedis, key_prefix: str
-) -> AsyncIterator[Gateway]:
-    """A gateway whose Redis is reached through a fault proxy."""
-    settings = make_settings(
-        database_url, redis_proxy.redis_url(own_redis.url), key_prefix, sweep_interval_s=0.2
-    )
-    async with running_gateway(settings) as gateway:
-        yield gateway
-
-
-@pytest.fixture(name="own_gateway")
-async def fx_own_gateway(database_url: str, own_redis: LocalRedis, key_prefix: str) -> AsyncIterator[Gateway]:
-    """A gateway on a Redis of this test's own, to kill or restart."""
-    settings = make_settings(database_url, own_redis.url, key_prefix, sweep_interval_s=0.2)
-    async with running_gateway(settings) as gateway:
-        yield gateway
-
-
-@pytest.fixture(name="direct")
-async def fx_direct(own_redis: LocalRedis) -> AsyncIterator[redis.Redis]:
-    """A client straight to the test's Redis, past any proxy; it reconnects once after a restart."""
-    client = redis.Redis.from_url(
-        own_redis.url,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[redis.ConnectionError],
-    )
-    yield client
-    await client.aclose()
-
-
-async def trusted_again(gateway: Gateway, within_s: float = 10) -> None:
-    """Wait until /ready says the gateway trusts Redis again (redis-front)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if (await gateway.client.get("/ready")).json()["mode"] == "redis-front":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"still db-only after {within_s}s: {(await gateway.client.get('/ready')).json()}")
-
-
-async def counters(gateway: Gateway) -> dict[str, int]:
-    result: dict[str, int] = (await gateway.client.get("/v1/stats")).json()["counters"]
-    return result
-
-
-async def lease_of(client: redis.Redis, gateway: Gateway, event_id: str, slot_id: str) -> str | None:
-    value: str | None = await client.get(keys.slot_key(gateway.settings.redis_key_prefix, event_id, slot_id))
-    return value
-
-
-async def token_of(gateway: Gateway, hold_id: str) -> str:
-    conn = await asyncpg.connect(gateway.settings.database_url)
-    try:
-        token: str = await conn.fetchval("SELECT token FROM holds WHERE id = $1", hold_id)
-    finally:
-        await conn.close()
-    return token
 
 
 def answers_are_planned(responses: list[httpx.Response]) -> None:
@@ -134,102 +71,6 @@ async def test_redis_killed_mid_storm_and_restarted_on_the_same_port(
     per_slot = await active_holds_per_slot(gateway.settings.database_url or "")
     assert per_slot == {(f"wave-{w}", f"S-{s}"): 1 for w in (1, 2, 3) for s in (0, 1)}
     assert statuses(responses)[201] == 6
-
-
-async def test_redis_restarted_empty_while_holds_live_gets_their_leases_back(
-    own_gateway: Gateway, own_redis: LocalRedis, direct: redis.Redis
-) -> None:
-    """Restarted empty while holds live (held and confirmed): the gateway notices (another run_id), rebuilds
-    the leases from Postgres before trusting Redis, and no lease outlives its hold."""
-    gateway = own_gateway
-    held = (await gateway.hold("show-1", ["A-1", "A-2"], holder="alice", ttl_seconds=30)).json()
-    confirmed = (await gateway.hold("show-1", ["B-1"], holder="bob")).json()
-    await gateway.client.post(f"/v1/holds/{confirmed['id']}/confirm", json={"holder": "bob"})
-
-    own_redis.kill(signal.SIGKILL)
-    own_redis.start()
-    await trusted_again(gateway)
-    values = [await lease_of(direct, gateway, "show-1", s) for s in ("A-1", "A-2", "B-1")]
-    held_pttl_ms = await direct.pttl(keys.slot_key(gateway.settings.redis_key_prefix, "show-1", "A-1"))
-    before = await counters(gateway)
-    rivals = [await gateway.hold("show-1", [s], holder="carol") for s in ("A-2", "B-1")]
-    after = await counters(gateway)
-
-    assert (
-        values[0] == values[1] == f"{await token_of(gateway, held['id'])}:{keys.holder_fingerprint('alice')}"
-    )
-    assert values[2] == f"{await token_of(gateway, confirmed['id'])}:{keys.holder_fingerprint('bob')}"
-    assert 0 < held_pttl_ms <= 30_000
-    assert statuses(rivals) == {409: 2}
-    assert after["rejected_by_redis"] - before["rejected_by_redis"] == 2
-
-
-async def test_redis_restarted_from_an_old_snapshot_does_not_lie(
-    own_gateway: Gateway, own_redis: LocalRedis, direct: redis.Redis
-) -> None:
-    """Redis saved a snapshot holding a lease, the hold was then cancelled (lease dropped), and Redis
-    restarted from that snapshot: the stale lease is back. The gateway drops it before trusting Redis: no
-    false 409."""
-    gateway = own_gateway
-    hold = (await gateway.hold("show-1", ["A-1"], holder="alice")).json()
-    await gateway.client.post(f"/v1/holds/{hold['id']}/confirm", json={"holder": "alice"})
-    await direct.save()
-    cancelled = await gateway.client.post(f"/v1/holds/{hold['id']}/cancel", json={"holder": "alice"})
-    assert await lease_of(direct, gateway, "show-1", "A-1") is None
-
-    own_redis.kill(signal.SIGKILL)
-    own_redis.start()  # loads dump.rdb: the confirmed hold's hour-long lease is there again
-    stale = await lease_of(direct, gateway, "show-1", "A-1")
-    await trusted_again(gateway)
-    rival = await gateway.hold("show-1", ["A-1"], holder="bob")
-
-    assert cancelled.status_code == 200
-    assert stale is not None, "the snapshot should have brought the lease back"
-    assert rival.status_code == 201, rival.json()
-
-
-@pytest.mark.parametrize("confirm_first", [False, True], ids=["held", "confirmed"])
-async def test_hold_cancelled_while_redis_unreachable_leaves_no_false_409(
-    proxied_gateway: Gateway, redis_proxy: FaultProxy, direct: redis.Redis, confirm_first: bool
-) -> None:
-    """Cancelled while the gateway cannot reach Redis, so its lease stays there: once the gateway trusts Redis
-    again the lease is gone (the release outbox is drained first), and the slot goes to the next asker."""
-    gateway = proxied_gateway
-    hold = (await gateway.hold("show-1", ["A-1"], holder="alice")).json()
-    if confirm_first:
-        await gateway.client.post(f"/v1/holds/{hold['id']}/confirm", json={"holder": "alice"})
-    redis_proxy.refuse()
-    cancelled = await gateway.client.post(f"/v1/holds/{hold['id']}/cancel", json={"holder": "alice"})
-    left_behind = await lease_of(direct, gateway, "show-1", "A-1")
-    ready_during = (await gateway.client.get("/ready")).json()
-    redis_proxy.heal()
-    await trusted_again(gateway)
-    rival = await gateway.hold("show-1", ["A-1"], holder="bob")
-
-    assert cancelled.status_code == 200
-    assert left_behind is not None, "the cancel should not have reached Redis"
-    assert ready_during["mode"] == "db-only"
-    assert ready_during["mode_reason"]
-    assert rival.status_code == 201, rival.json()
-
-
-async def test_flushed_redis_is_noticed_and_its_leases_rebuilt(
-    own_gateway: Gateway, direct: redis.Redis
-) -> None:
-    """FLUSHALL keeps the connections and the run_id, but the marker key goes with everything else: the
-    sweeper notices within an interval and the leases come back without any request asking."""
-    gateway = own_gateway
-    hold = (await gateway.hold("show-1", ["A-1"], holder="alice")).json()
-    await direct.flushall()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if await lease_of(direct, gateway, "show-1", "A-1") is not None:
-            break
-        await asyncio.sleep(0.05)
-
-    assert await lease_of(direct, gateway, "show-1", "A-1") == (
-        f"{await token_of(gateway, hold['id'])}:{keys.holder_fingerprint('alice')}"
-    )
 
 
 async def test_lost_reply_to_the_acquire_still_gives_one_winner(

@@ -394,3 +394,16 @@ def test_ops_cli_does_not_load_the_web_stack() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout == "[]\n"
+
+
+def test_token_help_reads_as_a_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: `--token`'s help read "default: $GATEWAY_OPS_TOKEN, better: a flag shows in ps"."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["holds", "--help"])
+
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert (
+        "--token TOKEN ops token (default: $GATEWAY_OPS_TOKEN, which is safer: a flag's value shows in ps)"
+        in help_text
+    )

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Request,
+    Response,
+    Route,
+    async_playwright,
+    expect,
+)
 
 from tests.conftest import make_settings
 from tests.support import Gateway, running_gateway
@@ -210,6 +219,60 @@ async def test_ops_token_is_asked_for_and_accepted_as_basic_password(
             await expect(page.locator(f'tr[data-hold-id="{hold_id}"]')).to_be_visible(timeout=WAIT_MS)
             await expect(page.locator("#active")).to_have_text("1")
             assert problems == []
+
+
+async def test_page_and_assets_carry_one_charset(gateway: Gateway) -> None:
+    """Regression: /ops answered `text/html; charset=utf-8; charset=utf-8`."""
+    content_types = {
+        path: (await gateway.client.get(path)).headers["content-type"]
+        for path in ("/ops", "/ops/ops.js", "/ops/ops.css")
+    }
+
+    assert content_types == {
+        "/ops": "text/html; charset=utf-8",
+        "/ops/ops.js": "text/javascript; charset=utf-8",
+        "/ops/ops.css": "text/css; charset=utf-8",
+    }
+
+
+async def test_holds_read_loading_until_the_first_answer_not_empty(
+    gateway: Gateway, browser: Browser
+) -> None:
+    """Regression: before its first poll answered, the page said "No active holds." as if the gateway had
+    none. The first answers of the listing are held back (and then failed) to show each state."""
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        asked, answer = asyncio.Event(), asyncio.Event()
+        fail = True
+
+        async def listing(route: Route) -> None:
+            asked.set()
+            await answer.wait()
+            if fail:
+                await route.abort()
+            else:
+                await route.continue_()
+
+        await page.route(lambda url: "/v1/holds?" in url, listing)
+        await page.goto(f"{gateway.url}/ops")
+        empty = page.locator("#holds-empty")
+        await asyncio.wait_for(asked.wait(), WAIT_MS / 1000)  # the page's script runs and has asked
+        await expect(empty).to_have_text("Loading…")
+        await expect(empty).to_be_visible()
+
+        answer.set()
+        await expect(empty).to_have_text(
+            re.compile(r"^Could not load the holds \(.+\); retrying…$"), timeout=WAIT_MS
+        )
+
+        fail = False
+        await expect(empty).to_have_text("No active holds.", timeout=WAIT_MS)
+        hold_id = created_id(await gateway.hold("show-1", ["A1"], holder="alice"))
+        await expect(page.locator(f'tr[data-hold-id="{hold_id}"]')).to_be_visible(timeout=WAIT_MS)
+        await expect(empty).to_be_hidden()
+    finally:
+        await context.close()
 
 
 async def test_populated_page_screenshot(gateway: Gateway, browser: Browser, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as redis
 
 from gateway.embedded import LocalRedis, free_port
-from gateway.holds import ADOPTED_LEASE_MAX_MS
 from gateway.keys import holder_fingerprint, slot_key
+from gateway.lease_sync import ADOPTED_LEASE_MAX_MS
 from tests.conftest import make_settings
 from tests.support import Gateway, active_holds_per_slot, released_together, running_gateway, statuses
 

@@ -10,7 +10,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.embedded import LocalRedis
-from gateway.redis_pipe import PipelinedRedis
+from gateway.redis_pipe import PipelinedRedis, run_id_of
 
 
 def pipe_to(url: str, timeout_s: float = 0.3) -> PipelinedRedis:
@@ -63,7 +63,8 @@ async def test_a_frozen_redis_costs_one_timeout_then_the_connection_heals(own_re
         await pipe.close()
 
     assert all(isinstance(r, RedisTimeoutError) for r in frozen), frozen
-    assert waited_s < 0.2 + 0.3  # all together, one budget: not one timeout after another
+    # All together, one budget: one timeout after another would take 20 budgets (4 s).
+    assert waited_s < 0.2 * len(frozen) / 2
     # The late replies to the timed-out calls went with the closed connection: the new one answers in step.
     assert after == b"before"
 
@@ -94,3 +95,41 @@ async def test_the_database_number_of_the_url_is_selected(own_redis: LocalRedis)
     finally:
         await pipe.close()
         await default.close()
+
+
+async def test_each_new_connection_is_checked_before_any_call_is_sent_on_it(own_redis: LocalRedis) -> None:
+    """A new connection first asks the server its run_id; refused, it carries no call, not even the ones
+    queued while it opened (they fail), and the next connection is checked again."""
+    seen: list[str] = []
+    refuse = True
+
+    def check(run_id: str) -> None:
+        seen.append(run_id)
+        if refuse:
+            raise RedisConnectionError(f"not the instance expected: {run_id}")
+
+    pipe = PipelinedRedis(own_redis.url, timeout_s=1.0, connect_timeout_s=1.0, check_instance=check)
+    try:
+        refused = await asyncio.gather(
+            *(pipe.execute("SET", "k", f"v{i}") for i in range(5)), return_exceptions=True
+        )
+        refuse = False
+        accepted = await pipe.execute("GET", "k")
+    finally:
+        await pipe.close()
+
+    assert all(isinstance(r, RedisConnectionError) for r in refused), refused
+    assert accepted is None  # none of the refused calls reached Redis
+    assert len(seen) == 2
+    assert len(set(seen)) == 1
+    assert len(seen[0]) == 40  # Redis's run_id: 40 hex characters
+
+
+def test_run_id_is_read_from_info_server() -> None:
+    info = (
+        b"# Server\r\nredis_version:7.0.15\r\n"
+        b"run_id:0123456789abcdef0123456789abcdef01234567\r\ntcp_port:6379\r\n"
+    )
+    assert run_id_of(info) == "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(RedisConnectionError):
+        run_id_of(b"# Server\r\nredis_version:7.0.15\r\n")

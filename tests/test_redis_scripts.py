@@ -13,7 +13,9 @@ from gateway.resources import resource_dir
 
 @pytest.fixture(name="front")
 async def fx_front(settings: Settings) -> AsyncIterator[RedisFront]:
+    """A Redis front on which event show-1 is synchronized (acquire.lua judges it)."""
     front = await RedisFront.open(settings)
+    await front.mark_synchronized(["show-1"])
     yield front
     await front.close()
 
@@ -93,3 +95,26 @@ async def test_idempotency_record_outcomes(front: RedisFront) -> None:
 
     assert (await front.acquire(lease, 5_000, record_key, "fp-1")).outcome is AcquireOutcome.REPLAY
     assert (await front.acquire(lease, 5_000, record_key, "fp-2")).outcome is AcquireOutcome.KEY_REUSED
+
+
+async def test_acquire_judges_no_event_whose_marker_is_missing_or_of_another_instance(
+    front: RedisFront, settings: Settings
+) -> None:
+    """An event never synchronized on this instance (no marker), or synchronized on another one (a marker
+    from an old snapshot), gets NOT_SYNCED and nothing is written: not even a rival's lease decides it."""
+    client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    prefix = settings.redis_key_prefix
+    try:
+        await client.set(keys.slot_key(prefix, "show-2", "A-1"), "stale-token:0123456789abcdef")
+        await client.set(keys.sync_key(prefix, "show-3"), "an-old-run-id")
+        fresh = front.lease("show-2", ["A-1"], "token-a", "alice")
+        stale = front.lease("show-3", ["A-1"], "token-a", "alice")
+
+        assert (await front.acquire(fresh, 5_000, None, None)).outcome is AcquireOutcome.NOT_SYNCED
+        assert (await front.acquire(stale, 5_000, None, None)).outcome is AcquireOutcome.NOT_SYNCED
+        assert await client.get(keys.slot_key(prefix, "show-3", "A-1")) is None
+        await front.mark_synchronized(["show-2"])
+        assert await client.get(keys.sync_key(prefix, "show-2")) == front.run_id
+        assert (await front.acquire(fresh, 5_000, None, None)).outcome is AcquireOutcome.CONFLICT
+    finally:
+        await client.aclose()

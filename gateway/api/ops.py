@@ -24,7 +24,8 @@ from gateway.models import (
 from gateway.ops import OpsService
 
 OPS_PAGE_DIR = Path(__file__).resolve().parent.parent / "ops_page"
-OPS_PAGE_FILES = {"ops.html": "text/html; charset=utf-8", "ops.js": "text/javascript", "ops.css": "text/css"}
+# Media types without a charset: Litestar appends `; charset=utf-8` to every text/* type itself.
+OPS_PAGE_FILES = {"ops.html": "text/html", "ops.js": "text/javascript", "ops.css": "text/css"}
 # The formats the page's script needs, from their one definition (models.py), given to it as a JSON data block
 # in the page: the script keeps no copy. (A data block is not script: the page's CSP lets it be.)
 PAGE_FORMATS_ID = "gateway-formats"

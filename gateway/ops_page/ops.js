@@ -10,6 +10,7 @@ const HOLDS_LIMIT = 200;
 const SLOTS_LIMIT = 5000; // the API's maximum: a large hall in one page
 const SWEEPER_LAG_WARN_MS = 5000; // the sweeper runs about every second; five behind is worth a look
 const SLOTS_SHOWN = 6; // per hold in the table; the rest is summarised as "+N"
+const NO_HOLDS = "No active holds.";
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +23,8 @@ let generation = 0; // bumped on each filter change, so an answer to the old fil
 let wakePoller = null; // cuts the wait between polls short when the filters change
 let previousStats = null; // the last stats, to turn cumulative counters into rates
 let lastSuccess = null;
+// Until the listing first answers, an empty table means "not known yet", never "no holds".
+let holdsAnswered = false;
 const holdRows = new Map(); // hold id -> {node, ttlCell, secs, fill, ttlMs, fetchedAt, fullMs}
 const seatCells = new Map(); // slot id -> {node, state}
 // Postgres orders slot ids as text (A10 before A2); a hall reads in natural order.
@@ -78,6 +81,7 @@ async function poll() {
   showReadiness(ready);
   if (stats) showStats(stats);
   if (holds) showHolds(holds, sentAt, stats);
+  else if (!holdsAnswered) showHoldsUnknown(results[2].reason);
   if (slots !== undefined) showSeats(slots);
   showErrors(results.filter((r) => r.status === "rejected").map((r) => r.reason.message || String(r.reason)));
   return true;
@@ -231,13 +235,23 @@ function showHolds(page, sentAt, stats) {
     entry.fullMs = Date.parse(hold.expires_at) - Date.parse(hold.created_at);
     entry.node.classList.remove("expired");
   });
-  $("holds-empty").hidden = page.holds.length > 0;
+  holdsAnswered = true;
+  const empty = $("holds-empty");
+  empty.textContent = NO_HOLDS;
+  empty.classList.remove("bad");
+  empty.hidden = page.holds.length > 0;
   const more = $("holds-more");
   more.hidden = page.next_cursor === null;
   // The listing has no total; without a holder filter, the stats' active count (same event scope) gives one.
   const extra = stats && !filters.holder ? stats.holds.active - page.holds.length : 0;
   more.textContent = extra > 0 ? `${extra} more…` : "More holds than shown: narrow the filters to see them.";
   tick();
+}
+
+function showHoldsUnknown(reason) {
+  const empty = $("holds-empty");
+  empty.textContent = `Could not load the holds (${reason ? reason.message || reason : "no answer"}); retrying…`;
+  empty.classList.add("bad");
 }
 
 function newHoldRow(hold) {

@@ -1,0 +1,207 @@
+"""Redis never lies once trusted: the one home of reconciliation between Redis's leases and Postgres.
+
+Postgres decides; a Redis lease only lets a rival be turned away without asking it. So a lease Redis holds
+must belong to a live hold (else a false 409), and a live hold should have its lease (else its rivals cost
+Postgres a statement each). What can break that, and what brings it back:
+
+- A cancel whose release did not reach Redis (Redis unreachable, or the gateway died after the commit): the
+  cancel flagged the hold in Postgres (the release outbox); `drain_outbox` drops those leases and clears
+  the flags once Redis answered. The sweeper drains every pass, and a recovery drains before trust.
+- Redis restarted (empty, or from an old snapshot with leases of holds cancelled since), failed over, or
+  flushed. Caught in-band, before any verdict (see gateway.redis_front): connections to another instance
+  are refused until a recovery, and acquire.lua answers NOT_SYNCED for an event whose marker does not hold
+  the instance's run_id. `synchronize_events` then brings the events in line: rebuild the leases of their
+  live holds, drop the leases of their recently cancelled holds, and only then set their markers. A request
+  waits for its event's synchronization (one per event per worker at a time); after a restart or flush the
+  recovery, or the sweeper, also synchronizes every event with live leases in bulk.
+- A lease that lapsed early or never got set: a loser that Postgres turned away teaches Redis the owner's
+  lease (`adopt`), for a short while only, since the read may be stale by the time it is set.
+
+Order inside a synchronization, so that a cancel racing it cannot leave a lease behind: read live holds, set
+their leases, then read the recently cancelled ones and drop theirs. A cancel that committed before the
+second read is seen by it; one that committed after releases its lease itself, after the first read's SET.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from gateway import metrics
+from gateway.config import Settings
+from gateway.redis_front import Lease, RedisFront
+from gateway.store import HoldRow, LeaseOwner, Store
+
+log = logging.getLogger(__name__)
+
+# Leases end this much before their hold: the lease's TTL is counted from when it reaches Redis, a little
+# after the moment Postgres's clock was read. A rival in that gap asks Postgres, which turns it away.
+LEASE_EARLY_END_MS = 50
+# Longest life of a lease taught to Redis from a loser's read of Postgres (see adopt): 30 s.
+ADOPTED_LEASE_MAX_MS = 30_000
+# Live holds rebuilt per synchronization, at most, of each kind (held; recently confirmed).
+REBUILD_MAX_HOLDS = 200_000
+# Leases dropped or rebuilt per Redis pipeline; events synchronized per bulk step.
+LEASE_BATCH = 1_000
+EVENT_BATCH = 100
+# Events whose last synchronization time a worker remembers, at most.
+SYNCHRONIZED_EVENTS_KEPT = 10_000
+
+
+def lease_ttl_ms(remaining_ms: int, read_at: float) -> int:
+    """A lease TTL that ends no later than the hold: `remaining_ms` as Postgres read it, less the time since
+    the statement was sent (`read_at`, monotonic) and a margin. Zero or less: the hold is over."""
+    elapsed_ms = int((time.monotonic() - read_at) * 1000)
+    return remaining_ms - elapsed_ms - LEASE_EARLY_END_MS
+
+
+class LeaseSync:
+    """Keeps one worker's Redis leases in line with Postgres (see the module doc)."""
+
+    def __init__(self, store: Store, front: RedisFront, settings: Settings) -> None:
+        self.store = store
+        self.front = front
+        self.settings = settings
+        # How far back a lease may still live: a confirmed hold's, or a held hold's longest life.
+        self._window_ms = max(settings.confirmed_lease_ms, settings.max_ttl_s * 1000)
+        # One synchronization per event at a time in this worker; requests for the event wait on it.
+        self._syncing: dict[str, asyncio.Task[None]] = {}
+        # When each event's last synchronization ended (monotonic): a NOT_SYNCED answer to a call sent
+        # before then is out of date, and needs no synchronization of its own.
+        self._synchronized_at: dict[str, float] = {}
+        front.on_recovery(self.recover)
+
+    def live_lease_ttl_ms(self, remaining_ms: int | None, read_at: float) -> int:
+        """The TTL of a live hold's lease: a confirmed hold's (`remaining_ms` None) or the rest of a held
+        hold's life, read at `read_at`. Zero or less: the hold is over."""
+        if remaining_ms is None:
+            return self.settings.confirmed_lease_ms
+        return lease_ttl_ms(remaining_ms, read_at)
+
+    def _lease_of(self, owner: LeaseOwner | HoldRow) -> Lease:
+        return self.front.lease(owner.event_id, owner.slots, owner.token, owner.holder)
+
+    async def recover(self) -> None:
+        """The recovery's work before Redis is trusted again (RedisFront calls it once the scripts are
+        loaded): drain the outbox; after a restart or flush, synchronize every event with live leases."""
+        await self.drain_outbox()
+        await self.rebuild_if_needed()
+
+    async def tend(self) -> None:
+        """The sweeper's pass: start a recovery if one is due; else notice a restart or flush that no request
+        has met yet (rebuilding in bulk), and drain the outbox."""
+        front = self.front
+        if not front.available:
+            front.probe_if_due()
+            return  # the outbox waits: the recovery drains it before Redis is trusted again
+        await self.rebuild_if_needed()
+        await self.drain_outbox()
+
+    async def rebuild_if_needed(self) -> None:
+        """If the live leases were not yet rebuilt on this instance (a restart, a failover, a flush), do it
+        now for every event that may have leases. Requests never wait for this: each event's marker already
+        keeps an unsynchronized event from being judged."""
+        front = self.front
+        if await front.instance_marker() == front.run_id:
+            return
+        events = await self.store.lease_events(self._window_ms)
+        log.info(
+            "redis restarted, failed over or flushed: synchronizing %d events",
+            len(events),
+            extra={"events": len(events)},
+        )
+        for start in range(0, len(events), EVENT_BATCH):
+            await self.synchronize_events(events[start : start + EVENT_BATCH])
+        await front.set_instance_marker()
+        metrics.LEASE_REBUILDS.inc()
+
+    async def synchronize_event(self, event_id: str, asked_at: float) -> bool:
+        """Bring one event in line (a call sent at `asked_at`, monotonic, met NOT_SYNCED), sharing a
+        synchronization under way in this worker, or one that ended since. False if it failed: the caller
+        asks Postgres instead."""
+        if self._synchronized_at.get(event_id, -1.0) >= asked_at:
+            return True
+        task = self._syncing.get(event_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self.synchronize_events([event_id]), name=f"lease-sync-{event_id}"
+            )
+            self._syncing[event_id] = task
+            task.add_done_callback(lambda t: self._synchronized(event_id, t))
+        try:
+            await asyncio.shield(task)
+        except Exception as exc:  # any failure means the same: Postgres decides this request
+            log.warning("lease synchronization of event %s failed: %s: %s", event_id, type(exc).__name__, exc)
+            return False
+        return True
+
+    def _synchronized(self, event_id: str, task: "asyncio.Task[None]") -> None:
+        self._syncing.pop(event_id, None)
+        if not task.cancelled() and task.exception() is None:
+            if len(self._synchronized_at) >= SYNCHRONIZED_EVENTS_KEPT:
+                self._synchronized_at.clear()  # only spares repeated work; forgetting costs a resync at most
+            self._synchronized_at[event_id] = time.monotonic()
+
+    async def synchronize_events(self, event_ids: Sequence[str]) -> None:
+        """Rebuild the leases of these events' live holds, drop those of their recently cancelled holds, then
+        mark the events synchronized on this instance (in that order: see the module doc)."""
+        front = self.front
+        read_at = time.monotonic()
+        owners = await self.store.live_leases(event_ids, self.settings.confirmed_lease_ms, REBUILD_MAX_HOLDS)
+        leases = [
+            (self._lease_of(o), ttl_ms)
+            for o in owners
+            if (ttl_ms := self.live_lease_ttl_ms(o.remaining_ms, read_at)) > 0
+        ]
+        for batch in _batches(leases, LEASE_BATCH):
+            await front.set_leases(batch)
+        dropped = 0
+        async for cancelled in self.store.recently_cancelled(event_ids, self._window_ms, LEASE_BATCH):
+            dropped += await front.release_leases([self._lease_of(o) for o in cancelled])
+        await front.mark_synchronized(event_ids)
+        metrics.LEASE_RELEASES.labels("restart").inc(dropped)
+        log.info(
+            "redis leases synchronized for %d events: %d rebuilt, %d stale dropped",
+            len(event_ids),
+            len(leases),
+            dropped,
+            extra={"events": len(event_ids), "rebuilt": len(leases), "dropped": dropped},
+        )
+
+    async def drain_outbox(self) -> int:
+        """Drain the release outbox, batch by batch: drop the leases of cancelled holds in Redis, then clear
+        their flags. Returns how many; raises if Redis fails (the flags of that batch stay)."""
+
+        async def release(owners: Sequence[LeaseOwner]) -> None:
+            await self.front.release_leases([self._lease_of(o) for o in owners])
+
+        total = 0
+        while True:
+            taken = await self.store.release_due_leases(LEASE_BATCH, release)
+            metrics.LEASE_RELEASES.labels("outbox").inc(taken)
+            total += taken
+            if taken < LEASE_BATCH:
+                return total
+
+    async def adopt(self, holds: Iterable[HoldRow], read_at: float) -> None:
+        """Teach Redis the leases of live holds that Postgres said own slots (a loser's read at `read_at`), so
+        the next rivals stop at Redis."""
+        leases = []
+        for hold in {h.id: h for h in holds}.values():
+            remaining_ms = None if hold.status == "confirmed" else hold.remaining_ms
+            # The read may be out of date by the time the lease is set (the hold cancelled, and its lease
+            # released, in between): an adopted lease lives ADOPTED_LEASE_MAX_MS at most, so such a lease
+            # misleads for seconds, not for the hour of a confirmed lease.
+            ttl_ms = min(self.live_lease_ttl_ms(remaining_ms, read_at), ADOPTED_LEASE_MAX_MS)
+            if ttl_ms > 0:
+                leases.append((self._lease_of(hold), ttl_ms))
+        await self.front.adopt(leases)
+
+
+T = TypeVar("T")
+
+
+def _batches(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,71 @@
+"""The arguments of the operator commands `holds`, `slot` and `stats`. No HTTP client, so that the `gateway`
+command builds its parser without loading the commands' client (ops_cli), whose dependencies are the `cli`
+extra; the status list comes from gateway.models (msgspec only)."""
+
+import argparse
+import re
+from collections.abc import Callable
+
+from gateway.models import HOLD_STATUSES
+
+COMMANDS = frozenset({"holds", "slot", "stats"})
+DEFAULT_URL = "http://127.0.0.1:8000"
+MAX_EXPIRING_S = 86_400  # the gateway takes expiring_within_seconds up to a day
+_DURATION = re.compile(r"\A(\d+)([smh]?)\Z")
+_SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def duration_s(text: str) -> int:
+    """`90`, `90s`, `5m`, `1h` as seconds: the argparse type of --expiring."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 90, 90s, 5m or 1h")
+    seconds = int(match[1]) * _SECONDS_PER_UNIT[match[2]]
+    if not 1 <= seconds <= MAX_EXPIRING_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: 1s to 24h")
+    return seconds
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)  # a ValueError here becomes argparse's "invalid parse value" message
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register holds, slot and stats on the `gateway` command's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help=f"the gateway (default: $GATEWAY_URL, else {DEFAULT_URL})")
+    common.add_argument(
+        "--token", help="ops token (default: $GATEWAY_OPS_TOKEN, which is safer: a flag's value shows in ps)"
+    )
+    common.add_argument("--json", action="store_true", help="print the gateway's JSON instead of tables")
+    common.add_argument("--timeout", dest="timeout_s", metavar="SECONDS", type=_positive(float), default=5.0)
+    watch = argparse.ArgumentParser(add_help=False)
+    every = "redraw every SECONDS (default 1) until Ctrl-C"
+    watch.add_argument(
+        "--watch", dest="watch_s", metavar="SECONDS", type=_positive(float), nargs="?", const=1.0, help=every
+    )
+    watch.add_argument(
+        "--count", metavar="N", type=_positive(int), help="with --watch: stop after N refreshes"
+    )
+
+    holds = commands.add_parser("holds", parents=[common, watch], help="holds by expiry (default: active)")
+    holds.add_argument("--event")
+    holds.add_argument("--holder")
+    holds.add_argument("--status", choices=[*HOLD_STATUSES, "all"], default="held", help="default: held")
+    within = "only held holds expiring within DURATION: 90, 90s, 5m, 1h"
+    holds.add_argument("--expiring", dest="expiring_s", metavar="DURATION", type=duration_s, help=within)
+    holds.add_argument("--limit", metavar="N", type=_positive(int), default=50, help="at most N (default 50)")
+
+    slot = commands.add_parser("slot", parents=[common], help="the state of one slot")
+    slot.add_argument("event_id", metavar="EVENT")
+    slot.add_argument("slot_id", metavar="SLOT")
+
+    stats = commands.add_parser("stats", parents=[common, watch], help="mode, holds, sweeper, agreement")
+    stats.add_argument("--event", help="one event's numbers (default: all events)")
