@@ -221,17 +221,3 @@ async def test_a_refused_first_run_leaves_an_old_bookkeeping_table_as_it_was(
         await migrate(conn)
 
     assert await columns_of(conn, "schema_migrations") == {"version", "name", "applied_at"}
-
-
-async def test_claim_query_uses_the_partial_unique_index(database_url: str) -> None:
-    """The rejection of a loser must be an index probe, not a scan: pin the slot lookup to its index."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("SET enable_seqscan = off")
-        plan = await conn.fetchval(
-            "EXPLAIN (FORMAT JSON) SELECT 1 FROM hold_slots WHERE event_id = 'e' AND slot_id = 's' "
-            "AND status IN ('held', 'confirmed')"
-        )
-    finally:
-        await conn.close()
-    assert "hold_slots_one_active_hold" in plan
