@@ -1,19 +1,23 @@
 """The `gateway` command as a newcomer runs it: migrate, serve with workers, serve with embedded servers."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import httpx
 import pytest
 
 from gateway.embedded import free_port
+from tests.support import active_holds_per_slot, released_together, statuses
 
 GATEWAY = [sys.executable, "-m", "gateway.cli"]
 
@@ -24,8 +28,25 @@ def clean_env(**gateway_vars: str) -> dict[str, str]:
     return env
 
 
+def read_output(output_file: IO[bytes]) -> str:
+    """What the server wrote so far. pread leaves the offset alone: the server's writes go through it too."""
+    size = os.fstat(output_file.fileno()).st_size
+    return os.pread(output_file.fileno(), size, 0).decode(errors="replace")
+
+
+def access_lines(output: str) -> list[dict[str, Any]]:
+    """The gateway's access log lines (JSON logs): one per request, with the pid of the worker that served it
+    and the request id it answered with."""
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "gateway.access"]
+
+
 @contextmanager
 def serving(args: list[str], env: dict[str, str], port: int, timeout_s: float = 60) -> Iterator[str]:
+    """`gateway serve` on `port` until the block ends; ready once /ready says so and, with --workers N, every
+    worker has started (one worker answering /ready says nothing of the others). The server's output is
+    left in `serving.last_output`."""
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
     # Output goes to a file: a pipe nobody reads until the end would fill up and stall the server's logging.
     output_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the process ends
     process = subprocess.Popen(
@@ -40,22 +61,24 @@ def serving(args: list[str], env: dict[str, str], port: int, timeout_s: float = 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                output_file.seek(0)
-                pytest.fail(f"gateway exited: {output_file.read().decode()}")
+                pytest.fail(f"gateway exited: {read_output(output_file)}")
             try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
+                ready = httpx.get(f"{url}/ready", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
+                ready = False
+            # uvicorn logs this once per worker, after the worker's lifespan startup.
+            if ready and (
+                workers == 1 or read_output(output_file).count("Application startup complete.") >= workers
+            ):
+                break
             time.sleep(0.2)
         else:
-            pytest.fail("gateway did not become ready")
+            pytest.fail(f"gateway did not become ready: {read_output(output_file)}")
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
-        output_file.seek(0)
-        serving.last_output = output_file.read().decode()  # type: ignore[attr-defined]
+        serving.last_output = read_output(output_file)  # type: ignore[attr-defined]
         output_file.close()
 
 
@@ -80,17 +103,40 @@ def test_bad_configuration_stops_the_command(database_url: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_serve_with_two_workers(database_url: str, redis_url: str, key_prefix: str) -> None:
+async def test_serve_with_two_workers_that_contend_for_one_seat(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """The two worker processes race for the same seat, all requests released at once: one wins, whichever
+    worker served it, and both workers served some of the race."""
     env = clean_env(
-        GATEWAY_DATABASE_URL=database_url, GATEWAY_REDIS_URL=redis_url, GATEWAY_REDIS_KEY_PREFIX=key_prefix
+        GATEWAY_DATABASE_URL=database_url,
+        GATEWAY_REDIS_URL=redis_url,
+        GATEWAY_REDIS_KEY_PREFIX=key_prefix,
+        GATEWAY_LOG_FORMAT="json",
     )
+    contenders = 40
     with serving(["--workers", "2"], env, free_port()) as url:
-        body = {"event_id": "show-1", "slots": ["A-1"], "holder": "alice"}
-        responses = [httpx.post(f"{url}/v1/holds", json={**body, "holder": f"h{i}"}) for i in range(20)]
-        ready = httpx.get(f"{url}/ready").json()
+        # No keep-alive: each request opens a connection of its own, which either worker may accept.
+        limits = httpx.Limits(max_connections=contenders, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
 
-    assert sorted(r.status_code for r in responses) == [201] + [409] * 19
+            async def hold(i: int) -> httpx.Response:
+                body = {"event_id": "show-1", "slots": ["A-1"], "holder": f"h{i}"}
+                return await client.post("/v1/holds", json=body, headers={"X-Request-ID": f"race-{i}"})
+
+            responses = await released_together(contenders, hold)
+            ready = (await client.get("/ready")).json()
+    served = {line["request_id"]: line for line in access_lines(serving.last_output)}  # type: ignore[attr-defined]
+
+    assert statuses(responses) == {201: 1, 409: contenders - 1}
+    assert await active_holds_per_slot(database_url) == {("show-1", "A-1"): 1}
     assert ready == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
+    # Each answer is the one its worker logged; the race was spread over both worker processes.
+    assert {f"race-{i}": r.status_code for i, r in enumerate(responses)} == {
+        request_id: line["status"] for request_id, line in served.items() if request_id.startswith("race-")
+    }
+    workers = Counter(line["pid"] for request_id, line in served.items() if request_id.startswith("race-"))
+    assert len(workers) == 2, f"one worker served the whole race: {workers}"
 
 
 @pytest.mark.timeout(180)

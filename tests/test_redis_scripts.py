@@ -21,12 +21,15 @@ async def fx_front(settings: Settings) -> AsyncIterator[RedisFront]:
 
 
 def test_key_formats() -> None:
+    # Literals: a change of format or digest orphans every key and lease in a live Redis, so it must show.
+    # The digests are sha256 of "alice\0k1" and of "alice" (the first 16 hex digits for the fingerprint).
     assert keys.slot_key("gw", "show-42", "A-12") == "gw:{show-42}:slot:A-12"
+    assert keys.instance_key("gw") == "gw:instance"
     assert keys.idempotency_key("gw", "show-42", "alice", "k1") == (
-        "gw:{show-42}:idem:" + keys._digest("alice", "k1")
+        "gw:{show-42}:idem:aa88580323c78c7b2ec8dc5b9259a664f0c8eaa7f2206f6483798ffd761a326a"
     )
-    assert keys.holder_fingerprint("alice") == keys._digest("alice")[:16]
-    assert keys.lease_value("tok", "alice") == "tok:" + keys.holder_fingerprint("alice")
+    assert keys.holder_fingerprint("alice") == "2bd806c97f0e00af"
+    assert keys.lease_value("tok", "alice") == "tok:2bd806c97f0e00af"
 
 
 def test_every_script_file_is_loaded_and_documents_its_contract() -> None:
