@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.redis_front import Lease, RedisFront
+from gateway.redis_front import REDIS_FAILURES, Lease, RedisFront
 from gateway.store import HoldRow, LeaseOwner, Store
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,11 @@ class LeaseSync:
         if not front.available:
             front.probe_if_due()
             return  # the outbox waits: the recovery drains it before Redis is trusted again
-        await self.rebuild_if_needed()
-        await self.drain_outbox()
+        try:
+            await self.rebuild_if_needed()
+            await self.drain_outbox()
+        except REDIS_FAILURES as exc:
+            front.record_failure("lease upkeep", exc)
 
     async def rebuild_if_needed(self) -> None:
         """If the live leases were not yet rebuilt on this instance (a restart, a failover, a flush), do it

@@ -255,7 +255,7 @@ class RedisFront:
         except Exception as exc:  # whatever ends a recovery, the breaker must be able to probe again later
             if not isinstance(exc, (*REDIS_FAILURES, RedisUnavailable, GatewayError)):
                 log.exception("redis recovery failed unexpectedly")
-            self._failed("recovery", exc)
+            self.record_failure("recovery", exc)
             return
         self.breaker.record_success()
 
@@ -295,7 +295,7 @@ class RedisFront:
             async with self._connection_slot():
                 await self._client.ping()
         except REDIS_FAILURES as exc:
-            self._failed("ping", exc)
+            self.record_failure("ping", exc)
             return False
         except Overloaded:
             return self.breaker.is_closed
@@ -369,7 +369,7 @@ class RedisFront:
         except Overloaded:
             return
         except REDIS_FAILURES as exc:
-            self._failed("adopt", exc)
+            self.record_failure("adopt", exc)
 
     async def set_leases(self, leases: Sequence[tuple[Lease, int]]) -> None:
         """SET NX PX each lease, pipelined. Adoption, and the rebuild after a restart. Raises Redis errors."""
@@ -401,7 +401,7 @@ class RedisFront:
                     await script(keys=list(lease.slot_keys), args=[lease.value], client=pipe)
                 replies = await pipe.execute()
         except REDIS_FAILURES as exc:
-            self._failed("release", exc)
+            self.record_failure("release", exc)
             raise RedisUnavailable(str(exc)) from exc
         return sum(int(r) for r in replies)
 
@@ -423,7 +423,7 @@ class RedisFront:
         try:
             reply: list[int] | int = await self._run_script(name, keys_, args)
         except REDIS_FAILURES as exc:
-            self._failed(name, exc)
+            self.record_failure(name, exc)
             raise RedisUnavailable(str(exc)) from exc
         finally:
             self._bulkhead.leave()
@@ -442,7 +442,8 @@ class RedisFront:
             # Redis lost its scripts (a restart, SCRIPT FLUSH): redis-py loads the script and runs it again.
             return await script(keys=keys_, args=args)  # type: ignore[arg-type]
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def record_failure(self, operation: str, exc: BaseException) -> None:
+        """Redis failed `operation`: stop trusting it until a recovery."""
         reason = f"{operation} failed: {type(exc).__name__}: {exc}"
         log.warning("redis %s", reason)
         self.breaker.record_failure(reason)

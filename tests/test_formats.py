@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from gateway import ops_cli
+from gateway import ops_args
 from gateway.models import is_identifier
 from tests.support import Gateway
 
@@ -81,7 +81,7 @@ def test_the_pages_id_pattern_agrees_with_the_gateways() -> None:
 def test_the_cli_offers_the_gateways_statuses() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command")
-    ops_cli.add_commands(commands)
+    ops_args.add_commands(commands)
     holds = commands.choices["holds"]
     status = next(action for action in holds._actions if action.dest == "status")
 
