@@ -103,10 +103,11 @@ class LeaseSync:
 
     async def rebuild_if_needed(self) -> None:
         """If the live leases were not yet rebuilt on this instance (a restart, a failover, a flush), do it
-        now for every event that may have leases. Requests never wait for this: each event's marker already
-        keeps an unsynchronized event from being judged."""
+        now for every event that may have leases. Correctness does not wait for this (each event's marker
+        keeps an unsynchronized event from being judged): it spares each event's first requests the wait."""
         front = self.front
-        if await front.instance_marker() == front.run_id:
+        marker = await front.instance_marker()
+        if marker is not None and marker == front.run_id:
             return
         events = await self.store.lease_events(self._window_ms)
         log.info(
@@ -164,8 +165,10 @@ class LeaseSync:
             dropped += await front.release_leases([self._lease_of(o) for o in cancelled])
         await front.mark_synchronized(event_ids)
         metrics.LEASE_RELEASES.labels("restart").inc(dropped)
-        log.info(
-            "redis leases synchronized for %d events: %d rebuilt, %d stale dropped",
+        # A new event's first synchronization finds nothing to do: worth a line only when it found something.
+        log.log(
+            logging.INFO if leases or dropped else logging.DEBUG,
+            "redis leases synchronized for %d event(s): %d rebuilt, %d stale dropped",
             len(event_ids),
             len(leases),
             dropped,
