@@ -11,12 +11,14 @@ from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway import background, metrics
+from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.problems import framework_error, gateway_error, internal_error
 from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
+from gateway.client_keys import ClientKeys
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable, GatewayError
 from gateway.holds import HoldService
@@ -45,6 +47,10 @@ def create_app(settings: Settings) -> Litestar:
             # A Redis restarted or flushed since the last rebuild gets its leases back before traffic.
             with suppress(*REDIS_FAILURES, RedisUnavailable, BackendUnavailable):
                 await service.lease_sync.rebuild_if_needed()
+        client_keys = ClientKeys(store, settings)
+        with suppress(BackendUnavailable):  # unloaded, hold routes answer 503 until the next reload works
+            await client_keys.refresh()
+        app.state.client_keys = client_keys
         app.state.holds = service
         app.state.ops = OpsService(service)
         if settings.ops_token is None:
@@ -56,6 +62,7 @@ def create_app(settings: Settings) -> Litestar:
         tasks = [
             asyncio.create_task(run_sweeper(service), name="sweeper"),
             asyncio.create_task(watch_loop_lag(), name="loop-lag"),
+            asyncio.create_task(client_keys.keep_fresh(), name="client-keys"),
         ]
         try:
             yield
@@ -72,6 +79,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HoldsController,
             SlotsController,
+            ClientKeysController,
             OpsController,
             health,
             ready,

@@ -104,6 +104,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # /metrics require it (`Authorization: Bearer <token>`); without one they are open, and the gateway
     # says so at start.
     ops_token: Annotated[str, Meta(min_length=16)] | None = None
+    # How often each worker reloads the client keys (a key created or deleted on another worker or replica
+    # takes effect here within this long; on its own worker, at once).
+    client_keys_refresh_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     # Page sizes of the operations listings.
     list_default_limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     # The Redis/Postgres agreement check in /v1/stats compares at most this many live slots.

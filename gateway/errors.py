@@ -110,6 +110,14 @@ class HoldNotFound(GatewayError):
     title = "Hold not found"
 
 
+class ClientKeyNotFound(GatewayError):
+    """No client key has this id."""
+
+    status_code = 404
+    problem = "client-key-not-found"
+    title = "Client key not found"
+
+
 class NotHolder(GatewayError):
     """The hold belongs to another holder."""
 
@@ -172,6 +180,17 @@ class OutcomeUnknown(RetryLater):
 
     problem = "outcome-unknown"
     title = "Outcome unknown"
+
+
+class ClientKeyRequired(GatewayError):
+    """This route needs a client key: `Authorization: Bearer <client key>`."""
+
+    status_code = 401
+    problem = "client-key-required"
+    title = "Client key required"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="gateway"'}
 
 
 class Unauthorized(GatewayError):

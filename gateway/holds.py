@@ -67,6 +67,7 @@ class HoldRequest:
     idempotency_key: str | None
     request_hash: str | None  # of the canonical request, with an Idempotency-Key only
     token: str  # the lease owner token; derived from the key, so a retry reclaims its own leases
+    client_key_id: str  # the client key the hold will belong to ('' while the gateway is open)
 
 
 def new_hold_id() -> str:
@@ -91,8 +92,9 @@ class HoldService:
     def mode(self) -> str:
         return "redis-front" if self.front is not None and self.front.available else "db-only"
 
-    def validate(self, body: CreateHold, idempotency_key: str | None) -> HoldRequest:
-        """The checks that depend on settings; raise InvalidRequest naming the field."""
+    def validate(self, body: CreateHold, idempotency_key: str | None, client_key_id: str = "") -> HoldRequest:
+        """The checks that depend on settings; raise InvalidRequest naming the field. The request is the
+        client key's (`client_key_id`): its Idempotency-Key is scoped to that key and the holder."""
         settings = self.settings
         if len(body.slots) > settings.max_slots_per_hold:
             raise InvalidRequest(
@@ -114,11 +116,17 @@ class HoldService:
                 {"event_id": body.event_id, "slots": slots, "holder": body.holder, "ttl_seconds": ttl_s}
             )
             request_hash = hashlib.sha256(canonical).hexdigest()
-            token = hashlib.sha256(
-                b"\0".join([b"token", body.holder.encode(), idempotency_key.encode(), request_hash.encode()])
-            ).hexdigest()[:32]
+            parts = [b"token", client_key_id.encode(), body.holder.encode(), idempotency_key.encode()]
+            token = hashlib.sha256(b"\0".join([*parts, request_hash.encode()])).hexdigest()[:32]
         return HoldRequest(
-            body.event_id, slots, body.holder, ttl_s * 1000, idempotency_key, request_hash, token
+            body.event_id,
+            slots,
+            body.holder,
+            ttl_s * 1000,
+            idempotency_key,
+            request_hash,
+            token,
+            client_key_id,
         )
 
     async def _acquire_in_redis(self, front: RedisFront, lease: Lease, request: HoldRequest) -> AcquireResult:
@@ -207,6 +215,7 @@ class HoldService:
             expires_at=result.expires_at,
             confirmed_at=None,
             cancelled_at=None,
+            client_key_id=request.client_key_id,
             db_now=result.db_now,
         )
         if faultpoints.ACTIVE:
@@ -234,7 +243,9 @@ class HoldService:
         if request.idempotency_key is not None:
             record = result.prior_record
             if record is None and not seen_all:
-                record = await self.store.idempotency_record(request.holder, request.idempotency_key)
+                record = await self.store.idempotency_record(
+                    request.client_key_id, request.holder, request.idempotency_key
+                )
             try:
                 replay = None if record is None else await self._replay_record(request, record)
             except IdempotencyKeyReused:
@@ -309,13 +320,16 @@ class HoldService:
             ttl_ms=request.ttl_ms,
             idempotency_key=request.idempotency_key,
             request_hash=request.request_hash,
+            client_key_id=request.client_key_id,
             in_transaction=in_transaction,
         )
 
     async def _replay(self, request: HoldRequest) -> HoldResponse | None:
         """The first response to this Idempotency-Key, or None if the key is unused."""
         assert request.idempotency_key is not None
-        record = await self.store.idempotency_record(request.holder, request.idempotency_key)
+        record = await self.store.idempotency_record(
+            request.client_key_id, request.holder, request.idempotency_key
+        )
         return None if record is None else await self._replay_record(request, record)
 
     async def _replay_record(self, request: HoldRequest, record: IdempotencyRecord) -> HoldResponse:
@@ -343,14 +357,15 @@ class HoldService:
         if self.front is not None:
             await self.front.release(lease)
 
-    async def get(self, hold_id: str) -> Hold:
+    async def get(self, hold_id: str, client_key_id: str | None) -> Hold:
+        """The hold, if it is the client key's (`client_key_id` None: any client key's, for operations)."""
         hold = await self.store.get_hold(hold_id)
-        if hold is None:
-            raise HoldNotFound()
+        if hold is None or (client_key_id is not None and hold.client_key_id != client_key_id):
+            raise HoldNotFound()  # another client key's hold is as unknown as one that does not exist
         return hold.to_model()
 
-    async def confirm(self, hold_id: str, holder: str) -> Hold:
-        hold, changed = await self._transition("confirm", hold_id, holder)
+    async def confirm(self, hold_id: str, holder: str, client_key_id: str = "") -> Hold:
+        hold, changed = await self._transition("confirm", hold_id, holder, client_key_id)
         if changed:
             assert hold.confirmed_at is not None
             held_s = (hold.confirmed_at - hold.created_at).total_seconds()
@@ -362,8 +377,8 @@ class HoldService:
             await self.front.extend(lease, self.settings.confirmed_lease_ms)
         return hold.to_model()
 
-    async def cancel(self, hold_id: str, holder: str) -> Hold:
-        hold, changed = await self._transition("cancel", hold_id, holder)
+    async def cancel(self, hold_id: str, holder: str, client_key_id: str = "") -> Hold:
+        hold, changed = await self._transition("cancel", hold_id, holder, client_key_id)
         if changed:
             metrics.HOLDS_CANCELLED.inc()
             if hold.confirmed_at is None and hold.cancelled_at is not None:  # it ends its life as a hold now
@@ -374,15 +389,18 @@ class HoldService:
         return hold.to_model()
 
     async def _transition(
-        self, action: Literal["confirm", "cancel"], hold_id: str, holder: str
+        self, action: Literal["confirm", "cancel"], hold_id: str, holder: str, client_key_id: str
     ) -> tuple[HoldRow, bool]:
-        """Run the transition in Postgres; the hold afterwards, and whether this call made the change.
-        Doing it again is fine (200, unchanged); any other status it cannot leave is a 409."""
+        """Run the transition in Postgres on a hold of this client key; the hold afterwards, and whether this
+        call made the change. Doing it again is fine (200, unchanged); any other status it cannot leave is
+        a 409; another client key's hold is a 404."""
         note_request(hold_id=hold_id, layer="postgres")
         if action == "confirm":
-            transition = await self.store.confirm(hold_id, holder)
+            transition = await self.store.confirm(hold_id, holder, client_key_id)
         else:
-            transition = await self.store.cancel(hold_id, holder, lease_release_due=self.front is not None)
+            transition = await self.store.cancel(
+                hold_id, holder, client_key_id, lease_release_due=self.front is not None
+            )
         if transition is None:
             raise HoldNotFound()
         hold = transition.hold
@@ -398,15 +416,12 @@ class HoldService:
     async def slot_state(self, event_id: str, slot_id: str) -> SlotState:
         row = await self.store.slot_state(event_id, slot_id)
         if row is None:
-            return SlotState(
-                event_id=event_id, slot_id=slot_id, state="free", hold_id=None, expires_at=None, ttl_ms=None
-            )
+            return SlotState(event_id=event_id, slot_id=slot_id, state="free", expires_at=None, ttl_ms=None)
         held = row.status == "held"
         return SlotState(
             event_id=event_id,
             slot_id=slot_id,
             state="held" if held else "confirmed",
-            hold_id=row.hold_id,
             expires_at=row.expires_at if held else None,
             ttl_ms=remaining_ms(row.expires_at, row.db_now) if held else None,
         )
@@ -416,7 +431,9 @@ def _record_key(front: RedisFront, request: HoldRequest) -> str | None:
     """The Redis key of the request's idempotency record, if it has an Idempotency-Key."""
     if request.idempotency_key is None:
         return None
-    return front.idempotency_record_key(request.event_id, request.holder, request.idempotency_key)
+    return front.idempotency_record_key(
+        request.event_id, request.client_key_id, request.holder, request.idempotency_key
+    )
 
 
 def _same_holders_hold(owners: list[SlotOwner], request: HoldRequest) -> HoldRow | None:

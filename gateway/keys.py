@@ -26,9 +26,10 @@ def instance_key(prefix: str) -> str:
     return f"{prefix}:instance"
 
 
-def idempotency_key(prefix: str, event_id: str, holder: str, key: str) -> str:
-    """The record of an Idempotency-Key used for this event; its value is the request's fingerprint."""
-    return f"{prefix}:{{{event_id}}}:idem:{_digest(holder, key)}"
+def idempotency_key(prefix: str, event_id: str, client_key_id: str, holder: str, key: str) -> str:
+    """The record of an Idempotency-Key used for this event by this client key and holder; its value is the
+    request's fingerprint."""
+    return f"{prefix}:{{{event_id}}}:idem:{_digest(client_key_id, holder, key)}"
 
 
 def holder_fingerprint(holder: str) -> str:

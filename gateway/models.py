@@ -80,12 +80,41 @@ class Hold(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SlotState(msgspec.Struct, frozen=True, kw_only=True):
+    """One slot as anyone may see it: its state and times, never a hold id or a holder (a hold id lets its
+    holder's client key confirm and cancel it, so only that key and operations ever see it)."""
+
     event_id: str
     slot_id: str
     state: SlotStateName
-    hold_id: str | None
     expires_at: datetime | None
     ttl_ms: int | None
+
+
+class NewClientKeyBody(Body, frozen=True):
+    """What to call a new client key (the frontend or integration that will use it)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=128, pattern=HOLDER_PATTERN)]
+
+
+class ClientKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A client key as listed: never the key itself, which is stored only as a digest."""
+
+    id: str
+    name: str
+    created_at: datetime
+
+
+class NewClientKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A client key just created: `key` is shown this once."""
+
+    id: str
+    name: str
+    key: str
+    created_at: datetime
+
+
+class ClientKeyList(msgspec.Struct, frozen=True, kw_only=True):
+    client_keys: list[ClientKeyInfo]
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +138,9 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     mode: Literal["redis-front", "db-only"]
     # Why the gateway is in db-only mode: Redis not configured, or its last failure.
     mode_reason: str | None = None
+    # Whether hold routes need a client key ("required": one exists), or anyone may call them ("open");
+    # "unknown" until this worker has first read the keys (hold routes answer 503 meanwhile).
+    client_keys: Literal["required", "open", "unknown"] = "unknown"
 
 
 Mode = Literal["redis-front", "db-only"]
@@ -120,9 +152,15 @@ class HoldPage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+class SeatMapSlot(SlotState, frozen=True, kw_only=True):
+    """A slot on the operations seat map: with the id of the hold on it."""
+
+    hold_id: str | None
+
+
 class SlotPage(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
-    slots: list[SlotState]
+    slots: list[SeatMapSlot]
     next_cursor: str | None
 
 

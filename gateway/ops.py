@@ -22,8 +22,8 @@ from gateway.models import (
     HoldStatus,
     Identifier,
     RoundTrips,
+    SeatMapSlot,
     SlotPage,
-    SlotState,
     SlotStateName,
     Stats,
     SweeperLag,
@@ -89,7 +89,7 @@ class OpsService:
         rows = await self.store.event_slots(event_id, after=after, state=state, limit=limit + 1)
         page = rows[:limit]
         slots = [
-            SlotState(
+            SeatMapSlot(
                 event_id=event_id,
                 slot_id=row.slot_id,
                 state=row.state,

@@ -1,7 +1,8 @@
 -- claim_hold --
 -- Claim every slot for a new hold (taking over lapsed holds) and insert the hold only if all were claimed.
 -- $1 hold id, $2 token, $3 event id, $4 holder, $5 sorted slots, $6 ttl ms, $7 idempotency key or null,
--- $8 request hash or null. Run alone for one slot without a key (atomic); otherwise inside a transaction
+-- $8 request hash or null, $9 the client key id the hold belongs to (and its idempotency record is scoped
+-- to). Run alone for one slot without a key (atomic); otherwise inside a transaction
 -- that the caller rolls back unless `created` and, with a key, `idempotency_recorded`.
 -- One row, or one per live hold owning a slot the claim did not get (`owner_*`): a lost claim is answered
 -- (200 to its own holder's retry, else 409) and taught to Redis without another statement. A claim that lost
@@ -17,24 +18,25 @@ WITH claimed AS (
     WHERE hs.status = 'held' AND hs.expires_at <= now()
     RETURNING hs.slot_id
 ), new_hold AS (
-    INSERT INTO holds (id, token, event_id, holder, slots, status, expires_at)
-    SELECT $1, $2, $3, $4, $5, 'held', now() + $6 * interval '1 millisecond'
+    INSERT INTO holds (id, token, event_id, holder, slots, status, expires_at, client_key_id)
+    SELECT $1, $2, $3, $4, $5, 'held', now() + $6 * interval '1 millisecond', $9
     WHERE (SELECT count(*) FROM claimed) = cardinality($5::text[])
     ON CONFLICT (token) DO NOTHING
     RETURNING id, created_at, expires_at
 ), idempotency AS (
-    INSERT INTO idempotency_keys (holder, key, request_hash, hold_id, status_code)
-    SELECT $4, $7, $8, new_hold.id, 201 FROM new_hold WHERE $7::text IS NOT NULL
-    ON CONFLICT (holder, key) DO NOTHING
+    INSERT INTO idempotency_keys (client_key_id, holder, key, request_hash, hold_id, status_code)
+    SELECT $9, $4, $7, $8, new_hold.id, 201 FROM new_hold WHERE $7::text IS NOT NULL
+    ON CONFLICT (client_key_id, holder, key) DO NOTHING
     RETURNING 1
 ), prior_record AS (
     SELECT request_hash, hold_id, status_code
     FROM idempotency_keys
-    WHERE $7::text IS NOT NULL AND holder = $4 AND key = $7 AND NOT EXISTS (SELECT 1 FROM new_hold)
+    WHERE $7::text IS NOT NULL AND client_key_id = $9 AND holder = $4 AND key = $7
+      AND NOT EXISTS (SELECT 1 FROM new_hold)
 ), owners AS (
     -- Our own rows are not in the snapshot, and a lapsed row the claim took over shows its old version.
     SELECT hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
-           h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at
+           h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id
     FROM hold_slots AS hs
     JOIN holds AS h ON h.id = hs.hold_id
     WHERE NOT EXISTS (SELECT 1 FROM new_hold)
@@ -55,7 +57,8 @@ SELECT
     o.slot_id AS owner_slot_id, o.id AS owner_id, o.token AS owner_token, o.event_id AS owner_event_id,
     o.holder AS owner_holder, o.slots AS owner_slots, o.status AS owner_status,
     o.created_at AS owner_created_at, o.expires_at AS owner_expires_at,
-    o.confirmed_at AS owner_confirmed_at, o.cancelled_at AS owner_cancelled_at
+    o.confirmed_at AS owner_confirmed_at, o.cancelled_at AS owner_cancelled_at,
+    o.client_key_id AS owner_client_key_id
 FROM (SELECT) AS one
 LEFT JOIN new_hold ON true
 LEFT JOIN prior_record AS prior ON true
@@ -65,14 +68,14 @@ LEFT JOIN owners AS o ON true;
 -- The hold with this lease token, if any: after a lost reply to a claim, finding it means the claim won.
 -- $1 token.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       now() AS db_now
+       client_key_id, now() AS db_now
 FROM holds
 WHERE token = $1;
 
 -- slot_owners --
 -- The live holds that own any of the given slots of an event. $1 event id, $2 slot ids.
 SELECT hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
-       h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, now() AS db_now
+       h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, now() AS db_now
 FROM hold_slots AS hs
 JOIN holds AS h ON h.id = hs.hold_id
 WHERE hs.event_id = $1
@@ -83,15 +86,15 @@ WHERE hs.event_id = $1
 -- get_hold --
 -- One hold by id. $1 hold id.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       now() AS db_now
+       client_key_id, now() AS db_now
 FROM holds
 WHERE id = $1;
 
 -- get_idempotency_record --
--- The recorded outcome of an Idempotency-Key. $1 holder, $2 key.
+-- The recorded outcome of an Idempotency-Key. $1 client key id, $2 holder, $3 key.
 SELECT request_hash, hold_id, status_code
 FROM idempotency_keys
-WHERE holder = $1 AND key = $2;
+WHERE client_key_id = $1 AND holder = $2 AND key = $3;
 
 -- confirm_hold --
 -- Confirm a live held hold of this holder, in one statement. Locks the hold row, then its slot rows in
@@ -99,11 +102,13 @@ WHERE holder = $1 AND key = $2;
 -- taken over a slot the instant the hold lapsed, so "held and not past expires_at" alone is not enough.
 -- Liveness is judged by the clock once every lock is held (clock_timestamp(), not now(): now() is when the
 -- statement started, and a confirm that waited for a lock past expires_at must not confirm a lapsed hold).
--- $1 hold id, $2 holder. Returns no row for an unknown id; `changed` says whether this call confirmed it.
+-- $1 hold id, $2 holder, $3 the caller's client key id (a hold of another client key reads as unknown).
+-- Returns no row for an unknown id; `changed` says whether this call confirmed it.
 WITH target AS (
-    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at
+    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+           client_key_id
     FROM holds
-    WHERE id = $1
+    WHERE id = $1 AND client_key_id = $3
     FOR UPDATE
 ), owned AS (
     -- Every slot row of the hold, by the primary key's prefix; the status is tested on the locked rows.
@@ -137,7 +142,7 @@ SELECT t.id, t.token, t.event_id, t.holder, t.slots,
        coalesce(confirmed.status, t.status) AS status,
        t.created_at, t.expires_at,
        coalesce(confirmed.confirmed_at, t.confirmed_at) AS confirmed_at,
-       t.cancelled_at, (SELECT at FROM locked) AS db_now,
+       t.cancelled_at, t.client_key_id, (SELECT at FROM locked) AS db_now,
        confirmed.id IS NOT NULL AS changed
 FROM target AS t
 LEFT JOIN confirmed ON confirmed.id = t.id;
@@ -146,12 +151,14 @@ LEFT JOIN confirmed ON confirmed.id = t.id;
 -- Cancel a confirmed or live held hold of this holder and release its slots, in one statement.
 -- Locks the hold row, then its slot rows in slot order. Liveness is judged once the hold row is locked
 -- (clock_timestamp(), as in confirm_hold). $1 hold id, $2 holder, $3 whether its lease must be dropped in
--- Redis (the release outbox; false without Redis). Returns no row for an unknown id; `changed` says whether
+-- Redis (the release outbox; false without Redis), $4 the caller's client key id (a hold of another client
+-- key reads as unknown). Returns no row for an unknown id; `changed` says whether
 -- this call cancelled it.
 WITH target AS (
-    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at
+    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+           client_key_id
     FROM holds
-    WHERE id = $1
+    WHERE id = $1 AND client_key_id = $4
     FOR UPDATE
 ), judged AS (
     -- The clock read after target's row lock was granted.
@@ -180,7 +187,7 @@ SELECT j.id, j.token, j.event_id, j.holder, j.slots,
        coalesce(cancelled.status, j.status) AS status,
        j.created_at, j.expires_at, j.confirmed_at,
        coalesce(cancelled.cancelled_at, j.cancelled_at) AS cancelled_at,
-       j.at AS db_now,
+       j.client_key_id, j.at AS db_now,
        cancelled.id IS NOT NULL AS changed
 FROM judged AS j
 LEFT JOIN cancelled ON cancelled.id = j.id;
@@ -244,7 +251,7 @@ SELECT count(*) AS purged FROM purged;
 -- held hold is 'expired'), $4 expiring within ms (live held holds only), $5 and $6 the cursor's expires_at
 -- and id, $7 limit. Every filter may be null.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       now() AS db_now
+       client_key_id, now() AS db_now
 FROM holds
 WHERE ($1::text IS NULL OR event_id = $1)
   AND ($2::text IS NULL OR holder = $2)
@@ -363,6 +370,23 @@ UNION ALL
    AND status = 'confirmed' AND confirmed_at > now() - $2 * interval '1 millisecond'
  ORDER BY confirmed_at DESC
  LIMIT $3);
+
+-- client_key_digests --
+-- Every live client key's id and sha256: each worker keeps them in memory to check a request's key.
+SELECT id, key_sha256 FROM client_keys;
+
+-- insert_client_key --
+-- A new client key. $1 id, $2 name, $3 sha256 of the key.
+INSERT INTO client_keys (id, name, key_sha256) VALUES ($1, $2, $3)
+RETURNING id, name, created_at;
+
+-- list_client_keys --
+-- The client keys, oldest first (names and ids only: the keys themselves are not stored).
+SELECT id, name, created_at FROM client_keys ORDER BY created_at, id;
+
+-- delete_client_key --
+-- Revoke a client key. $1 id. Returns its id if it existed.
+DELETE FROM client_keys WHERE id = $1 RETURNING id;
 
 -- ping --
 -- A round trip to the database.

@@ -467,8 +467,8 @@ class RedisFront:
                 values[i] = value.decode() if isinstance(value, bytes) else value
         return values
 
-    def idempotency_record_key(self, event_id: str, holder: str, key: str) -> str:
-        return keys.idempotency_key(self._prefix, event_id, holder, key)
+    def idempotency_record_key(self, event_id: str, client_key_id: str, holder: str, key: str) -> str:
+        return keys.idempotency_key(self._prefix, event_id, client_key_id, holder, key)
 
     def lease(self, event_id: str, slots: Sequence[str], token: str, holder: str) -> Lease:
         return Lease.build(self._prefix, event_id, slots, token, holder)

@@ -44,6 +44,10 @@ TAKE_DUE_LEASE_RELEASES: Final = QUERIES["take_due_lease_releases"]
 LEASE_EVENTS: Final = QUERIES["lease_events"]
 RECENTLY_CANCELLED: Final = QUERIES["recently_cancelled"]
 LIVE_LEASES: Final = QUERIES["live_leases"]
+CLIENT_KEY_DIGESTS: Final = QUERIES["client_key_digests"]
+INSERT_CLIENT_KEY: Final = QUERIES["insert_client_key"]
+LIST_CLIENT_KEYS: Final = QUERIES["list_client_keys"]
+DELETE_CLIENT_KEY: Final = QUERIES["delete_client_key"]
 PING: Final = QUERIES["ping"]
 
 # Constraint names the store compares driver errors with (see db/migrations).

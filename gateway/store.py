@@ -59,6 +59,7 @@ class HoldRow:
     expires_at: datetime
     confirmed_at: datetime | None
     cancelled_at: datetime | None
+    client_key_id: str  # the client key it belongs to; '' if made while the gateway was open
     db_now: datetime
 
     @classmethod
@@ -75,6 +76,7 @@ class HoldRow:
             expires_at=record[prefix + "expires_at"],
             confirmed_at=record[prefix + "confirmed_at"],
             cancelled_at=record[prefix + "cancelled_at"],
+            client_key_id=record[prefix + "client_key_id"],
             db_now=record["db_now"],
         )
 
@@ -184,6 +186,13 @@ class LeaseOwner:
     token: str
     holder: str
     remaining_ms: int | None = None  # of a live held hold; None for a confirmed one
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeyRow:
+    id: str
+    name: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,12 +313,23 @@ class Store:
         ttl_ms: int,
         idempotency_key: str | None,
         request_hash: str | None,
+        client_key_id: str,
         in_transaction: bool = False,
     ) -> ClaimResult:
         """Try to create the hold. All slots or none; never raises for a lost race. Raises
         ClaimOutcomeUnknown when the statement was sent and the answer lost. `in_transaction` forces the
         transaction even for one slot: a claim re-run for a token that may already own a hold needs it."""
-        args = (hold_id, token, event_id, holder, list(slots), ttl_ms, idempotency_key, request_hash)
+        args = (
+            hold_id,
+            token,
+            event_id,
+            holder,
+            list(slots),
+            ttl_ms,
+            idempotency_key,
+            request_hash,
+            client_key_id,
+        )
         async with self._connection("claim_hold") as conn:
             try:
                 if len(slots) == 1 and idempotency_key is None and not in_transaction:
@@ -339,20 +359,26 @@ class Store:
             record = await conn.fetchrow(sql.GET_HOLD, hold_id)
         return None if record is None else HoldRow.from_record(record)
 
-    async def idempotency_record(self, holder: str, key: str) -> IdempotencyRecord | None:
+    async def idempotency_record(self, client_key_id: str, holder: str, key: str) -> IdempotencyRecord | None:
         async with self._connection("get_idempotency_record") as conn:
-            record = await conn.fetchrow(sql.GET_IDEMPOTENCY_RECORD, holder, key)
+            record = await conn.fetchrow(sql.GET_IDEMPOTENCY_RECORD, client_key_id, holder, key)
         if record is None:
             return None
         return IdempotencyRecord(record["request_hash"], record["hold_id"], record["status_code"])
 
-    async def confirm(self, hold_id: str, holder: str) -> Transition | None:
-        return await self._transition("confirm_hold", sql.CONFIRM_HOLD, hold_id, holder)
+    async def confirm(self, hold_id: str, holder: str, client_key_id: str) -> Transition | None:
+        """Confirm; None if no hold of this client key has this id."""
+        return await self._transition("confirm_hold", sql.CONFIRM_HOLD, hold_id, holder, client_key_id)
 
-    async def cancel(self, hold_id: str, holder: str, *, lease_release_due: bool) -> Transition | None:
-        """Cancel; with `lease_release_due` the sweeper also drops its lease in Redis, whatever happens to
-        this process or to Redis between the commit and the release it attempts itself."""
-        return await self._transition("cancel_hold", sql.CANCEL_HOLD, hold_id, holder, lease_release_due)
+    async def cancel(
+        self, hold_id: str, holder: str, client_key_id: str, *, lease_release_due: bool
+    ) -> Transition | None:
+        """Cancel; None if no hold of this client key has this id. With `lease_release_due` the sweeper also
+        drops its lease in Redis, whatever happens to this process or to Redis between the commit and the
+        release it attempts itself."""
+        return await self._transition(
+            "cancel_hold", sql.CANCEL_HOLD, hold_id, holder, lease_release_due, client_key_id
+        )
 
     async def _transition(self, name: str, query: str, hold_id: str, *args: object) -> Transition | None:
         async with self._connection(name) as conn:
@@ -406,6 +432,28 @@ class Store:
         async with self._connection("live_leases") as conn:
             records = await conn.fetch(sql.LIVE_LEASES, list(event_ids), confirmed_within_ms, limit)
         return [_lease_owner(r) for r in records]
+
+    async def client_key_digests(self) -> dict[bytes, str]:
+        """Every live client key: its sha256 to its id."""
+        async with self._connection("client_key_digests") as conn:
+            records = await conn.fetch(sql.CLIENT_KEY_DIGESTS)
+        return {bytes(r["key_sha256"]): r["id"] for r in records}
+
+    async def insert_client_key(self, key_id: str, name: str, key_sha256: bytes) -> ClientKeyRow:
+        async with self._connection("insert_client_key") as conn:
+            record = await conn.fetchrow(sql.INSERT_CLIENT_KEY, key_id, name, key_sha256)
+        assert record is not None  # INSERT ... RETURNING
+        return ClientKeyRow(record["id"], record["name"], record["created_at"])
+
+    async def list_client_keys(self) -> list[ClientKeyRow]:
+        async with self._connection("list_client_keys") as conn:
+            records = await conn.fetch(sql.LIST_CLIENT_KEYS)
+        return [ClientKeyRow(r["id"], r["name"], r["created_at"]) for r in records]
+
+    async def delete_client_key(self, key_id: str) -> bool:
+        """Revoke a client key; whether it existed."""
+        async with self._connection("delete_client_key") as conn:
+            return await conn.fetchval(sql.DELETE_CLIENT_KEY, key_id) is not None
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotRow | None:
         async with self._connection("slot_state") as conn:

@@ -43,13 +43,14 @@ LAYERS: list[tuple[str, set[str]]] = [
     # The one place each backend is spoken to.
     ("adapters", {"redis_front", "store"}),
     # The decisions, with the backends behind them.
-    ("services", {"lease_sync", "holds", "ops", "sweeper"}),
+    ("services", {"client_keys", "lease_sync", "holds", "ops", "sweeper"}),
     # Routes, problem documents, the request middleware.
     (
         "HTTP",
         {
             "api",
             "api.auth",
+            "api.client_keys",
             "api.health",
             "api.holds",
             "api.ops",

@@ -1,4 +1,5 @@
-"""The operations token: with GATEWAY_OPS_TOKEN set, operations routes require it."""
+"""Who may call what: the operations token (with GATEWAY_OPS_TOKEN set, operations routes require it) and
+the client keys of the hold routes (see gateway.client_keys)."""
 
 import base64
 import binascii
@@ -8,8 +9,9 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
+from gateway.client_keys import ClientKeys
 from gateway.config import Settings
-from gateway.errors import Unauthorized
+from gateway.errors import ClientKeyRequired, Unauthorized
 
 
 def presented_token(authorization: str) -> str:
@@ -27,11 +29,37 @@ def presented_token(authorization: str) -> str:
     return ""
 
 
+def is_ops_token(settings: Settings, presented: str) -> bool:
+    if settings.ops_token is None:
+        return False
+    # Constant time: how much of a guess matched must not show in the response time.
+    return hmac.compare_digest(presented.encode(), settings.ops_token.encode())
+
+
 def require_ops_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     settings: Settings = connection.app.state.settings
     if settings.ops_token is None:
         return
-    presented = presented_token(connection.headers.get("authorization", ""))
-    # Constant time: how much of a guess matched must not show in the response time.
-    if not hmac.compare_digest(presented.encode(), settings.ops_token.encode()):
+    if not is_ops_token(settings, presented_token(connection.headers.get("authorization", ""))):
         raise Unauthorized()
+
+
+# What `hold_caller` answers for the ops token on a read: it reads every hold, whatever its client key.
+EVERY_CLIENT = None
+
+
+def hold_caller(connection: ASGIConnection[Any, Any, Any, Any], *, reading: bool = False) -> str | None:
+    """The client key a hold route acts for: the presented key's id; '' while the gateway is open (no client
+    key exists); or EVERY_CLIENT for the ops token on a read (it reads every hold and creates none). Raises
+    ClientKeyRequired. Called by the handlers, not as a guard (a guard copies its handler per request)."""
+    presented = presented_token(connection.headers.get("authorization", ""))
+    settings: Settings = connection.app.state.settings
+    if reading and presented and is_ops_token(settings, presented):
+        return EVERY_CLIENT
+    client_keys: ClientKeys = connection.app.state.client_keys
+    if not client_keys.required:
+        return ""
+    key_id = client_keys.identify(presented) if presented else None
+    if key_id is None:
+        raise ClientKeyRequired()
+    return key_id

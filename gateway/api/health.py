@@ -6,6 +6,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 
+from gateway.client_keys import ClientKeys
 from gateway.holds import HoldService
 from gateway.models import Health, Readiness
 from gateway.ops import mode_reason
@@ -29,10 +30,12 @@ async def ready(state: State) -> Response[Readiness]:
         database_up, redis_up = await service.store.ping(), False
     else:
         database_up, redis_up = await asyncio.gather(service.store.ping(), front.ping())
+    client_keys: ClientKeys = state.client_keys
     body = Readiness(
         database="up" if database_up else "down",
         redis="up" if redis_up else "down",
         mode="redis-front" if redis_up and service.mode == "redis-front" else "db-only",
         mode_reason=mode_reason(service),
+        client_keys=("required" if client_keys.required else "open") if client_keys.loaded else "unknown",
     )
     return Response(body, status_code=200 if database_up else 503)

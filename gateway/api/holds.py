@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import Scope
 
-from gateway.api.auth import require_ops_token
+from gateway.api.auth import hold_caller, require_ops_token
 from gateway.api.problems import lone_surrogate_field, problem_for, problem_specs
 from gateway.api.slots import check_identifier
 from gateway.errors import (
@@ -95,7 +95,7 @@ def strict_json_body(model: type[Body]) -> Callable[[AnyRequest], Awaitable[None
 
 # Confirm and cancel answer these besides 200.
 _TRANSITION_RESPONSES = problem_specs(
-    400, 403, 404, 413, 415, 422, 503, described={409: "invalid-transition, with `current_status`"}
+    400, 401, 403, 404, 413, 415, 422, 503, described={409: "invalid-transition, with `current_status`"}
 )
 
 
@@ -131,6 +131,7 @@ class HoldsController(Controller):
             ),
             **problem_specs(
                 400,
+                401,
                 413,
                 415,
                 422,
@@ -147,6 +148,7 @@ class HoldsController(Controller):
     )
     async def create_hold(
         self,
+        request: AnyRequest,
         state: State,
         data: JSONBody[CreateHold],
         idempotency_key: Annotated[
@@ -156,10 +158,12 @@ class HoldsController(Controller):
             ),
         ] = None,
     ) -> Response[Hold]:
+        client_key_id = hold_caller(request)
+        assert client_key_id is not None  # only a read can be the ops token's
         _check_idempotency_key(idempotency_key)
         service = _service(state)
         try:
-            result = await service.create(service.validate(data, idempotency_key))
+            result = await service.create(service.validate(data, idempotency_key, client_key_id))
         except SlotUnavailable as exc:
             # The expected answer of a contended sale, returned rather than raised: Litestar's exception
             # path costs a rejection about as much as its Redis call.
@@ -213,10 +217,17 @@ class HoldsController(Controller):
             cursor=cursor,
         )
 
-    @get("/{hold_id:str}", summary="Read a hold", responses=problem_specs(400, 404, 503))
-    async def get_hold(self, state: State, hold_id: FromPath[str]) -> Hold:
+    @get(
+        "/{hold_id:str}",
+        summary="Read a hold",
+        description="Needs the client key that created the hold (once any client key exists), or the ops "
+        "token. Another client key's hold answers 404, as one that does not exist.",
+        responses=problem_specs(400, 401, 404, 503),
+    )
+    async def get_hold(self, request: AnyRequest, state: State, hold_id: FromPath[str]) -> Hold:
+        caller = hold_caller(request, reading=True)
         _check_hold_id(hold_id)
-        return await _service(state).get(hold_id)
+        return await _service(state).get(hold_id, caller)
 
     @post(
         "/{hold_id:str}/confirm",
@@ -225,9 +236,13 @@ class HoldsController(Controller):
         before_request=strict_json_body(HolderAction),
         responses=_TRANSITION_RESPONSES,
     )
-    async def confirm_hold(self, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]) -> Hold:
+    async def confirm_hold(
+        self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
+    ) -> Hold:
+        client_key_id = hold_caller(request)
+        assert client_key_id is not None  # only a read can be the ops token's
         _check_hold_id(hold_id)
-        return await _service(state).confirm(hold_id, data.holder)
+        return await _service(state).confirm(hold_id, data.holder, client_key_id)
 
     @post(
         "/{hold_id:str}/cancel",
@@ -236,6 +251,10 @@ class HoldsController(Controller):
         before_request=strict_json_body(HolderAction),
         responses=_TRANSITION_RESPONSES,
     )
-    async def cancel_hold(self, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]) -> Hold:
+    async def cancel_hold(
+        self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[HolderAction]
+    ) -> Hold:
+        client_key_id = hold_caller(request)
+        assert client_key_id is not None  # only a read can be the ops token's
         _check_hold_id(hold_id)
-        return await _service(state).cancel(hold_id, data.holder)
+        return await _service(state).cancel(hold_id, data.holder, client_key_id)

@@ -31,7 +31,8 @@ PROBLEM_JSON = "application/problem+json"
 # status whose meaning is its own (409).
 _PROBLEM_DESCRIPTIONS = {
     400: "malformed-request: the request cannot be parsed (a body that is not JSON)",
-    401: "unauthorized: the operations token is missing or wrong (only with GATEWAY_OPS_TOKEN set)",
+    401: "unauthorized: the operations token is missing or wrong (only with GATEWAY_OPS_TOKEN set); "
+    "client-key-required: a hold route without a live client key (once any client key exists)",
     403: "not-holder: the hold belongs to another holder",
     404: "hold-not-found: no hold has this id",
     413: "body-too-large: the body is larger than max_body_bytes",

@@ -1,4 +1,6 @@
-"""/v1/events/{event_id}/slots: the state of a slot, as Postgres sees it. Never shows the holder."""
+"""/v1/events/{event_id}/slots: the state of one slot, for anyone (state and times only: never a hold id or a
+holder, which would let a stranger act on the hold), and the event's seat map with hold ids, for operations
+(the ops token when one is set)."""
 
 from typing import Annotated
 
@@ -6,6 +8,7 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 
+from gateway.api.auth import require_ops_token
 from gateway.api.problems import problem_specs
 from gateway.errors import InvalidRequest
 from gateway.holds import HoldService
@@ -28,10 +31,12 @@ class SlotsController(Controller):
 
     @get(
         "/",
-        summary="The state of every slot of an event that has or had a hold",
+        summary="The seat map: every slot of an event that has or had a hold, with its hold's id",
         description=f"In slot order, cursor-paginated; filter with `state` ({', '.join(SLOT_STATES)}). A "
-        "slot never held is not listed. Holders are never shown.",
-        responses=problem_specs(400, 422, 503),
+        "slot never held is not listed. Holders are never shown. An operations route: it needs the ops "
+        "token when one is set (a hold id lets its client key act on the hold).",
+        guards=[require_ops_token],
+        responses=problem_specs(400, 401, 422, 503),
     )
     async def event_slots(
         self,
