@@ -135,7 +135,7 @@ def fetch_slot(client: httpx.Client, args: argparse.Namespace) -> Json:
 
 def render_slot(data: Json) -> str:
     rows = [("event", data["event_id"]), ("slot", data["slot_id"]), ("state", data["state"])]
-    rows += [("hold", data["hold_id"] or "—"), ("ttl", human_ttl(data["ttl_ms"]))]
+    rows += [("ttl", human_ttl(data["ttl_ms"]))]
     rows += [("expires", clock(data["expires_at"]))]
     return tabulate(rows, tablefmt="plain", disable_numparse=True)
 

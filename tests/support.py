@@ -216,3 +216,17 @@ async def token_of(gateway: Gateway, hold_id: str) -> str:
     finally:
         await conn.close()
     return token
+
+
+async def hold_on_slot(gateway: Gateway, event_id: str, slot_id: str) -> str | None:
+    """The id of the live hold on a slot, from the operations seat map (the public slot route never shows
+    hold ids); None when the slot is free."""
+    headers = {}
+    if gateway.settings.ops_token:
+        headers["Authorization"] = f"Bearer {gateway.settings.ops_token}"
+    page = (await gateway.client.get(f"/v1/events/{event_id}/slots", headers=headers)).json()
+    for slot in page["slots"]:
+        if slot["slot_id"] == slot_id and slot["state"] != "free":
+            hold_id: str = slot["hold_id"]
+            return hold_id
+    return None

@@ -130,7 +130,13 @@ async def test_serve_with_two_workers_that_contend_for_one_seat(
 
     assert statuses(responses) == {201: 1, 409: contenders - 1}
     assert await active_holds_per_slot(database_url) == {("show-1", "A-1"): 1}
-    assert ready == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
+    assert ready == {
+        "database": "up",
+        "redis": "up",
+        "mode": "redis-front",
+        "mode_reason": None,
+        "client_keys": "open",
+    }
     # Each answer is the one its worker logged; the race was spread over both worker processes.
     assert {f"race-{i}": r.status_code for i, r in enumerate(responses)} == {
         request_id: line["status"] for request_id, line in served.items() if request_id.startswith("race-")
@@ -149,7 +155,13 @@ def test_serve_with_nothing_configured_starts_embedded_servers(tmp_path: Path) -
     output: str = serving.last_output  # type: ignore[attr-defined]
 
     assert created.status_code == 201
-    assert ready == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
+    assert ready == {
+        "database": "up",
+        "redis": "up",
+        "mode": "redis-front",
+        "mode_reason": None,
+        "client_keys": "open",
+    }
     assert "started an embedded PostgreSQL" in output
     assert "started an embedded Redis" in output
     # The data folder is kept: a second start reuses it and finds the hold.
@@ -174,4 +186,5 @@ def test_serve_db_only_ignores_a_configured_redis(database_url: str, redis_url: 
         "redis": "down",
         "mode": "db-only",
         "mode_reason": "redis not configured",
+        "client_keys": "open",
     }

@@ -7,7 +7,14 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.support import Gateway, active_holds_per_slot, released_together, running_gateway, statuses
+from tests.support import (
+    Gateway,
+    active_holds_per_slot,
+    hold_on_slot,
+    released_together,
+    running_gateway,
+    statuses,
+)
 
 
 @pytest.fixture(params=["redis-front", "db-only"], name="any_gateway")
@@ -30,8 +37,7 @@ async def test_concurrent_holds_on_one_slot_have_exactly_one_winner(
     winner = next(r.json() for r in responses if r.status_code == 201)
     for loser in (r for r in responses if r.status_code == 409):
         assert loser.json()["conflicts"] == ["A-1"]
-    state = (await any_gateway.client.get("/v1/events/show-1/slots/A-1")).json()
-    assert state["hold_id"] == winner["id"]
+    assert await hold_on_slot(any_gateway, "show-1", "A-1") == winner["id"]
     assert await active_holds_per_slot(any_gateway.settings.database_url or "") == {("show-1", "A-1"): 1}
 
 
@@ -56,8 +62,7 @@ async def test_overlapping_multi_slot_holds_never_share_a_slot_or_half_win(any_g
     per_slot = await active_holds_per_slot(any_gateway.settings.database_url or "")
     assert per_slot == {("show-1", slot): 1 for slot in taken}
     for slot in seats:
-        state = (await any_gateway.client.get(f"/v1/events/show-1/slots/{slot}")).json()
-        assert state["hold_id"] == taken.get(slot)
+        assert await hold_on_slot(any_gateway, "show-1", slot) == taken.get(slot)
     # Each 409 names slots that a winner holds.
     for response in responses:
         if response.status_code == 409:

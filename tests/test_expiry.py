@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import make_settings
-from tests.support import Gateway, active_holds_per_slot, running_gateway
+from tests.support import Gateway, active_holds_per_slot, hold_on_slot, running_gateway
 
 NO_SWEEP = {"sweep_interval_s": 3600.0}
 
@@ -62,9 +62,7 @@ async def test_slot_of_a_lapsed_hold_can_be_taken_at_once(unswept_gateway: Gatew
 
     assert new.status_code == 201
     assert (await unswept_gateway.client.get(f"/v1/holds/{old['id']}")).json()["status"] == "expired"
-    assert (await unswept_gateway.client.get("/v1/events/show-1/slots/A-2")).json()["hold_id"] == new.json()[
-        "id"
-    ]
+    assert await hold_on_slot(unswept_gateway, "show-1", "A-2") == new.json()["id"]
     # The old hold's other slot is free too, and the lapsed hold can no longer be confirmed or cancelled.
     assert (await unswept_gateway.client.get("/v1/events/show-1/slots/A-1")).json()["state"] == "free"
     for action in ("confirm", "cancel"):

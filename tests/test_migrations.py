@@ -121,9 +121,19 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
             "confirmed_at",
             "cancelled_at",
             "lease_release_due",
+            "client_key_id",
         },
         "hold_slots": {"hold_id", "event_id", "slot_id", "status", "expires_at"},
-        "idempotency_keys": {"holder", "key", "request_hash", "hold_id", "status_code", "created_at"},
+        "idempotency_keys": {
+            "client_key_id",
+            "holder",
+            "key",
+            "request_hash",
+            "hold_id",
+            "status_code",
+            "created_at",
+        },
+        "client_keys": {"id", "name", "key_sha256", "created_at"},
     }
     assert (
         "WHERE (status = ANY (ARRAY['held'::text, 'confirmed'::text]))"

@@ -154,7 +154,6 @@ async def test_slot_shows_held_and_free(gateway: Gateway, capsys: pytest.Capture
         "event": "show-1",
         "slot": "A-1",
         "state": "held",
-        "hold": hold["id"],
         "expires": local_clock(hold["expires_at"]),
     }
 
@@ -164,7 +163,6 @@ async def test_slot_shows_held_and_free(gateway: Gateway, capsys: pytest.Capture
         "event": "show-1",
         "slot": "Z-9",
         "state": "free",
-        "hold": "—",
         "ttl": "—",
         "expires": "—",
     }

@@ -16,7 +16,8 @@ from gateway import sql
 
 PLAN_CACHE_MODES = ["force_custom_plan", "force_generic_plan"]
 
-# A claim as the gateway sends it: a 22-character hold id, a token, two seats, 5 minutes, an Idempotency-Key.
+# A claim as the gateway sends it: a 22-character hold id, a token, two seats, 5 minutes, an Idempotency-Key,
+# a client key.
 CLAIM_ARGS = (
     "0GxkSe6s3N8HNPR7qVMQAw",
     "5d41402abc4b2a76b9719d911017c592",
@@ -26,12 +27,13 @@ CLAIM_ARGS = (
     300_000,
     "order-7f3a",
     "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+    "ck-frontend",
 )
 
 
 async def claim_holds(conn: asyncpg.Connection, count: int) -> None:
     """Holds as the gateway makes them, one claim at a time, and no ANALYZE since (as on a new database)."""
-    claims = [(f"h{i}", f"t{i}", "show-42", "x", [f"A-{i}"], 600_000, None, None) for i in range(count)]
+    claims = [(f"h{i}", f"t{i}", "show-42", "x", [f"A-{i}"], 600_000, None, None, "") for i in range(count)]
     await conn.executemany(sql.CLAIM_HOLD, claims)
 
 
@@ -113,8 +115,8 @@ async def test_confirm_cancel_and_expire_find_slot_rows_by_primary_key(database_
             # As a prepared statement runs once it has gone generic.
             name: await plan_of(conn, name, args, "force_generic_plan")
             for name, args in (
-                ("confirm_hold", ("h7", "x")),
-                ("cancel_hold", ("h7", "x", True)),
+                ("confirm_hold", ("h7", "x", "")),
+                ("cancel_hold", ("h7", "x", True, "")),
                 ("expire_holds", (100,)),
             )
         }

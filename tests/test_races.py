@@ -29,6 +29,7 @@ from tests.conftest import make_settings
 from tests.support import (
     Gateway,
     active_holds_per_slot,
+    hold_on_slot,
     redis_keys,
     released_together,
     row_counts,
@@ -238,7 +239,7 @@ async def test_confirm_delayed_until_a_rival_took_the_lapsed_slot_is_409_expired
     assert confirmed.status_code == 409, confirmed.text
     assert confirmed.json()["current_status"] == "expired", confirmed.json()
     assert (await read(gateway, hold))["status"] == "expired"
-    assert (await slot_state(gateway, "A-1"))["hold_id"] == rival.json()["id"]
+    assert await hold_on_slot(gateway, "race", "A-1") == rival.json()["id"]
     assert await active_holds_per_slot(db_url(gateway)) == {("race", "A-1"): 1}
 
 
@@ -328,7 +329,7 @@ async def test_rival_claim_commits_first_then_confirm_is_409_expired(
     assert confirmed.status_code == 409, confirmed.text
     assert confirmed.json()["current_status"] == "expired"
     assert (await read(gateway, hold))["status"] == "expired"
-    assert (await slot_state(gateway, "A-1"))["hold_id"] == rival_id
+    assert await hold_on_slot(gateway, "race", "A-1") == rival_id
     assert await active_holds_per_slot(db_url(gateway)) == {("race", "A-1"): 1}
 
 

@@ -12,7 +12,14 @@ from gateway.embedded import LocalRedis, free_port
 from gateway.keys import holder_fingerprint, slot_key
 from gateway.lease_sync import ADOPTED_LEASE_MAX_MS
 from tests.conftest import make_settings
-from tests.support import Gateway, active_holds_per_slot, released_together, running_gateway, statuses
+from tests.support import (
+    Gateway,
+    active_holds_per_slot,
+    hold_on_slot,
+    released_together,
+    running_gateway,
+    statuses,
+)
 
 
 @pytest.fixture(name="gateway_on_own_redis")
@@ -45,6 +52,7 @@ async def test_redis_down_at_start_serves_from_postgres(database_url: str, key_p
         "redis": "down",
         "mode": "db-only",
         "mode_reason": None,
+        "client_keys": "open",
     }
     assert "ConnectionError: Error 111" in reason, reason
     assert counts == {201: 1, 409: 99}
@@ -77,13 +85,19 @@ async def test_redis_killed_mid_run_then_restarted(
     assert during == {201: 1, 409: 99}
     assert blocked_by_early.status_code == 409
     assert "ConnectionError" in ready_during.pop("mode_reason"), ready_during
-    assert ready_during == {"database": "up", "redis": "down", "mode": "db-only"}
-    assert ready_after == {"database": "up", "redis": "up", "mode": "redis-front", "mode_reason": None}
+    assert ready_during == {"database": "up", "redis": "down", "mode": "db-only", "client_keys": "open"}
+    assert ready_after == {
+        "database": "up",
+        "redis": "up",
+        "mode": "redis-front",
+        "mode_reason": None,
+        "client_keys": "open",
+    }
     assert after == {201: 1, 409: 99}
     assert rival_after.status_code == 409
     per_slot = await active_holds_per_slot(gateway.settings.database_url or "")
     assert per_slot == {("show-1", "A-1"): 1, ("show-2", "A-1"): 1, ("show-3", "A-1"): 1}
-    assert (await gateway.client.get("/v1/events/show-1/slots/A-1")).json()["hold_id"] == before["id"]
+    assert await hold_on_slot(gateway, "show-1", "A-1") == before["id"]
 
 
 async def test_frozen_redis_costs_a_request_well_under_a_second(

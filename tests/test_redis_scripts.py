@@ -25,8 +25,11 @@ def test_key_formats() -> None:
     # The digests are sha256 of "alice\0k1" and of "alice" (the first 16 hex digits for the fingerprint).
     assert keys.slot_key("gw", "show-42", "A-12") == "gw:{show-42}:slot:A-12"
     assert keys.instance_key("gw") == "gw:instance"
-    assert keys.idempotency_key("gw", "show-42", "alice", "k1") == (
-        "gw:{show-42}:idem:aa88580323c78c7b2ec8dc5b9259a664f0c8eaa7f2206f6483798ffd761a326a"
+    assert keys.idempotency_key("gw", "show-42", "", "alice", "k1") == (
+        "gw:{show-42}:idem:bc7d7f928f9009c2da36f5db9b5006556eb179946f38214b5c98ea471e53f118"
+    )
+    assert keys.idempotency_key("gw", "show-42", "ck1", "alice", "k1") == (
+        "gw:{show-42}:idem:6d4acf1bc4aebbef6dbafd9595210ac59306f18e33c16ddc8e2b973f88912873"
     )
     assert keys.holder_fingerprint("alice") == "2bd806c97f0e00af"
     assert keys.lease_value("tok", "alice") == "tok:2bd806c97f0e00af"
@@ -92,7 +95,7 @@ async def test_release_and_extend_only_touch_their_own_token(front: RedisFront, 
 
 async def test_idempotency_record_outcomes(front: RedisFront) -> None:
     lease = front.lease("show-1", ["A-1"], "token-a", "alice")
-    record_key = front.idempotency_record_key("show-1", "alice", "key-1")
+    record_key = front.idempotency_record_key("show-1", "", "alice", "key-1")
     await front.acquire(lease, 5_000, record_key, "fp-1")
     await front.extend(lease, 60_000, record_key, "fp-1")
 

@@ -359,16 +359,21 @@ class GatewayReads:
             raise ReadFailed(f"GET /ready: {response.status_code} {response.text[:160]}")
         return body
 
-    def slot(self, event: str, slot: str) -> Read:
-        return self.get(f"/v1/events/{quote(event)}/slots/{quote(slot)}")
+    def seat(self, event: str, slot: str) -> dict[str, Any]:
+        """One slot as the seat map shows it (with its hold's id); free if the map does not list it."""
+        for listed, _ in self.event_slots(event):
+            if listed.get("slot_id") == slot:
+                return listed
+        return {"slot_id": slot, "state": "free", "hold_id": None}
 
     def hold(self, hold_id: str) -> Read:
         return self.get(f"/v1/holds/{quote(hold_id)}")
 
     def event_slots(self, event: str) -> list[tuple[dict[str, Any], Read]]:
-        """Every slot of the event that has or had a hold, each with the read (page) it came from."""
+        """Every slot of the event that has or had a hold, with its hold's id, each with the read (page) it
+        came from: the seat map, an operations route."""
         return list(
-            self._pages(f"/v1/events/{quote(event)}/slots", {"limit": SLOTS_PAGE_LIMIT}, "slots", ops=False)
+            self._pages(f"/v1/events/{quote(event)}/slots", {"limit": SLOTS_PAGE_LIMIT}, "slots", ops=True)
         )
 
     def event_holds(self, event: str) -> list[tuple[dict[str, Any], Read]]:
@@ -380,10 +385,6 @@ class GatewayReads:
     def holds(self, hold_ids: Iterable[str]) -> dict[str, Read]:
         """GET /v1/holds/{id} for each id, a few at a time."""
         return self._each(self.hold, hold_ids)
-
-    def slots(self, event: str, slot_ids: Iterable[str]) -> dict[str, Read]:
-        """GET /v1/events/{event}/slots/{slot} for each slot, a few at a time."""
-        return self._each(lambda slot: self.slot(event, slot), slot_ids)
 
     @staticmethod
     def _each(read: Callable[[str], Read], keys: Iterable[str]) -> dict[str, Read]:

@@ -138,7 +138,7 @@ class Storm(Scenario):
     def _read_back(self, reads: GatewayReads, winner: str | None, report: Report) -> list[str]:
         """The gateway's own account: the slot is held by the winner's hold, and the event has no other."""
         breaches = []
-        slot = reads.slot(self.event_id, self.slot_id).body
+        slot = reads.seat(self.event_id, self.slot_id)
         report.lines.append(f"GET slot                 {slot.get('state')} by hold {slot.get('hold_id')}")
         if winner is not None and (slot.get("state") != "held" or slot.get("hold_id") != winner):
             breaches.append(
