@@ -1,11 +1,13 @@
 """Request and response bodies: msgspec Structs, with the contract's limits declared on the types."""
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta
+from msgspec.structs import force_setattr
 
 # The one definition of event and slot ids: the body types, the path checks (api/), the /ops page (served
 # by api/ops.py) all read it from here.
@@ -34,12 +36,49 @@ def is_identifier(value: str) -> bool:
     return _IDENTIFIER_RE.match(value) is not None
 
 
-# Printable: no control characters (C0, DEL, C1), no line/paragraph separators, no lone surrogates.
-HOLDER_PATTERN = "\\A[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ud800-\\udfff]+\\Z"
+# The one definition of a holder: holder_text() below, which every body with a holder runs on decode
+# (__post_init__) and the holds listing runs on its query parameter. A msgspec pattern cannot name Unicode
+# categories, so the type only documents the rule.
+HOLDER_MAX_LENGTH = 128
+HOLDER_DESCRIPTION = (
+    f"1 to {HOLDER_MAX_LENGTH} characters after NFC normalization, none of them a control, format, "
+    "surrogate, private-use, unassigned or separator character (Unicode categories C* and Z*) other than the "
+    "space U+0020; stored, compared and returned NFC-normalized"
+)
 Holder = Annotated[
     str,
-    Meta(min_length=1, max_length=128, pattern=HOLDER_PATTERN, description="1 to 128 printable characters"),
+    Meta(description=HOLDER_DESCRIPTION, extra_json_schema={"minLength": 1, "maxLength": HOLDER_MAX_LENGTH}),
 ]
+# What each refused category is, for the 422's detail.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cf": "a format character",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Zs": "a space other than U+0020",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+def holder_text(value: str) -> str:
+    """The holder as stored, compared and returned: `value` NFC-normalized, so that two holders that look
+    alike are one string or refused (ValueError naming `holder` and the first character refused)."""
+    text = unicodedata.normalize("NFC", value)  # the input itself, after a quick check, when already NFC
+    # str.isprintable() is false exactly for the categories C* and Z* other than U+0020: the rule, in C.
+    if not text.isprintable():
+        char = next(c for c in text if not c.isprintable())
+        name = unicodedata.name(char, "")
+        shown = f"U+{ord(char):04X} ({name})" if name else f"U+{ord(char):04X}"
+        kind = _REFUSED_CATEGORIES.get(unicodedata.category(char), "not printable")
+        raise ValueError(f"`holder` contains {shown}, {kind}")
+    if not 1 <= len(text) <= HOLDER_MAX_LENGTH:
+        detail = f"must be 1 to {HOLDER_MAX_LENGTH} characters after NFC normalization, got {len(text)}"
+        raise ValueError(f"`holder` {detail}")
+    return text
+
+
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"\A[\x20-\x7e]+\Z")]
 
 HoldStatus = Literal["held", "confirmed", "cancelled", "expired"]
@@ -61,9 +100,15 @@ class CreateHold(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
     holder: Holder
     ttl_seconds: int | None = None
 
+    def __post_init__(self) -> None:
+        force_setattr(self, "holder", holder_text(self.holder))
+
 
 class HolderAction(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
     holder: Holder
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "holder", holder_text(self.holder))
 
 
 class Hold(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,11 +1,15 @@
 """The HTTP contract of v1, end to end over real HTTP, Redis and Postgres."""
 
+import asyncio
 import re
+import time
 from datetime import UTC, datetime
 
 import pytest
 
-from tests.support import Gateway
+from gateway.chaos.proxy import FaultProxy
+from tests.conftest import make_settings
+from tests.support import Gateway, running_gateway
 
 RFC3339_UTC = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\Z")
 HOLD_FIELDS = {
@@ -237,6 +241,52 @@ async def test_health_and_ready(gateway: Gateway) -> None:
         "mode_reason": None,
         "client_keys": "open",
     }
+
+
+async def head_exchange(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """HEAD `path` over a socket of its own, read until the server closes it: the status, the headers, and
+    every byte after them (an HTTP client would not read a HEAD answer's body even if one came)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"HEAD {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, after = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, after
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready"])
+async def test_head_on_health_and_ready_answers_like_get_without_a_body(gateway: Gateway, path: str) -> None:
+    """Regression: load balancers that probe with HEAD got 405."""
+    got = await gateway.client.get(path)
+
+    status, headers, after = await head_exchange(gateway.url, path)
+
+    assert (status, after) == (got.status_code, b"")
+    assert headers["content-length"] == got.headers["content-length"]  # the length GET's body has
+
+
+async def test_head_on_ready_is_503_while_postgres_is_down(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    async with FaultProxy.in_front_of(database_url, protocol="postgres") as proxy:
+        settings = make_settings(proxy.url(database_url), redis_url, key_prefix)
+        async with running_gateway(settings) as gateway:
+            assert (await head_exchange(gateway.url, "/ready"))[0] == 200
+            proxy.refuse()
+            deadline = time.monotonic() + 10
+            while (await gateway.client.get("/ready")).status_code != 503:
+                assert time.monotonic() < deadline, "GET /ready never said 503 with Postgres refusing"
+                await asyncio.sleep(0.05)
+
+            status, _, after = await head_exchange(gateway.url, "/ready")
+
+    assert (status, after) == (503, b"")
 
 
 async def test_openapi_schema_is_served(gateway: Gateway) -> None:

@@ -597,3 +597,139 @@ async def test_fifty_idle_slow_connections_do_not_stop_normal_requests(gateway: 
     finally:
         for _, writer in idle:
             writer.close()
+
+
+# --- Deep nesting -------------------------------------------------------------------------------------------
+
+DEEP = b"[" * 1000 + b"]" * 1000  # 2,000 bytes nested 1,000 deep
+
+
+def nested_slots(levels: int) -> bytes:
+    """A create body nested `levels` deep: the object, then `slots` as lists in lists around one id."""
+    inner = b"[" * (levels - 1) + b'"A-1"' + b"]" * (levels - 1)
+    return b'{"event_id": "show-1", "slots": ' + inner + b', "holder": "alice"}'
+
+
+def assert_no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize("where", ["unknown field", "slots"])
+@pytest.mark.parametrize("action", ["create", "confirm", "cancel"])
+async def test_a_body_nested_a_thousand_deep_is_422_and_writes_nothing(
+    gateway: Gateway, action: str, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The depth is capped before any decoder sees the body: 2 KB nested 1,000 deep reaches Python's recursion
+    limit in a decoder that descends into it (msgspec into a value typed Any, Python's json always), so no
+    decoder may see it, wherever it sits and whatever the route. No error logged, nothing written."""
+    deep_field = b'"x": ' + DEEP if where == "unknown field" else b'"slots": [' + DEEP + b"]"
+    if action == "create":
+        path, before = "/v1/holds", (NO_ROWS, [])
+        body = b"{" + deep_field + b', "event_id": "show-1", "holder": "alice"}'
+    else:
+        hold = (await gateway.hold("show-1", ["A-1"])).json()
+        path, before = f"/v1/holds/{hold['id']}/{action}", await written(gateway)
+        body = b"{" + deep_field + b', "holder": "alice"}'
+
+    response = await gateway.client.post(path, content=body, headers={"content-type": "application/json"})
+
+    assert_problem(response, 422)
+    assert response.json()["type"] == "/problems/invalid-request"
+    assert response.json()["detail"] == "the body nests deeper than 32 levels"
+    assert await written(gateway) == before
+    if action != "create":
+        assert (await gateway.client.get(f"/v1/holds/{hold['id']}")).json()["status"] == "held"
+    assert_no_error_logged(caplog)
+
+
+async def test_nesting_up_to_the_limit_reaches_validation_and_brackets_in_strings_do_not_count(
+    gateway: Gateway,
+) -> None:
+    headers = {"content-type": "application/json"}
+
+    at_limit = await gateway.client.post("/v1/holds", content=nested_slots(32), headers=headers)
+    over = await gateway.client.post("/v1/holds", content=nested_slots(33), headers=headers)
+    unclosed = await gateway.client.post("/v1/holds", content=b'{"slots": ' + b"[" * 40, headers=headers)
+
+    assert_problem(at_limit, 422, "slots")  # a list where an id belongs: validation's answer, not the cap's
+    assert "nests" not in at_limit.json()["detail"]
+    assert over.json()["detail"] == unclosed.json()["detail"] == "the body nests deeper than 32 levels"
+    await assert_nothing_written(gateway)
+
+    normal = await gateway.client.post("/v1/holds", content=nested_slots(2), headers=headers)
+    assert normal.status_code == 201, normal.text
+    # 80 brackets, and an escaped quote between them, all inside one string: no nesting at all.
+    holder = "[" * 40 + '"' + "{" * 40
+    bracketed = await gateway.hold("show-1", ["A-2"], holder=holder)
+    assert bracketed.status_code == 201, bracketed.text
+    assert bracketed.json()["holder"] == holder
+
+
+# --- Holders that imitate others ---------------------------------------------------------------------------
+
+LOOK_ALIKES = [
+    pytest.param("\ufeff", "U+FEFF (ZERO WIDTH NO-BREAK SPACE), a format character", id="lone BOM"),
+    pytest.param("adm\u202enim\u200b", "U+202E (RIGHT-TO-LEFT OVERRIDE), a format character", id="RLO+ZWSP"),
+    pytest.param("alice\u00a0", "U+00A0 (NO-BREAK SPACE), a space other than U+0020", id="no-break space"),
+    pytest.param("al\u3000ice", "U+3000 (IDEOGRAPHIC SPACE), a space other than U+0020", id="U+3000"),
+    pytest.param("alice\u0378", "U+0378, an unassigned code point", id="unassigned"),
+    pytest.param("alice\ue000", "U+E000, a private-use character", id="private use"),
+]
+
+
+@pytest.mark.parametrize(("holder", "detail"), LOOK_ALIKES)
+async def test_a_holder_that_could_pass_for_another_is_422_naming_holder(
+    gateway: Gateway, holder: str, detail: str
+) -> None:
+    """Regression: invisible, bidirectional and unassigned characters made holders that look like others."""
+    created = await gateway.hold("show-1", ["A-1"], holder=holder)
+    assert_problem(created, 422, "holder")
+    assert created.json()["detail"] == f"`holder` contains {detail}"
+    await assert_nothing_written(gateway)
+
+    hold = (await gateway.hold("show-1", ["A-1"])).json()
+    for action in ("confirm", "cancel"):
+        response = await gateway.client.post(f"/v1/holds/{hold['id']}/{action}", json={"holder": holder})
+        assert_problem(response, 422, "holder")
+    assert (await gateway.client.get(f"/v1/holds/{hold['id']}")).json()["status"] == "held"
+    listed = await gateway.client.get("/v1/holds", params={"holder": holder})
+    assert_problem(listed, 422, "holder")
+
+
+async def test_a_holder_in_any_script_with_plain_spaces_is_accepted(gateway: Gateway) -> None:
+    holder = "Zoë Ångström 山田 太郎 🎫 o'Brien"
+
+    response = await gateway.hold("show-1", ["A-1"], holder=holder)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["holder"] == holder
+
+
+async def test_two_spellings_of_one_holder_are_one_holder(gateway: Gateway) -> None:
+    """ "José" as e + U+0301 (combining acute) and as U+00E9: stored, compared and returned in NFC, so the
+    second create of the same slot by the other spelling is the same holder's retry (200), not a rival."""
+    decomposed, composed = "Jose\u0301", "Jos\u00e9"
+
+    first = await gateway.hold("show-1", ["A-1"], holder=decomposed)
+    retry = await gateway.hold("show-1", ["A-1"], holder=composed)
+
+    assert (first.status_code, retry.status_code) == (201, 200), (first.text, retry.text)
+    assert first.json()["holder"] == retry.json()["holder"] == composed
+    assert retry.json()["id"] == first.json()["id"]
+    listed = await gateway.client.get("/v1/holds", params={"holder": decomposed})
+    assert [hold["id"] for hold in listed.json()["holds"]] == [first.json()["id"]]
+    hold_id = first.json()["id"]
+    confirmed = await gateway.client.post(f"/v1/holds/{hold_id}/confirm", json={"holder": decomposed})
+    assert confirmed.status_code == 200, confirmed.text
+
+
+async def test_a_holders_length_is_counted_after_normalization(gateway: Gateway) -> None:
+    """128 accented letters sent decomposed are 256 code points, 128 characters once normalized."""
+    accepted = await gateway.hold("show-1", ["A-1"], holder="e\u0301" * 128)
+    refused = await gateway.hold("show-1", ["A-2"], holder="e\u0301" * 129)
+
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["holder"] == "\u00e9" * 128
+    assert_problem(refused, 422, "holder")
+    assert refused.json()["detail"] == "`holder` must be 1 to 128 characters after NFC normalization, got 129"

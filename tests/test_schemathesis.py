@@ -44,7 +44,9 @@ OPERATIONS = [
     ("GET", "/v1/events/{event_id}/stats"),
     ("GET", "/v1/stats"),
     ("GET", "/health"),
+    ("HEAD", "/health"),
     ("GET", "/ready"),
+    ("HEAD", "/ready"),
 ]
 
 # Bounded and derandomized: the same cases on every run, in a few seconds per operation.

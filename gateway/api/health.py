@@ -2,7 +2,7 @@
 
 import asyncio
 
-from litestar import Response, get
+from litestar import HttpMethod, Response, route
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 
@@ -11,14 +11,19 @@ from gateway.holds import HoldService
 from gateway.models import Health, Readiness
 from gateway.ops import mode_reason
 
+# HEAD as well as GET: some load balancers probe with HEAD. The same handler answers both, so the status is
+# the same; the server (uvicorn) sends a HEAD answer's headers without its body.
+_GET_AND_HEAD = [HttpMethod.GET, HttpMethod.HEAD]
 
-@get("/health", summary="Liveness", tags=["operations"])
+
+@route("/health", http_method=_GET_AND_HEAD, summary="Liveness", tags=["operations"])
 async def health() -> Health:
     return Health(status="ok")
 
 
-@get(
+@route(
     "/ready",
+    http_method=_GET_AND_HEAD,
     summary="Readiness: 503 while Postgres is down",
     tags=["operations"],
     responses={503: ResponseSpec(Readiness, description="Postgres is down", generate_examples=False)},
