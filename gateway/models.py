@@ -62,9 +62,10 @@ _REFUSED_CATEGORIES = {
 }
 
 
-def holder_text(value: str) -> str:
+def holder_text(value: str, field: str = "holder") -> str:
     """The holder as stored, compared and returned: `value` NFC-normalized, so that two holders that look
-    alike are one string or refused (ValueError naming `holder` and the first character refused)."""
+    alike are one string or refused (ValueError naming `field` and the first character refused). Also the
+    rule for other names people read, such as a client key's."""
     text = unicodedata.normalize("NFC", value)  # the input itself, after a quick check, when already NFC
     # str.isprintable() is false exactly for the categories C* and Z* other than U+0020: the rule, in C.
     if not text.isprintable():
@@ -72,10 +73,10 @@ def holder_text(value: str) -> str:
         name = unicodedata.name(char, "")
         shown = f"U+{ord(char):04X} ({name})" if name else f"U+{ord(char):04X}"
         kind = _REFUSED_CATEGORIES.get(unicodedata.category(char), "not printable")
-        raise ValueError(f"`holder` contains {shown}, {kind}")
+        raise ValueError(f"`{field}` contains {shown}, {kind}")
     if not 1 <= len(text) <= HOLDER_MAX_LENGTH:
         detail = f"must be 1 to {HOLDER_MAX_LENGTH} characters after NFC normalization, got {len(text)}"
-        raise ValueError(f"`holder` {detail}")
+        raise ValueError(f"`{field}` {detail}")
     return text
 
 
@@ -138,7 +139,10 @@ class SlotState(msgspec.Struct, frozen=True, kw_only=True):
 class NewClientKeyBody(Body, frozen=True):
     """What to call a new client key (the frontend or integration that will use it)."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=128, pattern=HOLDER_PATTERN)]
+    name: Holder  # the holder's rule: what people read must not imitate something else
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "name", holder_text(self.name, "name"))
 
 
 class ClientKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
