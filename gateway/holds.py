@@ -437,11 +437,14 @@ def _record_key(front: RedisFront, request: HoldRequest) -> str | None:
 
 
 def _same_holders_hold(owners: list[SlotOwner], request: HoldRequest) -> HoldRow | None:
-    """The live hold of this holder on exactly these slots, if that is what blocked the claim."""
+    """The live hold of this holder, made with this client key, on exactly these slots, if that is what
+    blocked the claim. (Another client key's hold is not answered, whatever its holder: the answer shows
+    the hold's id, which would let that key's caller act on it.)"""
     hold_ids = {owner.hold.id for owner in owners}
     if len(hold_ids) != 1 or len(owners) != len(request.slots):
         return None
     hold = owners[0].hold
-    if hold.holder == request.holder and sorted(hold.slots) == request.slots:
+    same_caller = hold.client_key_id == request.client_key_id and hold.holder == request.holder
+    if same_caller and sorted(hold.slots) == request.slots:
         return hold
     return None
