@@ -314,7 +314,7 @@ async def test_rival_claim_commits_first_then_confirm_is_409_expired(
     rival_id = secrets.token_urlsafe(16)
     await session.begin()
     claim = await session.conn.fetchrow(
-        sql.CLAIM_HOLD, rival_id, secrets.token_hex(16), "race", "bob", ["A-1"], 60_000, None, None
+        sql.CLAIM_HOLD, rival_id, secrets.token_hex(16), "race", "bob", ["A-1"], 60_000, None, None, ""
     )
     assert claim["created"], dict(claim)
     confirm = action(gateway, hold, "confirm")

@@ -43,6 +43,9 @@ OPERATIONS = [
     ("GET", "/v1/events/{event_id}/slots/{slot_id}"),
     ("GET", "/v1/events/{event_id}/stats"),
     ("GET", "/v1/stats"),
+    ("POST", "/v1/client-keys"),
+    ("GET", "/v1/client-keys"),
+    ("DELETE", "/v1/client-keys/{key_id}"),
     ("GET", "/health"),
     ("HEAD", "/health"),
     ("GET", "/ready"),
@@ -88,15 +91,17 @@ def cases_to_run() -> list[Any]:
     """Every operation with valid data; with invalid data too where there is something to make invalid (a
     body, or a constrained query parameter): for the others Hypothesis finds no negative case at all."""
     negatable = {
-        "/v1/holds",
-        "/v1/holds/{hold_id}/confirm",
-        "/v1/holds/{hold_id}/cancel",
-        "/v1/events/{event_id}/slots",
+        ("POST", "/v1/holds"),
+        ("GET", "/v1/holds"),
+        ("POST", "/v1/holds/{hold_id}/confirm"),
+        ("POST", "/v1/holds/{hold_id}/cancel"),
+        ("GET", "/v1/events/{event_id}/slots"),
+        ("POST", "/v1/client-keys"),
     }
     params = []
     for method, path in OPERATIONS:
         modes = [GenerationMode.POSITIVE]
-        if path in negatable:
+        if (method, path) in negatable:
             modes.append(GenerationMode.NEGATIVE)
         params += [pytest.param(method, path, mode, id=f"{method} {path} {mode.value}") for mode in modes]
     return params
