@@ -87,8 +87,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Server-side statement_timeout, so a stuck query is cancelled in Postgres too.
     db_statement_timeout_ms: PositiveInt = 5_000
 
-    # Idempotency records are kept at least this long (24 hours).
+    # Idempotency records are kept at least this long (24 hours). Purging one retires its hold's lease
+    # token, so it must outlast every lease (checked below).
     idempotency_retention_s: Annotated[int, Meta(ge=86_400)] = 86_400
+    # Cancelled and expired holds leave the hot tables this long after they ended (7 days): no read of the
+    # gateway needs them by then (the lease rebuild reads a lease's life back), and claims and the seat map
+    # stay as fast as on the first day. At least idempotency_retention_s: a hold leaves after its record.
+    retention_terminal_s: PositiveInt = 604_800
+    # Confirmed holds leave this long after their confirmation, and their slots then read free; 0: never
+    # (a confirmed hold is a sale). Set it only past the end of any event; at least idempotency_retention_s.
+    retention_confirmed_s: Annotated[int, Meta(ge=0)] = 0
+    # Holds that leave go to holds_archive and hold_slots_archive; false: deleted.
+    retention_archive: bool = True
     # The sweeper marks lapsed holds expired this often, at most `sweep_batch_size` per statement.
     sweep_interval_s: PositiveFloat = 1.0
     sweep_batch_size: PositiveInt = 1_000
@@ -124,6 +134,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError("default_ttl_s must lie between min_ttl_s and max_ttl_s")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("db_pool_min_size must not exceed db_pool_max_size")
+        # The longest a lease carries a hold's token, from the hold's creation: a confirm at the end of its
+        # longest TTL, that lease's life, and one more from a rebuild just before it lapsed (lease_sync).
+        lease_life_s = self.max_ttl_s + 2 * -(-self.confirmed_lease_ms // 1000)
+        if self.idempotency_retention_s <= lease_life_s:
+            raise ValueError(
+                f"idempotency_retention_s must exceed the longest life of a lease, max_ttl_s + 2 x "
+                f"confirmed_lease_ms ({lease_life_s} s): purging a record retires its hold's lease token"
+            )
+        if self.retention_terminal_s < self.idempotency_retention_s:
+            raise ValueError(
+                "retention_terminal_s must be at least idempotency_retention_s (and so outlast every lease)"
+            )
+        if 0 < self.retention_confirmed_s < self.idempotency_retention_s:
+            raise ValueError("retention_confirmed_s must be 0 (never) or at least idempotency_retention_s")
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:

@@ -21,6 +21,7 @@ from gateway import faultpoints, metrics
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import (
+    BackendUnavailable,
     HoldNotFound,
     IdempotencyKeyReused,
     InvalidRequest,
@@ -257,6 +258,12 @@ class HoldService:
                 return replay
         if lease is not None:
             await self._release(lease)
+        if not taken:
+            # Every slot was claimed, yet no hold was inserted: the token names an older hold (its unique
+            # key), one whose Idempotency-Key record is gone but whose token the purge has not retired yet.
+            # No rival holds a slot, so this is never a 409 (it would name no conflict): retry shortly.
+            log.error("claim got every slot but its token names an older hold: %s", request.token)
+            raise BackendUnavailable(self.settings.retry_after_s)
         read_at = sent_at
         if not seen_all:
             read_at = time.monotonic()

@@ -79,6 +79,11 @@ POSTGRES_QUERY_SECONDS = Histogram(
 
 SWEEPER_BATCHES = Counter("gateway_sweeper_batches", "Expiry statements the sweeper ran.")
 SWEEPER_ROWS = Counter("gateway_sweeper_rows", "Holds the sweeper marked expired.")
+RETENTION_ROWS = Counter(
+    "gateway_retention_rows",
+    "Rows the retention moved out of the hot tables (archived, or deleted), by table (holds, hold_slots).",
+    ["table"],
+)
 
 DEGRADED = Gauge(
     "gateway_degraded",

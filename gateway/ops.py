@@ -85,6 +85,8 @@ class OpsService:
     async def event_slots(
         self, event_id: str, *, state: SlotStateName | None, limit: int, cursor: str | None
     ) -> SlotPage:
+        """The event's live slots (held or confirmed) in slot order; a slot not listed is free. Read through
+        the partial unique index, so a page costs the same whatever the event's history."""
         after = None if cursor is None else _decode_cursor(cursor, _SLOT_CURSOR)[0]
         rows = await self.store.event_slots(event_id, after=after, state=state, limit=limit + 1)
         page = rows[:limit]

@@ -231,20 +231,92 @@ WITH due AS (
 SELECT coalesce(array_agg(lifetime_s), '{}') AS lifetimes_s FROM expired;
 
 -- purge_idempotency_keys --
--- Delete up to $2 idempotency records older than $1 seconds. Returns the count.
+-- Delete up to $2 idempotency records older than $1 seconds, and retire the lease token of each one's hold in
+-- the same statement. The token is derived from (holder, key, request), so a key used again once its record
+-- is gone makes a new hold with the same token; the old hold must not keep it (holds_token_key) or that
+-- claim could never create its hold. Safe because no lease still carries the old token: the settings keep
+-- records longer than any lease lives (an adopted lease of a hold still confirmed, 30 s at most, aside).
+-- Rows are matched by ctid, whatever the record's key is. Returns the count.
 WITH old AS (
-    SELECT holder, key
+    SELECT ctid
     FROM idempotency_keys
     WHERE created_at < now() - $1 * interval '1 second'
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), purged AS (
     DELETE FROM idempotency_keys AS k
-    USING old
-    WHERE k.holder = old.holder AND k.key = old.key
-    RETURNING 1
+    WHERE k.ctid = ANY (ARRAY(SELECT ctid FROM old))
+    RETURNING k.hold_id
+), retired AS (
+    -- The hold's id makes the retired token unique; no live token contains ':'.
+    UPDATE holds AS h SET token = h.token || ':retired:' || h.id
+    WHERE h.id IN (SELECT hold_id FROM purged)
 )
 SELECT count(*) AS purged FROM purged;
+
+-- retire_holds --
+-- Move up to $3 holds that ended long ago out of the hot tables, with their slot rows, in one statement:
+-- cancelled and expired holds that ended more than $1 seconds ago, and holds confirmed more than $2 seconds
+-- ago ($2 0: never). Into holds_archive and hold_slots_archive if $4, else deleted. A hold whose idempotency
+-- record is still kept stays (the record references it; the purge retires its token first). Hold rows that
+-- another statement has locked are skipped, and slot rows are locked in slot order (as in expire_holds).
+-- Claims never wait on it for a cancelled or expired hold (its slot rows are not in
+-- hold_slots_one_active_hold); a claim on a slot of a confirmed hold it moves waits for this statement.
+-- Returns the rows moved from each table.
+WITH candidates AS (
+    -- Oldest first, by each kind's partial index.
+    (SELECT h.id FROM holds AS h
+     WHERE h.status = 'cancelled' AND h.cancelled_at < now() - $1 * interval '1 second'
+       AND NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.hold_id = h.id)
+     ORDER BY h.cancelled_at
+     LIMIT $3)
+    UNION ALL
+    (SELECT h.id FROM holds AS h
+     WHERE h.status = 'expired' AND h.expires_at < now() - $1 * interval '1 second'
+       AND NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.hold_id = h.id)
+     ORDER BY h.expires_at
+     LIMIT $3)
+    UNION ALL
+    (SELECT h.id FROM holds AS h
+     WHERE $2 > 0 AND h.status = 'confirmed' AND h.confirmed_at < now() - $2 * interval '1 second'
+       AND NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.hold_id = h.id)
+     ORDER BY h.confirmed_at
+     LIMIT $3)
+), due AS (
+    SELECT h.id
+    FROM holds AS h
+    WHERE h.id IN (SELECT id FROM candidates)
+      -- Tested again on the locked row: a confirmed hold may have been cancelled meanwhile. (A CASE, so
+      -- that the planner finds these rows by id, not again through every due row of the three indexes.)
+      AND CASE h.status
+          WHEN 'cancelled' THEN h.cancelled_at < now() - $1 * interval '1 second'
+          WHEN 'expired' THEN h.expires_at < now() - $1 * interval '1 second'
+          WHEN 'confirmed' THEN $2 > 0 AND h.confirmed_at < now() - $2 * interval '1 second'
+          ELSE false
+      END
+    LIMIT $3
+    FOR UPDATE OF h SKIP LOCKED
+), owned AS (
+    -- By the primary key's prefix, as in expire_holds; then deleted by their row addresses.
+    SELECT hs.ctid
+    FROM hold_slots AS hs
+    WHERE hs.hold_id IN (SELECT id FROM due)
+    ORDER BY hs.event_id, hs.slot_id
+    FOR UPDATE
+), slots_moved AS (
+    DELETE FROM hold_slots AS hs
+    WHERE hs.ctid = ANY (ARRAY(SELECT ctid FROM owned))
+    RETURNING hs.*
+), slots_archived AS (
+    INSERT INTO hold_slots_archive SELECT * FROM slots_moved WHERE $4::boolean
+), holds_moved AS (
+    DELETE FROM holds AS h
+    WHERE h.id = ANY (ARRAY(SELECT id FROM due))
+    RETURNING h.*
+), holds_archived AS (
+    INSERT INTO holds_archive SELECT * FROM holds_moved WHERE $4::boolean
+)
+SELECT (SELECT count(*) FROM holds_moved) AS holds, (SELECT count(*) FROM slots_moved) AS hold_slots;
 
 -- list_holds --
 -- Holds in expiry order after a keyset cursor, filtered. $1 event id, $2 holder, $3 status (as read: a lapsed
@@ -266,24 +338,19 @@ ORDER BY expires_at, id
 LIMIT $7;
 
 -- event_slots --
--- Every slot of event $1 that has or had a hold, in slot order after cursor $2: its live hold if any.
--- $3 state ('free', 'held' or 'confirmed') or null, $4 limit.
-SELECT slot_id, hold_id, status, expires_at, db_now
-FROM (
-    SELECT DISTINCT ON (hs.slot_id)
-           hs.slot_id,
-           hs.hold_id,
-           CASE WHEN hs.status = 'confirmed' OR (hs.status = 'held' AND hs.expires_at > now())
-                THEN hs.status ELSE 'free' END AS status,
-           hs.expires_at,
-           now() AS db_now
-    FROM hold_slots AS hs
-    WHERE hs.event_id = $1 AND ($2::text IS NULL OR hs.slot_id > $2)
-    -- a slot has at most one live row; put it first
-    ORDER BY hs.slot_id, (hs.status = 'confirmed' OR (hs.status = 'held' AND hs.expires_at > now())) DESC
-) AS slots
-WHERE $3::text IS NULL OR status = $3
-ORDER BY slot_id
+-- The live slots of event $1 (held and not lapsed, or confirmed) in slot order after cursor $2, through
+-- hold_slots_one_active_hold: what it reads grows with the event's live holds, never with its history. A slot
+-- with no live hold is free and not listed. $3 state ('held' or 'confirmed'; 'free' lists nothing) or null,
+-- $4 limit.
+SELECT hs.slot_id, hs.hold_id, hs.status, hs.expires_at, now() AS db_now
+FROM hold_slots AS hs
+WHERE hs.event_id = $1
+  AND hs.status IN ('held', 'confirmed')
+  AND NOT (hs.status = 'held' AND hs.expires_at <= now())
+  -- '' sorts before every slot id: the cursor stays an index condition when it is null.
+  AND hs.slot_id > coalesce($2::text, '')
+  AND ($3::text IS NULL OR hs.status = $3)
+ORDER BY hs.slot_id
 LIMIT $4;
 
 -- hold_stats --

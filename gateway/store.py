@@ -196,6 +196,14 @@ class ClientKeyRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Retired:
+    """Rows one retention batch moved out of the hot tables (archived or deleted)."""
+
+    holds: int
+    hold_slots: int
+
+
+@dataclass(frozen=True, slots=True)
 class LiveSlot:
     event_id: str
     slot_id: str
@@ -469,9 +477,24 @@ class Store:
         return lifetimes
 
     async def purge_idempotency_keys(self, older_than_s: int, batch_size: int) -> int:
+        """Delete up to `batch_size` idempotency records older than `older_than_s`, retiring their holds'
+        tokens (the key may then be used again like a new one); how many were deleted."""
         async with self._connection("purge_idempotency_keys") as conn:
             purged: int = await conn.fetchval(sql.PURGE_IDEMPOTENCY_KEYS, older_than_s, batch_size)
         return purged
+
+    async def retire_holds(
+        self, *, ended_before_s: int, confirmed_before_s: int, batch_size: int, archive: bool
+    ) -> Retired:
+        """Move up to `batch_size` holds out of the hot tables with their slot rows: cancelled and expired
+        ones that ended `ended_before_s` ago, confirmed ones confirmed `confirmed_before_s` ago (0: none). To
+        the archive tables, or deleted unless `archive`."""
+        async with self._connection("retire_holds") as conn:
+            record = await conn.fetchrow(
+                sql.RETIRE_HOLDS, ended_before_s, confirmed_before_s, batch_size, archive
+            )
+        assert record is not None  # aggregates: always one row
+        return Retired(record["holds"], record["hold_slots"])
 
     async def list_holds(
         self,
@@ -501,6 +524,7 @@ class Store:
     async def event_slots(
         self, event_id: str, *, after: str | None, state: SlotStateName | None, limit: int
     ) -> list[EventSlotRow]:
+        """The event's live slots in slot order after `after` (see event_slots in queries.sql)."""
         async with self._connection("event_slots") as conn:
             records = await conn.fetch(sql.EVENT_SLOTS, event_id, after, state, limit)
         return [

@@ -1,6 +1,6 @@
-"""Background upkeep in each worker: marks lapsed holds expired, purges old idempotency records, drops the
-leases of cancelled holds in Redis (the release outbox) and catches up on a restarted or flushed Redis
-(gateway.lease_sync's `tend`).
+"""Background upkeep in each worker: marks lapsed holds expired, purges old idempotency records, moves holds
+that ended long ago out of the hot tables (retention), drops the leases of cancelled holds in Redis (the
+release outbox) and catches up on a restarted or flushed Redis (gateway.lease_sync's `tend`).
 
 Correctness never waits for it: reads treat a lapsed hold as expired and claims take over lapsed slots.
 Several workers sweep side by side; FOR UPDATE SKIP LOCKED keeps them off each other's rows.
@@ -17,6 +17,10 @@ from gateway.redis_front import RedisUnavailable
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
+
+# Retention batches per pass, at most: a large backlog (a first run on years of history) is worked off over
+# many passes, so that it never holds up the expiry and lease upkeep of one.
+RETENTION_BATCHES_PER_PASS = 4
 
 
 async def sweep_once(store: Store, settings: Settings) -> int:
@@ -35,7 +39,30 @@ async def sweep_once(store: Store, settings: Settings) -> int:
     await store.purge_idempotency_keys(settings.idempotency_retention_s, settings.sweep_batch_size)
     if total:
         log.info("expired %d holds", total, extra={"expired": total})
+    await retain(store, settings)
     return total
+
+
+async def retain(store: Store, settings: Settings) -> int:
+    """Move holds past their retention out of the hot tables, `sweep_batch_size` at a time and at most
+    RETENTION_BATCHES_PER_PASS batches; return how many holds were moved."""
+    moved = 0
+    for _ in range(RETENTION_BATCHES_PER_PASS):
+        retired = await store.retire_holds(
+            ended_before_s=settings.retention_terminal_s,
+            confirmed_before_s=settings.retention_confirmed_s,
+            batch_size=settings.sweep_batch_size,
+            archive=settings.retention_archive,
+        )
+        metrics.RETENTION_ROWS.labels("holds").inc(retired.holds)
+        metrics.RETENTION_ROWS.labels("hold_slots").inc(retired.hold_slots)
+        moved += retired.holds
+        if retired.holds < settings.sweep_batch_size:
+            break
+    if moved:
+        action = "archived" if settings.retention_archive else "deleted"
+        log.info("%s %d holds past their retention", action, moved, extra={"retired": moved})
+    return moved
 
 
 async def run_sweeper(service: HoldService) -> None:

@@ -21,6 +21,21 @@ def test_settings_from_environment_variables() -> None:
     assert settings.max_slots_per_hold == 4
     assert settings.redis_timeout_s == 0.25
     assert (settings.default_ttl_s, settings.min_ttl_s, settings.max_ttl_s) == (300, 5, 3600)
+    assert (settings.retention_terminal_s, settings.retention_confirmed_s) == (604_800, 0)
+    assert settings.retention_archive is True
+
+
+def test_retention_settings_that_keep_what_the_gateway_reads_are_accepted() -> None:
+    settings = settings_from_env(
+        {
+            "GATEWAY_IDEMPOTENCY_RETENTION_S": "172800",
+            "GATEWAY_RETENTION_TERMINAL_S": "172800",
+            "GATEWAY_RETENTION_CONFIRMED_S": "7776000",
+            "GATEWAY_RETENTION_ARCHIVE": "false",
+        }
+    )
+    assert (settings.retention_terminal_s, settings.retention_confirmed_s) == (172_800, 7_776_000)
+    assert settings.retention_archive is False
 
 
 @pytest.mark.parametrize(
@@ -31,6 +46,12 @@ def test_settings_from_environment_variables() -> None:
         ({"GATEWAY_DATABSE_URL": "typo"}, "unknown setting GATEWAY_DATABSE_URL"),
         ({"GATEWAY_MIN_TTL_S": "600"}, "default_ttl_s"),
         ({"GATEWAY_IDEMPOTENCY_RETENTION_S": "60"}, "GATEWAY_IDEMPOTENCY_RETENTION_S"),
+        # Purging a record retires its hold's token: no lease may carry it then (3600 + 2 x 43200 s here).
+        ({"GATEWAY_CONFIRMED_LEASE_MS": "43200000"}, "idempotency_retention_s must exceed"),
+        # The lease rebuild reads holds cancelled within a lease's life; a hold leaves after its record.
+        ({"GATEWAY_RETENTION_TERMINAL_S": "3600"}, "retention_terminal_s must be at least"),
+        ({"GATEWAY_RETENTION_CONFIRMED_S": "3600"}, "retention_confirmed_s must be 0"),
+        ({"GATEWAY_RETENTION_ARCHIVE": "maybe"}, "GATEWAY_RETENTION_ARCHIVE"),
     ],
 )
 def test_bad_configuration_fails_with_a_clear_message(environ: dict[str, str], message: str) -> None:

@@ -124,3 +124,124 @@ async def test_confirm_cancel_and_expire_find_slot_rows_by_primary_key(database_
         await conn.close()
     for name, plan in plans.items():
         assert accesses(plan, "hold_slots") == {"hold_slots_pkey"}, f"{name}:\n{json.dumps(plan, indent=1)}"
+
+
+async def analyzed_plan_of(
+    conn: asyncpg.Connection, name: str, args: tuple[Any, ...], mode: str
+) -> dict[str, Any]:
+    """As plan_of, but run: EXPLAIN (ANALYZE, BUFFERS), with actual rows and the pages each node touched."""
+    await conn.execute(f"SET plan_cache_mode = {mode}")
+    await conn.execute(f"PREPARE plan_check AS {sql.QUERIES[name]}")
+    try:
+        types = await conn.fetchval(
+            "SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = 'plan_check'"
+        )
+        literals = [
+            await conn.fetchval(f"SELECT quote_nullable($1::{type_name}::text)", arg)
+            for type_name, arg in zip(types, args, strict=True)
+        ]
+        explained = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE plan_check({', '.join(literals)})"
+        )
+    finally:
+        await conn.execute("DEALLOCATE plan_check")
+    plan: dict[str, Any] = json.loads(explained)[0]["Plan"]
+    return plan
+
+
+HISTORY_ROWS = 50_000
+HISTORY_SLOTS = 500  # each re-held and let go 100 times
+
+
+@pytest.mark.parametrize("mode", PLAN_CACHE_MODES)
+async def test_seat_map_reads_live_rows_only_whatever_the_history(database_url: str, mode: str) -> None:
+    """Regression: the seat map walked every slot row the event ever had (hold_slots_event_id_slot_id_idx),
+    so a public read cost more with each hold ever cancelled or expired. With 50,000 history rows on the
+    event it reads its live rows through hold_slots_one_active_hold, and nothing else."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO holds (id, token, event_id, holder, slots, status, created_at, expires_at,
+                               cancelled_at)
+            SELECT 'old-' || i, 'old-token-' || i, 'show-42', 'h', ARRAY['A-' || (i % $2)],
+                   CASE WHEN i % 2 = 0 THEN 'cancelled' ELSE 'expired' END, now() - interval '1 day',
+                   now() - interval '1 day' + interval '5 minutes',
+                   CASE WHEN i % 2 = 0 THEN now() - interval '1 day' + interval '1 minute' END
+            FROM generate_series(1, $1) AS i
+            """,
+            HISTORY_ROWS,
+            HISTORY_SLOTS,
+        )
+        await conn.execute(
+            "INSERT INTO hold_slots (hold_id, event_id, slot_id, status, expires_at)"
+            " SELECT id, event_id, slots[1], status, expires_at FROM holds"
+        )
+        # Live now: five held seats and two confirmed, among the seats with history and beyond them.
+        live = ["A-1", "A-2", "A-250", "A-499", "B-1"]
+        await conn.executemany(
+            sql.CLAIM_HOLD,
+            [(f"h{i}", f"t{i}", "show-42", "x", [s], 600_000, None, None) for i, s in enumerate(live)],
+        )
+        await conn.executemany(sql.CONFIRM_HOLD, [("h3", "x"), ("h4", "x")])
+        await conn.execute("ANALYZE")
+        plan = await analyzed_plan_of(conn, "event_slots", ("show-42", None, None, 1000), mode)
+        listed = await conn.fetch(sql.EVENT_SLOTS, "show-42", None, None, 1000)
+        after = await conn.fetch(sql.EVENT_SLOTS, "show-42", "A-250", "confirmed", 1000)
+        free = await conn.fetch(sql.EVENT_SLOTS, "show-42", None, "free", 1000)
+    finally:
+        await conn.close()
+
+    assert accesses(plan, "hold_slots") == {sql.ONE_ACTIVE_HOLD_PER_SLOT}, json.dumps(plan, indent=1)
+    scan = next(node for node in nodes(plan) if node.get("Relation Name") == "hold_slots")
+    assert scan["Actual Rows"] == len(live), json.dumps(plan, indent=1)
+    assert scan.get("Rows Removed by Filter", 0) == 0, json.dumps(plan, indent=1)
+    # A few index and heap pages, not the thousand-odd that hold the event's history.
+    touched = scan["Shared Hit Blocks"] + scan["Shared Read Blocks"]
+    assert touched <= 12, json.dumps(plan, indent=1)
+    assert [(r["slot_id"], r["status"]) for r in listed] == [
+        ("A-1", "held"),
+        ("A-2", "held"),
+        ("A-250", "held"),
+        ("A-499", "confirmed"),
+        ("B-1", "confirmed"),
+    ]
+    assert [r["slot_id"] for r in after] == ["A-499", "B-1"]
+    assert free == []
+
+
+@pytest.mark.parametrize("mode", PLAN_CACHE_MODES)
+async def test_retention_and_purge_reach_rows_by_index(database_url: str, mode: str) -> None:
+    """The retention finds each kind of old hold by its partial index, oldest first, and its records by
+    idempotency_keys_hold_id_idx; the purge finds old records by their creation time. No scan of a hot
+    table, so a pass costs its batch, not the history."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await claim_holds(conn, 20_000)
+        await conn.execute(
+            "INSERT INTO idempotency_keys (holder, key, request_hash, hold_id, status_code)"
+            " SELECT holder, 'key-' || id, 'hash', id, 201 FROM holds"
+        )
+        # Analyzed: history worth retiring is large, and autovacuum has analyzed it by then (on a new database
+        # a scan of the small tables is as good as any).
+        await conn.execute("ANALYZE")
+        retire = await plan_of(conn, "retire_holds", (604_800, 7_776_000, 1000, True), mode)
+        purge = await plan_of(conn, "purge_idempotency_keys", (86_400, 1000), mode)
+    finally:
+        await conn.close()
+
+    assert accesses(retire, "holds") == {
+        "holds_cancelled_at_idx",
+        "holds_expired_expires_at_idx",
+        "holds_confirmed_at_idx",
+        "holds_pkey",
+    }, json.dumps(retire, indent=1)
+    assert accesses(retire, "idempotency_keys") == {"idempotency_keys_hold_id_idx"}, json.dumps(
+        retire, indent=1
+    )
+    # Slot rows are locked by the primary key's prefix, then deleted by their addresses.
+    assert accesses(retire, "hold_slots") == {"hold_slots_pkey", "Tid Scan"}, json.dumps(retire, indent=1)
+    assert accesses(purge, "idempotency_keys") <= {"idempotency_keys_created_at_idx", "Tid Scan"}, accesses(
+        purge, "idempotency_keys"
+    )
+    assert accesses(purge, "holds") == {"holds_pkey"}, json.dumps(purge, indent=1)

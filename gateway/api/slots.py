@@ -31,10 +31,10 @@ class SlotsController(Controller):
 
     @get(
         "/",
-        summary="The seat map: every slot of an event that has or had a hold, with its hold's id",
-        description=f"In slot order, cursor-paginated; filter with `state` ({', '.join(SLOT_STATES)}). A "
-        "slot never held is not listed. Holders are never shown. An operations route: it needs the ops "
-        "token when one is set (a hold id lets its client key act on the hold).",
+        summary="The seat map: the live slots of an event (held or confirmed), with their holds' ids",
+        description=f"In slot order, cursor-paginated; filter with `state` ({', '.join(SLOT_STATES)}; "
+        "`free` lists nothing). A slot not listed is free. Holders are never shown. An operations route: "
+        "it needs the ops token when one is set (a hold id lets its client key act on the hold).",
         guards=[require_ops_token],
         responses=problem_specs(400, 401, 422, 503),
     )
