@@ -262,7 +262,7 @@ class HoldService:
             # Every slot was claimed, yet no hold was inserted: the token names an older hold (its unique
             # key), one whose Idempotency-Key record is gone but whose token the purge has not retired yet.
             # No rival holds a slot, so this is never a 409 (it would name no conflict): retry shortly.
-            log.error("claim got every slot but its token names an older hold: %s", request.token)
+            log.error("claim got every slot but its token names an older hold (event %s)", request.event_id)
             raise BackendUnavailable(self.settings.retry_after_s)
         read_at = sent_at
         if not seen_all:
