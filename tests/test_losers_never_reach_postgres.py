@@ -63,7 +63,10 @@ async def storm(gateway: Gateway, log_path: Path, database: str) -> tuple[dict[i
 async def test_losers_cost_no_postgres_statement_with_redis_in_front(
     logging_postgres: LocalPostgres, logged_database: str, redis_url: str, key_prefix: str
 ) -> None:
-    settings = make_settings(logged_database, redis_url, key_prefix, sweep_interval_s=3600.0)
+    # The background readers (the sweeper, the client keys' reload) are kept out of the storm's window.
+    settings = make_settings(
+        logged_database, redis_url, key_prefix, sweep_interval_s=3600.0, client_keys_refresh_s=60.0
+    )
     async with running_gateway(settings) as gateway:
         counts, statements = await storm(
             gateway, logging_postgres.log_path, logged_database.rpartition("/")[2]
@@ -85,7 +88,9 @@ async def test_the_counter_sees_every_loser_in_db_only_mode(
     logging_postgres: LocalPostgres, logged_database: str, key_prefix: str
 ) -> None:
     """The control for the test above: without Redis the same storm runs statements for every request."""
-    settings = make_settings(logged_database, None, key_prefix, sweep_interval_s=3600.0)
+    settings = make_settings(
+        logged_database, None, key_prefix, sweep_interval_s=3600.0, client_keys_refresh_s=60.0
+    )
     async with running_gateway(settings) as gateway:
         counts, statements = await storm(
             gateway, logging_postgres.log_path, logged_database.rpartition("/")[2]

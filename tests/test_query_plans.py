@@ -181,9 +181,9 @@ async def test_seat_map_reads_live_rows_only_whatever_the_history(database_url: 
         live = ["A-1", "A-2", "A-250", "A-499", "B-1"]
         await conn.executemany(
             sql.CLAIM_HOLD,
-            [(f"h{i}", f"t{i}", "show-42", "x", [s], 600_000, None, None) for i, s in enumerate(live)],
+            [(f"h{i}", f"t{i}", "show-42", "x", [s], 600_000, None, None, "") for i, s in enumerate(live)],
         )
-        await conn.executemany(sql.CONFIRM_HOLD, [("h3", "x"), ("h4", "x")])
+        await conn.executemany(sql.CONFIRM_HOLD, [("h3", "x", ""), ("h4", "x", "")])
         await conn.execute("ANALYZE")
         plan = await analyzed_plan_of(conn, "event_slots", ("show-42", None, None, 1000), mode)
         listed = await conn.fetch(sql.EVENT_SLOTS, "show-42", None, None, 1000)
