@@ -37,8 +37,12 @@ async def claim_holds(conn: asyncpg.Connection, count: int) -> None:
     await conn.executemany(sql.CLAIM_HOLD, claims)
 
 
-async def plan_of(conn: asyncpg.Connection, name: str, args: tuple[Any, ...], mode: str) -> dict[str, Any]:
-    """The plan of query `name`, run as a prepared statement with these arguments under plan_cache_mode."""
+async def plan_of(
+    conn: asyncpg.Connection, name: str, args: tuple[Any, ...], mode: str, *, analyze: bool = False
+) -> dict[str, Any]:
+    """The plan of query `name`, run as a prepared statement with these arguments under plan_cache_mode;
+    with `analyze`, run for real: EXPLAIN (ANALYZE, BUFFERS), with actual rows and the pages each node
+    touched."""
     await conn.execute(f"SET plan_cache_mode = {mode}")
     await conn.execute(f"PREPARE plan_check AS {sql.QUERIES[name]}")
     try:
@@ -50,7 +54,8 @@ async def plan_of(conn: asyncpg.Connection, name: str, args: tuple[Any, ...], mo
             await conn.fetchval(f"SELECT quote_nullable($1::{type_name}::text)", arg)
             for type_name, arg in zip(types, args, strict=True)
         ]
-        explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE plan_check({', '.join(literals)})")
+        options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
+        explained = await conn.fetchval(f"EXPLAIN ({options}) EXECUTE plan_check({', '.join(literals)})")
     finally:
         await conn.execute("DEALLOCATE plan_check")
     plan: dict[str, Any] = json.loads(explained)[0]["Plan"]
@@ -126,29 +131,6 @@ async def test_confirm_cancel_and_expire_find_slot_rows_by_primary_key(database_
         assert accesses(plan, "hold_slots") == {"hold_slots_pkey"}, f"{name}:\n{json.dumps(plan, indent=1)}"
 
 
-async def analyzed_plan_of(
-    conn: asyncpg.Connection, name: str, args: tuple[Any, ...], mode: str
-) -> dict[str, Any]:
-    """As plan_of, but run: EXPLAIN (ANALYZE, BUFFERS), with actual rows and the pages each node touched."""
-    await conn.execute(f"SET plan_cache_mode = {mode}")
-    await conn.execute(f"PREPARE plan_check AS {sql.QUERIES[name]}")
-    try:
-        types = await conn.fetchval(
-            "SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = 'plan_check'"
-        )
-        literals = [
-            await conn.fetchval(f"SELECT quote_nullable($1::{type_name}::text)", arg)
-            for type_name, arg in zip(types, args, strict=True)
-        ]
-        explained = await conn.fetchval(
-            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE plan_check({', '.join(literals)})"
-        )
-    finally:
-        await conn.execute("DEALLOCATE plan_check")
-    plan: dict[str, Any] = json.loads(explained)[0]["Plan"]
-    return plan
-
-
 HISTORY_ROWS = 50_000
 HISTORY_SLOTS = 500  # each re-held and let go 100 times
 
@@ -185,7 +167,7 @@ async def test_seat_map_reads_live_rows_only_whatever_the_history(database_url: 
         )
         await conn.executemany(sql.CONFIRM_HOLD, [("h3", "x", ""), ("h4", "x", "")])
         await conn.execute("ANALYZE")
-        plan = await analyzed_plan_of(conn, "event_slots", ("show-42", None, None, 1000), mode)
+        plan = await plan_of(conn, "event_slots", ("show-42", None, None, 1000), mode, analyze=True)
         listed = await conn.fetch(sql.EVENT_SLOTS, "show-42", None, None, 1000)
         after = await conn.fetch(sql.EVENT_SLOTS, "show-42", "A-250", "confirmed", 1000)
         free = await conn.fetch(sql.EVENT_SLOTS, "show-42", None, "free", 1000)
