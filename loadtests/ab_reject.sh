@@ -32,7 +32,16 @@ for round in $(seq 1 "$rounds"); do
       GATEWAY_REDIS_KEY_PREFIX="ab$$r${round}t$i" GATEWAY_LOG_LEVEL=WARNING \
       exec setsid "$python" -m gateway.cli serve --port "$port" --workers 2 >"$work/serve.log" 2>&1) &
     pid=$!
-    for _ in $(seq 1 300); do curl -sf "localhost:$port/ready" >/dev/null && break; sleep 0.1; done
+    ready=no
+    for _ in $(seq 1 300); do
+      if curl -sf "localhost:$port/ready" >/dev/null; then ready=yes; break; fi
+      sleep 0.1
+    done
+    if [ "$ready" != yes ]; then
+      echo "round $round  $rev: the gateway did not become ready on port $port; its log:" >&2
+      tail -20 "$work/serve.log" >&2
+      exit 1
+    fi
     body='{"event_id":"bench","slots":["A-1"],"holder":"owner","ttl_seconds":3600}'
     curl -s -o /dev/null -X POST "localhost:$port/v1/holds" -H 'Content-Type: application/json' -d "$body"
     out=$(wrk -t2 -c64 -d"${duration_s}s" --latency -s "$top/loadtests/wrk/reject.lua" "http://127.0.0.1:$port")
