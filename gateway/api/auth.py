@@ -4,6 +4,7 @@ the client keys of the hold routes (see gateway.client_keys)."""
 import base64
 import binascii
 import hmac
+from collections.abc import Iterable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -44,6 +45,14 @@ def require_ops_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
         raise Unauthorized()
 
 
+def _authorization(raw_headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The Authorization header from the raw ASGI headers: every create passes here, so no Headers object."""
+    for name, value in raw_headers:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return ""
+
+
 # What `hold_caller` answers for the ops token on a read: it reads every hold, whatever its client key.
 EVERY_CLIENT = None
 
@@ -52,7 +61,7 @@ def hold_caller(connection: ASGIConnection[Any, Any, Any, Any], *, reading: bool
     """The client key a hold route acts for: the presented key's id; '' while the gateway is open (no client
     key exists); or EVERY_CLIENT for the ops token on a read (it reads every hold and creates none). Raises
     ClientKeyRequired. Called by the handlers, not as a guard (a guard copies its handler per request)."""
-    presented = presented_token(connection.headers.get("authorization", ""))
+    presented = presented_token(_authorization(connection.scope["headers"]))
     settings: Settings = connection.app.state.settings
     if reading and presented and is_ops_token(settings, presented):
         return EVERY_CLIENT
