@@ -381,7 +381,9 @@ class HoldService:
             metrics.HOLD_LIFETIME_SECONDS.labels("confirmed").observe(held_s)
         if changed and self.front is not None:
             lease = self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
-            await self.front.extend(lease, self.settings.confirmed_lease_ms)
+            # Stretch only: a cancel that overtook this confirm has released the lease, and must not see it
+            # set again for an hour.
+            await self.front.extend(lease, self.settings.confirmed_lease_ms, set_missing=False)
         return hold.to_model()
 
     async def cancel(self, hold_id: str, holder: str, client_key_id: str = "") -> Hold:

@@ -340,9 +340,13 @@ class RedisFront:
         ttl_ms: int,
         idempotency_record_key: str | None = None,
         request_fp: str | None = None,
+        *,
+        set_missing: bool = True,
     ) -> int | None:
-        """After the commit: stretch the leases to `ttl_ms` and record the idempotency key. Best effort:
-        a failure leaves the pending leases to lapse, and Postgres still turns rivals away."""
+        """After the commit: stretch the leases to `ttl_ms` and record the idempotency key; with
+        `set_missing`, set leases that lapsed meanwhile too (after a create; not after a confirm, which a
+        cancel may have overtaken). Best effort: a failure leaves the pending leases to lapse, and Postgres
+        still turns rivals away."""
         keys_ = list(lease.slot_keys)
         if idempotency_record_key is not None:
             keys_.append(idempotency_record_key)
@@ -352,6 +356,7 @@ class RedisFront:
             len(lease.slots),
             request_fp or "",
             self._settings.idempotency_retention_s * 1000,
+            "1" if set_missing else "0",
         ]
         return await self._best_effort("extend", keys_, args)
 

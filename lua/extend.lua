@@ -7,8 +7,10 @@ ARGV[2]     new lease TTL, milliseconds (the hold's remaining life, from Postgre
 ARGV[3]     n, the number of slot keys
 ARGV[4]     request fingerprint to record for the idempotency key, or ''
 ARGV[5]     idempotency record TTL, milliseconds
+ARGV[6]     '1' to set a lease that is missing (after a create's commit), '0' to stretch only those there
+            (after a confirm: a cancel racing it may already have released them, and must stay released)
 
-A lease that lapsed while the commit ran is set again: Postgres says the slot is ours.
+After a create, a lease that lapsed while the commit ran is set again: Postgres says the slot is ours.
 A lease now owned by another value is left alone: Postgres will turn that request away.
 
 Returns the number of slots now leased to ARGV[1].
@@ -18,6 +20,7 @@ local ttl_ms = tonumber(ARGV[2])
 local slot_count = tonumber(ARGV[3])
 local request_fp = ARGV[4]
 local record_ttl_ms = tonumber(ARGV[5])
+local set_missing = ARGV[6] == '1'
 
 local leased = 0
 for i = 1, slot_count do
@@ -25,7 +28,7 @@ for i = 1, slot_count do
   if owner == lease_value then
     redis.call('PEXPIRE', KEYS[i], ttl_ms)
     leased = leased + 1
-  elseif not owner then
+  elseif not owner and set_missing then
     redis.call('SET', KEYS[i], lease_value, 'PX', ttl_ms)
     leased = leased + 1
   end

@@ -124,3 +124,25 @@ async def test_acquire_judges_no_event_whose_marker_is_missing_or_of_another_ins
         assert (await front.acquire(fresh, 5_000, None, None)).outcome is AcquireOutcome.CONFLICT
     finally:
         await client.aclose()
+
+
+async def test_a_confirms_extend_does_not_bring_back_a_lease_a_cancel_released(
+    front: RedisFront, settings: Settings
+) -> None:
+    """Regression: a confirm and a cancel of one hold, answered in that order by Postgres, can reach Redis in
+    the other order; the confirm's extend then set the released lease again, for an hour. A confirm's
+    extend stretches only; a create's still sets a lease that lapsed during its commit."""
+    client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    lease = front.lease("show-1", ["A-1"], "token-a", "alice")
+    try:
+        await front.acquire(lease, 5_000, None, None)
+        released = await front.release(lease)
+        after_confirm = await front.extend(lease, 3_600_000, set_missing=False)
+        left_by_confirm = await client.get(lease.slot_keys[0])
+        after_create = await front.extend(lease, 60_000)
+        set_by_create = await client.get(lease.slot_keys[0])
+    finally:
+        await client.aclose()
+
+    assert (released, after_confirm, left_by_confirm) == (1, 0, None)
+    assert (after_create, set_by_create) == (1, lease.value)
