@@ -115,8 +115,8 @@ class LeaseSync:
             len(events),
             extra={"events": len(events)},
         )
-        for start in range(0, len(events), EVENT_BATCH):
-            await self.synchronize_events(events[start : start + EVENT_BATCH])
+        for batch in _batches(events, EVENT_BATCH):
+            await self.synchronize_events(batch)
         await front.set_instance_marker()
         metrics.LEASE_REBUILDS.inc()
 
