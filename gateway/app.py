@@ -14,14 +14,17 @@ from gateway import background, metrics
 from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
 from gateway.api.holds import HoldsController
+from gateway.api.inventory import InventoryController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.problems import framework_error, gateway_error, internal_error
 from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
+from gateway.availability import AvailabilityCache
 from gateway.client_keys import ClientKeys
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable, GatewayError
 from gateway.holds import HoldService
+from gateway.inventory_store import InventoryStore
 from gateway.logs import install_request_id_factory
 from gateway.loop_lag import watch_loop_lag
 from gateway.observability import ObservedLitestar
@@ -52,6 +55,7 @@ def create_app(settings: Settings) -> Litestar:
             await client_keys.refresh()
         app.state.client_keys = client_keys
         app.state.holds = service
+        app.state.availability = AvailabilityCache(InventoryStore(store))
         app.state.ops = OpsService(service)
         if settings.ops_token is None:
             log.warning(
@@ -79,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HoldsController,
             SlotsController,
+            InventoryController,
             ClientKeysController,
             OpsController,
             health,

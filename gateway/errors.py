@@ -90,16 +90,66 @@ class MethodNotAllowed(GatewayError):
 
 
 class SlotUnavailable(GatewayError):
-    """Some of the requested slots are held by someone else."""
+    """Some of the requested seats are held by someone else or blocked, or a pool has too few units left."""
 
     status_code = 409
     problem = "slot-unavailable"
     title = "Slot unavailable"
 
-    def __init__(self, conflicts: list[str]) -> None:
-        verb = "is" if len(conflicts) == 1 else "are"
-        super().__init__(f"{len(conflicts)} of the requested slots {verb} taken", conflicts=conflicts)
+    def __init__(self, conflicts: list[str], unavailable: list[dict[str, str | int]] | None = None) -> None:
+        """`conflicts`: the seat ids taken or blocked; `unavailable`: every seat ({event_id, slot_id}) and
+        pool ({event_id, pool_id, requested, available}) that could not be granted."""
+        unavailable = unavailable or []
+        pools = sum(1 for item in unavailable if "pool_id" in item)
+        if pools and not conflicts:
+            detail = f"{pools} of the requested pools {'has' if pools == 1 else 'have'} too few units left"
+        else:
+            verb = "is" if len(conflicts) == 1 else "are"
+            detail = f"{len(conflicts)} of the requested slots {verb} taken"
+            if pools:
+                detail += f", and {pools} of the requested pools too few units left"
+        super().__init__(detail, conflicts=conflicts, unavailable=unavailable)
         self.conflicts = conflicts
+        self.unavailable = unavailable
+
+
+class HolderLimitExceeded(GatewayError):
+    """The holder's live units in the event, with this request's, would pass the event's per-holder limit."""
+
+    status_code = 409
+    problem = "holder-limit"
+    title = "Holder limit exceeded"
+
+    def __init__(self, event_id: str, limit: int, held: int, requested: int) -> None:
+        super().__init__(
+            f"the holder has {held} live units of event {event_id!r}; {requested} more would pass its "
+            f"limit of {limit}",
+            event_id=event_id,
+            limit=limit,
+            held=held,
+            requested=requested,
+        )
+
+
+class InventoryInUse(GatewayError):
+    """The change would take seats or units that live holds have."""
+
+    status_code = 409
+    problem = "inventory-in-use"
+    title = "Inventory in use"
+
+    def __init__(
+        self, detail: str, *, seats: list[str] | None = None, pools: list[str] | None = None
+    ) -> None:
+        super().__init__(detail, seats=seats or [], pools=pools or [])
+
+
+class InventoryNotFound(GatewayError):
+    """The event has no inventory."""
+
+    status_code = 404
+    problem = "inventory-not-found"
+    title = "Inventory not found"
 
 
 class HoldNotFound(GatewayError):
@@ -108,6 +158,14 @@ class HoldNotFound(GatewayError):
     status_code = 404
     problem = "hold-not-found"
     title = "Hold not found"
+
+
+class SlotNotFound(GatewayError):
+    """The event's inventory has no seat with this id."""
+
+    status_code = 404
+    problem = "slot-not-found"
+    title = "Slot not found"
 
 
 class ClientKeyNotFound(GatewayError):

@@ -11,17 +11,20 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from gateway import faultpoints, metrics
+from gateway import faultpoints, items, metrics
 from gateway.bulkhead import Bulkhead
 from gateway.config import Settings
 from gateway.errors import (
     BackendUnavailable,
+    GatewayError,
+    HolderLimitExceeded,
     HoldNotFound,
     IdempotencyKeyReused,
     InvalidRequest,
@@ -29,17 +32,21 @@ from gateway.errors import (
     NotHolder,
     OutcomeUnknown,
     RetryLater,
+    SlotNotFound,
     SlotUnavailable,
 )
+from gateway.items import EventPart
 from gateway.lease_sync import LeaseSync, lease_ttl_ms
 from gateway.logs import note_request
-from gateway.models import CreateHold, Hold, SlotState
+from gateway.models import CreateHold, Hold, SlotState, SlotStateName
 from gateway.redis_front import AcquireOutcome, AcquireResult, Lease, RedisFront, RedisUnavailable
 from gateway.store import (
     ClaimOutcomeUnknown,
+    ClaimRequest,
     ClaimResult,
     HoldRow,
     IdempotencyRecord,
+    InventoryRefusal,
     SlotOwner,
     Store,
     remaining_ms,
@@ -61,14 +68,22 @@ class HoldResponse:
 class HoldRequest:
     """A validated create request, in canonical form."""
 
-    event_id: str
-    slots: list[str]  # sorted, distinct
+    parts: list[EventPart]  # what it takes, per event (see gateway.items)
     holder: str
     ttl_ms: int
     idempotency_key: str | None
     request_hash: str | None  # of the canonical request, with an Idempotency-Key only
     token: str  # the lease owner token; derived from the key, so a retry reclaims its own leases
     client_key_id: str  # the client key the hold will belong to ('' while the gateway is open)
+
+    @property
+    def first_event_id(self) -> str:
+        """The event whose Redis keys hold the request's idempotency record."""
+        return self.parts[0].event_id
+
+    @property
+    def seat_pairs(self) -> list[tuple[str, str]]:
+        return [(part.event_id, seat) for part in self.parts for seat in part.seats]
 
 
 def new_hold_id() -> str:
@@ -97,13 +112,19 @@ class HoldService:
         """The checks that depend on settings; raise InvalidRequest naming the field. The request is the
         client key's (`client_key_id`): its Idempotency-Key is scoped to that key and the holder."""
         settings = self.settings
-        if len(body.slots) > settings.max_slots_per_hold:
+        if body.slots is not None:  # the one-event form, with its own field names in errors
+            if len(body.slots) > settings.max_slots_per_hold:
+                raise InvalidRequest(
+                    f"`slots` has {len(body.slots)} items; at most {settings.max_slots_per_hold} are allowed"
+                )
+            if len(set(body.slots)) != len(body.slots):
+                raise InvalidRequest("`slots` contains duplicates")
+        parts = items.parts_from_request(body.all_items)
+        units = sum(part.units for part in parts)
+        if units > settings.max_slots_per_hold:
             raise InvalidRequest(
-                f"`slots` has {len(body.slots)} items; at most {settings.max_slots_per_hold} are allowed"
+                f"`items` ask for {units} units in all; at most {settings.max_slots_per_hold} are allowed"
             )
-        slots = sorted(set(body.slots))
-        if len(slots) != len(body.slots):
-            raise InvalidRequest("`slots` contains duplicates")
         ttl_s = settings.default_ttl_s if body.ttl_seconds is None else body.ttl_seconds
         if not settings.min_ttl_s <= ttl_s <= settings.max_ttl_s:
             raise InvalidRequest(
@@ -113,91 +134,111 @@ class HoldService:
         if idempotency_key is None:
             token = secrets.token_hex(16)
         else:
-            canonical = _canonical_encoder.encode(
-                {"event_id": body.event_id, "slots": slots, "holder": body.holder, "ttl_seconds": ttl_s}
-            )
-            request_hash = hashlib.sha256(canonical).hexdigest()
-            parts = [b"token", client_key_id.encode(), body.holder.encode(), idempotency_key.encode()]
-            token = hashlib.sha256(b"\0".join([*parts, request_hash.encode()])).hexdigest()[:32]
+            canonical: dict[str, object] = {"holder": body.holder, "ttl_seconds": ttl_s}
+            if items.is_plain(parts):  # as before pools: the records of earlier requests still match
+                canonical |= {"event_id": parts[0].event_id, "slots": list(parts[0].seats)}
+            else:
+                canonical["items"] = items.canonical_items(parts)
+            request_hash = hashlib.sha256(_canonical_encoder.encode(canonical)).hexdigest()
+            key_parts = [b"token", client_key_id.encode(), body.holder.encode(), idempotency_key.encode()]
+            token = hashlib.sha256(b"\0".join([*key_parts, request_hash.encode()])).hexdigest()[:32]
         return HoldRequest(
-            body.event_id,
-            slots,
-            body.holder,
-            ttl_s * 1000,
-            idempotency_key,
-            request_hash,
-            token,
-            client_key_id,
+            parts, body.holder, ttl_s * 1000, idempotency_key, request_hash, token, client_key_id
         )
 
-    async def _acquire_in_redis(self, front: RedisFront, lease: Lease, request: HoldRequest) -> AcquireResult:
-        """Redis's verdict, taking turns: at most `create_concurrency` requests of this worker are at this
-        step at once. The storm of losers ends here, so it waits parked instead of crowding the event loop
-        (confirms and reads would wait behind it); winners leave the queue before their Postgres commit.
-        An event not synchronized on this Redis is synchronized first (once), then asked again."""
+    def _leases(self, front: RedisFront, hold: HoldRequest | HoldRow) -> list[Lease]:
+        """The hold's Redis leases, one per event."""
+        return [
+            front.lease(part.event_id, part.seats, hold.token, hold.holder, part.pools) for part in hold.parts
+        ]
+
+    async def _acquire_in_redis(
+        self, front: RedisFront, lease: Lease, request: HoldRequest, record_key: str | None
+    ) -> AcquireResult:
+        """Redis's verdict on one event's part, taking turns: at most `create_concurrency` requests of this
+        worker are at this step at once. The storm of losers ends here, so it waits parked instead of
+        crowding the event loop (confirms and reads would wait behind it); winners leave the queue before
+        their Postgres commit. An event not synchronized on this Redis is synchronized first (once), then
+        asked again."""
         await self._create_turns.enter()
         try:
             asked_at = time.monotonic()
-            verdict = await self._acquire(front, lease, request)
+            verdict = await self._acquire(front, lease, request, record_key)
             if verdict.outcome is AcquireOutcome.NOT_SYNCED:
                 assert self.lease_sync is not None
-                if await self.lease_sync.synchronize_event(request.event_id, asked_at):
-                    verdict = await self._acquire(front, lease, request)
+                if await self.lease_sync.synchronize_event(lease.event_id, asked_at):
+                    verdict = await self._acquire(front, lease, request, record_key)
             return verdict
         finally:
             self._create_turns.leave()
 
-    async def _acquire(self, front: RedisFront, lease: Lease, request: HoldRequest) -> AcquireResult:
-        return await front.acquire(
-            lease, self.settings.lease_pending_ms, _record_key(front, request), request.request_hash
-        )
+    async def _acquire(
+        self, front: RedisFront, lease: Lease, request: HoldRequest, record_key: str | None
+    ) -> AcquireResult:
+        request_fp = request.request_hash if record_key is not None else None
+        return await front.acquire(lease, self.settings.lease_pending_ms, record_key, request_fp)
 
     async def create(self, request: HoldRequest) -> HoldResponse:
+        """Redis first, event by event (each event's keys share one hash tag, so one script call each); a
+        part refused gives back the parts taken before it. Then Postgres decides."""
         front = self.front
         if front is None:
-            return await self._create_in_postgres(request, lease=None)
-        lease = front.lease(request.event_id, request.slots, request.token, request.holder)
-        try:
-            verdict = await self._acquire_in_redis(front, lease, request)
-        except RedisUnavailable:
-            return await self._create_in_postgres(request, lease=None)
-        match verdict.outcome:
-            case AcquireOutcome.CONFLICT:
-                metrics.HOLDS_REJECTED_BY_REDIS.inc()
-                note_request(layer="redis")
-                raise SlotUnavailable(verdict.conflicts)
-            case AcquireOutcome.KEY_REUSED:
-                note_request(layer="redis")
-                raise IdempotencyKeyReused()
-            case AcquireOutcome.REPLAY:
-                replay = await self._replay(request)
-                if replay is not None:
-                    return replay
-                return await self._create_in_postgres(request, lease=None)
-            case AcquireOutcome.HELD_BY_HOLDER | AcquireOutcome.NOT_SYNCED:
-                # Likely a retry of a hold this holder already has, or Redis cannot judge this event now:
-                # Postgres tells.
-                return await self._create_in_postgres(request, lease=None)
-            case AcquireOutcome.ACQUIRED:
-                if faultpoints.ACTIVE:
-                    await faultpoints.reached("after_redis_acquire")
-                return await self._create_in_postgres(request, lease=lease)
+            return await self._create_in_postgres(request, leases=[])
+        taken: list[Lease] = []
+        for index, lease in enumerate(self._leases(front, request)):
+            record_key = _record_key(front, request) if index == 0 else None
+            try:
+                verdict = await self._acquire_in_redis(front, lease, request, record_key)
+            except RedisUnavailable:
+                await self._release_all(taken)
+                return await self._create_in_postgres(request, leases=[])
+            if verdict.outcome is AcquireOutcome.ACQUIRED:
+                taken.append(lease)
+                continue
+            await self._release_all(taken)
+            match verdict.outcome:
+                case AcquireOutcome.CONFLICT | AcquireOutcome.SOLD_OUT:
+                    metrics.HOLDS_REJECTED_BY_REDIS.inc()
+                    note_request(layer="redis")
+                    raise _unavailable(
+                        lease.event_id,
+                        taken_seats=verdict.conflicts,
+                        blocked_seats=verdict.blocked,
+                        short_pools=[
+                            (lease.event_id, pool_id, dict(lease.pools)[pool_id], available)
+                            for pool_id, available in verdict.short_pools
+                        ],
+                    )
+                case AcquireOutcome.KEY_REUSED:
+                    note_request(layer="redis")
+                    raise IdempotencyKeyReused()
+                case AcquireOutcome.REPLAY:
+                    replay = await self._replay(request)
+                    if replay is not None:
+                        return replay
+                    return await self._create_in_postgres(request, leases=[])
+                case _:
+                    # HELD_BY_HOLDER: likely a retry of a hold this holder already has; NOT_SYNCED or
+                    # UNKNOWN_POOL: Redis cannot judge this event now. Postgres tells.
+                    return await self._create_in_postgres(request, leases=[])
+        if faultpoints.ACTIVE:
+            await faultpoints.reached("after_redis_acquire")
+        return await self._create_in_postgres(request, leases=taken)
 
-    async def _create_in_postgres(self, request: HoldRequest, lease: Lease | None) -> HoldResponse:
-        """Claim in Postgres, which decides; `lease` is the pending lease Redis gave this request, if any."""
+    async def _create_in_postgres(self, request: HoldRequest, leases: list[Lease]) -> HoldResponse:
+        """Claim in Postgres, which decides; `leases` are the pending leases Redis gave this request."""
         note_request(layer="postgres")
         sent_at = time.monotonic()
         try:
             hold_id, result = await self._claim(request)
         except OutcomeUnknown:
-            raise  # the hold may exist: its lease stays, and lapses with its pending TTL if it does not
+            raise  # the hold may exist: its leases stay, and lapse with their pending TTL if it does not
         except BaseException:
-            if lease is not None:
-                await self._release(lease)
+            await self._release_all(leases)
             raise
         if result.created:
             return await self._won(request, hold_id, result, sent_at)
-        return await self._lost(request, result, lease, sent_at)
+        return await self._lost(request, result, leases, sent_at)
 
     async def _won(
         self, request: HoldRequest, hold_id: str, result: ClaimResult, sent_at: float
@@ -205,12 +246,13 @@ class HoldService:
         """The claim committed: stretch the leases to the hold's life and answer 201."""
         assert result.created_at is not None
         assert result.expires_at is not None
+        single = len(request.parts) == 1
         hold = HoldRow(
             id=hold_id,
             token=request.token,
-            event_id=request.event_id,
+            event_id=request.first_event_id if single else None,
             holder=request.holder,
-            slots=request.slots,
+            slots=list(request.parts[0].seats) if single else [],
             status="held",
             created_at=result.created_at,
             expires_at=result.expires_at,
@@ -218,6 +260,7 @@ class HoldService:
             cancelled_at=None,
             client_key_id=request.client_key_id,
             db_now=result.db_now,
+            stored_items=items.to_json(request.parts),
         )
         if faultpoints.ACTIVE:
             await faultpoints.reached("after_commit")
@@ -227,57 +270,92 @@ class HoldService:
         log.info(
             "hold %s created",
             hold_id,
-            extra={"hold_id": hold_id, "event_id": request.event_id, "slots": len(request.slots)},
+            extra={
+                "hold_id": hold_id,
+                "event_id": hold.event_id,
+                "slots": sum(part.units for part in request.parts),
+            },
         )
         return HoldResponse(hold.to_model(), 201)
 
     async def _lost(
-        self, request: HoldRequest, result: ClaimResult, lease: Lease | None, sent_at: float
+        self, request: HoldRequest, result: ClaimResult, leases: list[Lease], sent_at: float
     ) -> HoldResponse:
-        """Not created: the Idempotency-Key was used before (a replay, or 422), this holder already holds
-        exactly these slots (200), or rivals own some slots (409). Postgres's answer is taught to Redis.
-        The claim itself reported the owners and the key's record, so a loss costs no other statement
-        unless a rival committed after the claim's snapshot (an owner missing): then ask again."""
-        taken = sorted(set(request.slots) - set(result.claimed_slots))
-        owners = [owner for owner in result.owners if owner.slot_id in taken]
-        seen_all = {owner.slot_id for owner in owners} == set(taken)
-        if request.idempotency_key is not None:
+        """Not created: the Idempotency-Key was used before (a replay, or 422), the events' inventories
+        refused it, this holder already holds exactly this (200), or rivals own some seats (409). Postgres's
+        answer is taught to Redis. The claim itself reported the owners and the key's record, so a loss
+        costs no other statement unless a rival committed after the claim's snapshot (an owner missing):
+        then ask again."""
+        requested = request.seat_pairs
+        claimed = set(result.claimed_seats)
+        taken = [seat for seat in requested if seat not in claimed] if result.refusal is None else []
+        owners = [owner for owner in result.owners if (owner.event_id, owner.slot_id) in set(taken)]
+        seen_all = {(owner.event_id, owner.slot_id) for owner in owners} == set(taken)
+        if request.idempotency_key is not None and result.refusal is None:
             record = result.prior_record
-            if record is None and not seen_all:
+            if record is None and (not seen_all or not taken):  # not taken: a pool-only claim's key
                 record = await self.store.idempotency_record(
                     request.client_key_id, request.holder, request.idempotency_key
                 )
             try:
                 replay = None if record is None else await self._replay_record(request, record)
             except IdempotencyKeyReused:
-                if lease is not None:
-                    await self._release(lease)  # taken for another request's slots: not this key's
+                await self._release_all(leases)  # taken for another request's seats: not this key's
                 raise
             if replay is not None:
                 # The leases carrying this token belong to that committed hold: keep them.
                 return replay
-        if lease is not None:
-            await self._release(lease)
+        await self._release_all(leases)
+        if result.refusal is not None:
+            metrics.HOLDS_REJECTED_BY_POSTGRES.inc()
+            raise await self._refused(result.refusal, had_leases=bool(leases))
         if not taken:
-            # Every slot was claimed, yet no hold was inserted: the token names an older hold (its unique
+            # Every seat was claimed, yet no hold was inserted: the token names an older hold (its unique
             # key), one whose Idempotency-Key record is gone but whose token the purge has not retired yet.
-            # No rival holds a slot, so this is never a 409 (it would name no conflict): retry shortly.
-            log.error("claim got every slot but its token names an older hold (event %s)", request.event_id)
+            # No rival holds a seat, so this is never a 409 (it would name no conflict): retry shortly.
+            log.error("claim got every seat but its token names an older hold")
             raise BackendUnavailable(self.settings.retry_after_s)
         read_at = sent_at
         if not seen_all:
             read_at = time.monotonic()
-            owners = await self.store.slot_owners(request.event_id, taken)
+            owners = await self.store.slot_owners(taken)
         if self.lease_sync is not None and owners:
             await self.lease_sync.adopt([owner.hold for owner in owners], read_at)
         existing = _same_holders_hold(owners, request)
         if existing is not None:
             note_request(hold_id=existing.id)
             return HoldResponse(existing.to_model(), 200)
-        # A slot whose owner committed and then released between the claim and this read counts as taken:
+        # A seat whose owner committed and then released between the claim and this read counts as taken:
         # the claim lost to it.
         metrics.HOLDS_REJECTED_BY_POSTGRES.inc()
-        raise SlotUnavailable(taken)
+        raise _unavailable(None, taken_pairs=taken)
+
+    async def _refused(self, refusal: InventoryRefusal, *, had_leases: bool) -> GatewayError:
+        """The error for what the inventories refused. A refusal Redis should have made itself (its units or
+        blocks were out of date) has the events synchronized again, so that the next request stops there."""
+        if refusal.unknown_seats or refusal.unknown_pools:
+            named = [f"seat {s!r} of {e!r}" for e, s in refusal.unknown_seats]
+            named += [f"pool {p!r} of {e!r}" for e, p in refusal.unknown_pools]
+            return InvalidRequest(
+                f"`items` name what the event's inventory does not have: {', '.join(named[:20])}"
+            )
+        if refusal.over_per_hold:
+            event_id, limit, units = refusal.over_per_hold[0]
+            return InvalidRequest(
+                f"`items` ask for {units} units of event {event_id!r}; its limit per hold is {limit}"
+            )
+        if refusal.holder_over_limit is not None:
+            over = refusal.holder_over_limit
+            metrics.REJECTED_FOR["holder_limit"].inc()
+            return HolderLimitExceeded(over.event_id, over.limit, over.held, over.requested)
+        if had_leases and self.lease_sync is not None:
+            stale = {e for e, _ in refusal.blocked_seats} | {p.event_id for p in refusal.short_pools}
+            await self.lease_sync.resynchronize(sorted(stale))
+        return _unavailable(
+            None,
+            blocked_pairs=refusal.blocked_seats,
+            short_pools=[(p.event_id, p.pool_id, p.requested, p.available) for p in refusal.short_pools],
+        )
 
     async def _claim(self, request: HoldRequest) -> tuple[str, ClaimResult]:
         """The claim, and the id of the hold it made. A lost answer is resolved, never guessed: the same claim
@@ -308,7 +386,7 @@ class HoldService:
                     return committed.id, ClaimResult(
                         created=True,
                         idempotency_recorded=request.idempotency_key is not None,
-                        claimed_slots=list(committed.slots),
+                        claimed_seats=request.seat_pairs,
                         created_at=committed.created_at,
                         expires_at=committed.expires_at,
                         db_now=committed.db_now,
@@ -319,15 +397,16 @@ class HoldService:
 
     async def _claim_once(self, request: HoldRequest, hold_id: str, *, in_transaction: bool) -> ClaimResult:
         return await self.store.claim(
-            hold_id=hold_id,
-            token=request.token,
-            event_id=request.event_id,
-            holder=request.holder,
-            slots=request.slots,
-            ttl_ms=request.ttl_ms,
-            idempotency_key=request.idempotency_key,
-            request_hash=request.request_hash,
-            client_key_id=request.client_key_id,
+            ClaimRequest(
+                hold_id=hold_id,
+                token=request.token,
+                holder=request.holder,
+                parts=request.parts,
+                ttl_ms=request.ttl_ms,
+                idempotency_key=request.idempotency_key,
+                request_hash=request.request_hash,
+                client_key_id=request.client_key_id,
+            ),
             in_transaction=in_transaction,
         )
 
@@ -353,16 +432,19 @@ class HoldService:
         front = self.front
         if front is None:
             return
-        lease = front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
+        leases = self._leases(front, hold)
         ttl_ms = lease_ttl_ms(hold.remaining_ms, sent_at)
         if ttl_ms <= 0:
-            await front.release(lease)  # the hold is already over (a very late answer): no lease at all
+            await self._release_all(leases)  # the hold is already over (a very late answer): no lease at all
             return
-        await front.extend(lease, ttl_ms, _record_key(front, request), request.request_hash)
+        for index, lease in enumerate(leases):
+            record_key = _record_key(front, request) if index == 0 else None
+            await front.extend(lease, ttl_ms, record_key, request.request_hash if record_key else None)
 
-    async def _release(self, lease: Lease) -> None:
+    async def _release_all(self, leases: Sequence[Lease]) -> None:
         if self.front is not None:
-            await self.front.release(lease)
+            for lease in leases:
+                await self.front.release(lease)
 
     async def get(self, hold_id: str, client_key_id: str | None) -> Hold:
         """The hold, if it is the client key's (`client_key_id` None: any client key's, for operations)."""
@@ -380,10 +462,12 @@ class HoldService:
             metrics.HOLD_TIME_TO_CONFIRM_SECONDS.observe(held_s)
             metrics.HOLD_LIFETIME_SECONDS.labels("confirmed").observe(held_s)
         if changed and self.front is not None:
-            lease = self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder)
-            # Stretch only: a cancel that overtook this confirm has released the lease, and must not see it
-            # set again for an hour.
-            await self.front.extend(lease, self.settings.confirmed_lease_ms, set_missing=False)
+            for lease in self._leases(self.front, hold):
+                # Stretch only: a cancel that overtook this confirm has released the lease, and must not see
+                # it set again for an hour. Pool units stay counted for good.
+                await self.front.extend(
+                    lease, self.settings.confirmed_lease_ms, set_missing=False, confirmed=True
+                )
         return hold.to_model()
 
     async def cancel(self, hold_id: str, holder: str, client_key_id: str = "") -> Hold:
@@ -394,7 +478,7 @@ class HoldService:
                 held_s = (hold.cancelled_at - hold.created_at).total_seconds()
                 metrics.HOLD_LIFETIME_SECONDS.labels("cancelled").observe(held_s)
         if changed and self.front is not None:
-            await self.front.release(self.front.lease(hold.event_id, hold.slots, hold.token, hold.holder))
+            await self._release_all(self._leases(self.front, hold))
         return hold.to_model()
 
     async def _transition(
@@ -423,9 +507,13 @@ class HoldService:
         return hold, transition.changed
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotState:
+        """One seat's state; SlotNotFound for a seat an event's inventory does not list."""
         row = await self.store.slot_state(event_id, slot_id)
-        if row is None:
-            return SlotState(event_id=event_id, slot_id=slot_id, state="free", expires_at=None, ttl_ms=None)
+        if row.has_inventory and not row.listed:
+            raise SlotNotFound()
+        if row.status is None or row.expires_at is None:
+            state: SlotStateName = "blocked" if row.blocked else "free"
+            return SlotState(event_id=event_id, slot_id=slot_id, state=state, expires_at=None, ttl_ms=None)
         held = row.status == "held"
         return SlotState(
             event_id=event_id,
@@ -437,23 +525,48 @@ class HoldService:
 
 
 def _record_key(front: RedisFront, request: HoldRequest) -> str | None:
-    """The Redis key of the request's idempotency record, if it has an Idempotency-Key."""
+    """The Redis key of the request's idempotency record (under its first event), if it has an
+    Idempotency-Key."""
     if request.idempotency_key is None:
         return None
     return front.idempotency_record_key(
-        request.event_id, request.client_key_id, request.holder, request.idempotency_key
+        request.first_event_id, request.client_key_id, request.holder, request.idempotency_key
     )
 
 
 def _same_holders_hold(owners: list[SlotOwner], request: HoldRequest) -> HoldRow | None:
-    """The live hold of this holder, made with this client key, on exactly these slots, if that is what
+    """The live hold of this holder, made with this client key, with exactly these items, if that is what
     blocked the claim. (Another client key's hold is not answered, whatever its holder: the answer shows
     the hold's id, which would let that key's caller act on it.)"""
     hold_ids = {owner.hold.id for owner in owners}
-    if len(hold_ids) != 1 or len(owners) != len(request.slots):
+    if len(hold_ids) != 1 or len(owners) != len(request.seat_pairs):
         return None
     hold = owners[0].hold
     same_caller = hold.client_key_id == request.client_key_id and hold.holder == request.holder
-    if same_caller and sorted(hold.slots) == request.slots:
+    if same_caller and hold.parts == request.parts:
         return hold
     return None
+
+
+def _unavailable(
+    event_id: str | None,
+    *,
+    taken_seats: Sequence[str] = (),
+    blocked_seats: Sequence[str] = (),
+    taken_pairs: Sequence[tuple[str, str]] = (),
+    blocked_pairs: Sequence[tuple[str, str]] = (),
+    short_pools: Sequence[tuple[str, str, int, int]] = (),
+) -> SlotUnavailable:
+    """The 409 for seats taken or blocked and pools short (seats of `event_id`, or (event, seat) pairs), with
+    the rejection counted by its reason."""
+    taken = [*((event_id, s) for s in taken_seats), *taken_pairs]
+    blocked = [*((event_id, s) for s in blocked_seats), *blocked_pairs]
+    reason = "taken" if taken else "blocked" if blocked else "sold_out"
+    metrics.REJECTED_FOR[reason].inc()
+    seats = sorted({*taken, *blocked})
+    unavailable: list[dict[str, str | int]] = [{"event_id": e or "", "slot_id": s} for e, s in seats]
+    unavailable += [
+        {"event_id": e, "pool_id": p, "requested": requested, "available": available}
+        for e, p, requested, available in short_pools
+    ]
+    return SlotUnavailable([s for _, s in seats], unavailable)

@@ -16,6 +16,14 @@ Postgres a statement each). What can break that, and what brings it back:
   recovery, or the sweeper, also synchronizes every event with live leases in bulk.
 - A lease that lapsed early or never got set: a loser that Postgres turned away teaches Redis the owner's
   lease (`adopt`), for a short while only, since the read may be stale by the time it is set.
+- An event's inventory changed (replaced, seats blocked or unblocked): the change flagged the event in
+  Postgres (the inventory outbox) and its route asks Redis at once to forget the event's synchronization
+  (`inventory_changed`); the sweeper drains the flags too, whatever happened between. The next request for the
+  event synchronizes it, pools and blocked seats included. A refusal by Postgres that Redis should have made
+  (a pool short, a seat blocked) has the event synchronized again the same way (`resynchronize`).
+
+Pool counters are rebuilt whole from Postgres (capacity, every live hold's units, a confirmed hold's for
+good), keeping the entries of requests in flight; blocked seats are made exactly Postgres's.
 
 Order inside a synchronization, so that a cancel racing it cannot leave a lease behind: read live holds, set
 their leases, then read the recently cancelled ones and drop theirs. A cancel that committed before the
@@ -28,9 +36,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
-from gateway import metrics
+from gateway import keys, metrics
 from gateway.config import Settings
-from gateway.redis_front import REDIS_FAILURES, Lease, RedisFront
+from gateway.inventory_store import InventoryStore, PoolUnits
+from gateway.redis_front import REDIS_FAILURES, Lease, PoolSync, RedisFront, RedisUnavailable
 from gateway.store import HoldRow, LeaseOwner, Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +56,10 @@ LEASE_BATCH = 1_000
 EVENT_BATCH = 100
 # Events whose last synchronization time a worker remembers, at most.
 SYNCHRONIZED_EVENTS_KEPT = 10_000
+# An event whose Redis state a refusal found out of date is synchronized again at most this often per worker.
+RESYNC_INTERVAL_S = 1.0
+# The member standing for confirmed units whose holds retention moved out: counted, never released.
+RETIRED_UNITS_MEMBER = "retired"
 
 
 def lease_ttl_ms(remaining_ms: int, read_at: float) -> int:
@@ -61,8 +74,11 @@ class LeaseSync:
 
     def __init__(self, store: Store, front: RedisFront, settings: Settings) -> None:
         self.store = store
+        self.inventories = InventoryStore(store)
         self.front = front
         self.settings = settings
+        # When each event was last resynchronized because Postgres refused what Redis let through.
+        self._resynchronized_at: dict[str, float] = {}
         # How far back a lease may still live: a confirmed hold's, or a held hold's longest life.
         self._window_ms = max(settings.confirmed_lease_ms, settings.max_ttl_s * 1000)
         # One synchronization per event at a time in this worker; requests for the event wait on it.
@@ -79,13 +95,31 @@ class LeaseSync:
             return self.settings.confirmed_lease_ms
         return lease_ttl_ms(remaining_ms, read_at)
 
-    def _lease_of(self, owner: LeaseOwner | HoldRow) -> Lease:
-        return self.front.lease(owner.event_id, owner.slots, owner.token, owner.holder)
+    def _leases_of(self, owner: LeaseOwner | HoldRow, events: Iterable[str] | None = None) -> list[Lease]:
+        """The hold's leases, one per event (of `events` only, if given): its seats and pool units."""
+        wanted = None if events is None else set(events)
+        return [
+            self.front.lease(part.event_id, part.seats, owner.token, owner.holder, part.pools)
+            for part in owner.parts
+            if wanted is None or part.event_id in wanted
+        ]
+
+    def _seat_leases_of(
+        self, owner: LeaseOwner | HoldRow, events: Iterable[str] | None = None
+    ) -> list[Lease]:
+        """The hold's seat leases only, one per event with seats (of `events` only, if given)."""
+        wanted = None if events is None else set(events)
+        return [
+            self.front.lease(part.event_id, part.seats, owner.token, owner.holder)
+            for part in owner.parts
+            if part.seats and (wanted is None or part.event_id in wanted)
+        ]
 
     async def recover(self) -> None:
         """The recovery's work before Redis is trusted again (RedisFront calls it once the scripts are
         loaded): drain the outbox; after a restart or flush, synchronize every event with live leases."""
         await self.drain_outbox()
+        await self.drain_inventory_changes()
         await self.rebuild_if_needed()
 
     async def tend(self) -> None:
@@ -98,6 +132,7 @@ class LeaseSync:
         try:
             await self.rebuild_if_needed()
             await self.drain_outbox()
+            await self.drain_inventory_changes()
         except REDIS_FAILURES as exc:
             front.record_failure("lease upkeep", exc)
 
@@ -148,21 +183,26 @@ class LeaseSync:
             self._synchronized_at[event_id] = time.monotonic()
 
     async def synchronize_events(self, event_ids: Sequence[str]) -> None:
-        """Rebuild the leases of these events' live holds, drop those of their recently cancelled holds, then
-        mark the events synchronized on this instance (in that order: see the module doc)."""
+        """Rebuild the seat leases of these events' live holds, their pool counters and blocked seats, drop
+        the leases of their recently cancelled holds, then mark the events synchronized on this instance (in
+        that order: see the module doc)."""
         front = self.front
         read_at = time.monotonic()
         owners = await self.store.live_leases(event_ids, self.settings.confirmed_lease_ms, REBUILD_MAX_HOLDS)
         leases = [
-            (self._lease_of(o), ttl_ms)
+            (lease, ttl_ms)
             for o in owners
             if (ttl_ms := self.live_lease_ttl_ms(o.remaining_ms, read_at)) > 0
+            for lease in self._seat_leases_of(o, event_ids)
         ]
         for batch in _batches(leases, LEASE_BATCH):
             await front.set_leases(batch)
+        await self._synchronize_inventories(event_ids)
         dropped = 0
         async for cancelled in self.store.recently_cancelled(event_ids, self._window_ms, LEASE_BATCH):
-            dropped += await front.release_leases([self._lease_of(o) for o in cancelled])
+            dropped += await front.release_leases(
+                [lease for o in cancelled for lease in self._leases_of(o, event_ids)]
+            )
         await front.mark_synchronized(event_ids)
         metrics.LEASE_RELEASES.labels("restart").inc(dropped)
         # A new event's first synchronization finds nothing to do: worth a line only when it found something.
@@ -175,12 +215,67 @@ class LeaseSync:
             extra={"events": len(event_ids), "rebuilt": len(leases), "dropped": dropped},
         )
 
+    async def _synchronize_inventories(self, event_ids: Sequence[str]) -> None:
+        """Make the events' pool counters and blocked seats in Redis Postgres's (an event without an inventory
+        has none: any left from before are dropped)."""
+        read_at = time.monotonic()
+        pools = await self.inventories.pool_units(event_ids)
+        blocked = await self.inventories.blocked_seats(event_ids)
+        by_event: dict[str, list[PoolSync]] = {event_id: [] for event_id in event_ids}
+        for pool in pools:
+            by_event[pool.event_id].append(self._pool_sync(pool, read_at))
+        for event_id in event_ids:
+            await self.front.sync_pools(event_id, by_event[event_id])
+            await self.front.sync_blocked(event_id, blocked.get(event_id, []))
+
+    def _pool_sync(self, pool: PoolUnits, read_at: float) -> PoolSync:
+        entries: list[tuple[str, int, int | None]] = []
+        for token, holder, quantity, remaining in pool.holds:
+            ttl_ms = None if remaining is None else lease_ttl_ms(remaining, read_at)
+            if ttl_ms is None or ttl_ms > 0:
+                entries.append((keys.lease_value(token, holder), quantity, ttl_ms))
+        if pool.retired_units:
+            entries.append((RETIRED_UNITS_MEMBER, pool.retired_units, None))
+        return PoolSync(pool_id=pool.pool_id, capacity=pool.capacity, entries=entries)
+
+    async def inventory_changed(self, event_id: str) -> None:
+        """An event's inventory changed and committed: Redis forgets the event's synchronization now (best
+        effort; the inventory outbox does it otherwise)."""
+        await self.front.invalidate(event_id)
+
+    async def resynchronize(self, event_ids: Sequence[str]) -> None:
+        """Postgres refused what Redis let through for these events (a pool short, a seat blocked): Redis's
+        state of them is out of date, so it forgets their synchronization (at most once a second each)."""
+        now = time.monotonic()
+        for event_id in event_ids:
+            if now - self._resynchronized_at.get(event_id, -RESYNC_INTERVAL_S) >= RESYNC_INTERVAL_S:
+                if len(self._resynchronized_at) >= SYNCHRONIZED_EVENTS_KEPT:
+                    self._resynchronized_at.clear()
+                self._resynchronized_at[event_id] = now
+                await self.front.invalidate(event_id)
+
+    async def drain_inventory_changes(self) -> int:
+        """Drain the inventory outbox: have Redis forget the synchronization of every event whose inventory
+        changed, then clear their flags. Raises if Redis fails (the flags of that batch stay)."""
+
+        async def tell(event_ids: Sequence[str]) -> None:
+            for event_id in event_ids:
+                if not await self.front.invalidate(event_id):
+                    raise RedisUnavailable(f"could not invalidate event {event_id}")
+
+        total = 0
+        while True:
+            taken = await self.inventories.take_due_syncs(EVENT_BATCH, tell)
+            total += taken
+            if taken < EVENT_BATCH:
+                return total
+
     async def drain_outbox(self) -> int:
         """Drain the release outbox, batch by batch: drop the leases of cancelled holds in Redis, then clear
         their flags. Returns how many; raises if Redis fails (the flags of that batch stay)."""
 
         async def release(owners: Sequence[LeaseOwner]) -> None:
-            await self.front.release_leases([self._lease_of(o) for o in owners])
+            await self.front.release_leases([lease for o in owners for lease in self._leases_of(o)])
 
         total = 0
         while True:
@@ -201,7 +296,7 @@ class LeaseSync:
             # misleads for seconds, not for the hour of a confirmed lease.
             ttl_ms = min(self.live_lease_ttl_ms(remaining_ms, read_at), ADOPTED_LEASE_MAX_MS)
             if ttl_ms > 0:
-                leases.append((self._lease_of(hold), ttl_ms))
+                leases.extend((lease, ttl_ms) for lease in self._seat_leases_of(hold))
         await self.front.adopt(leases)
 
 

@@ -49,6 +49,13 @@ HOLDS_REJECTED = Counter(
     "Hold requests refused because a slot was taken, by the layer that refused them (redis or postgres).",
     ["layer"],
 )
+# The reasons a hold request is refused (by Redis or Postgres alike), one series each.
+REJECTION_REASONS = ("taken", "sold_out", "holder_limit", "blocked")
+HOLD_REJECTIONS = Counter(
+    "gateway_hold_rejections",
+    "Hold requests refused, by reason: a seat taken, a pool sold out, the holder's limit, a seat blocked.",
+    ["reason"],
+)
 HOLDS_CONFIRMED = Counter("gateway_holds_confirmed", "Holds confirmed.")
 HOLDS_CANCELLED = Counter("gateway_holds_cancelled", "Holds cancelled.")
 HOLDS_EXPIRED = Counter("gateway_holds_expired", "Holds marked expired by the sweeper.")
@@ -147,6 +154,7 @@ def http_request(method: str, route: str, status: int) -> _HttpSeries:
 
 HOLDS_REJECTED_BY_REDIS = HOLDS_REJECTED.labels("redis")
 HOLDS_REJECTED_BY_POSTGRES = HOLDS_REJECTED.labels("postgres")
+REJECTED_FOR = {reason: HOLD_REJECTIONS.labels(reason) for reason in REJECTION_REASONS}
 
 
 def multiprocess() -> bool:

@@ -87,7 +87,7 @@ HOLD_STATUSES: tuple[HoldStatus, ...] = get_args(HoldStatus)
 LIVE_HOLD_STATUS: HoldStatus = (
     "held"  # a hold whose slots are taken until it expires, is confirmed or cancelled
 )
-SlotStateName = Literal["free", "held", "confirmed"]
+SlotStateName = Literal["free", "held", "confirmed", "blocked"]
 SLOT_STATES: tuple[SlotStateName, ...] = get_args(SlotStateName)
 
 
@@ -95,14 +95,51 @@ class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Base of every request body: unknown fields are an error, not silently dropped."""
 
 
-class CreateHold(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+# A hold's items: at most this many per hold.
+MAX_ITEMS_PER_HOLD = 20
+
+
+class HoldItem(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One item of a hold: seats of an event (`slots`), or a quantity of one of its pools, never both."""
+
     event_id: Identifier
-    slots: Annotated[list[Identifier], Meta(min_length=1)]
+    slots: Annotated[list[Identifier], Meta(min_length=1)] | None = None
+    pool_id: Identifier | None = None
+    quantity: Annotated[int, Meta(ge=1)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.slots is not None:
+            if self.pool_id is not None or self.quantity is not None:
+                raise ValueError("an item has `slots` or `pool_id` and `quantity`, never both")
+        elif self.pool_id is None or self.quantity is None:
+            raise ValueError("an item needs `slots`, or `pool_id` and `quantity`")
+
+
+class CreateHold(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A new hold: one event's seats (`event_id` and `slots`), or `items` (1 to 20, all granted or none)."""
+
     holder: Holder
     ttl_seconds: int | None = None
+    event_id: Identifier | None = None
+    slots: Annotated[list[Identifier], Meta(min_length=1)] | None = None
+    items: Annotated[list[HoldItem], Meta(min_length=1, max_length=MAX_ITEMS_PER_HOLD)] | None = None
 
     def __post_init__(self) -> None:
         force_setattr(self, "holder", holder_text(self.holder))
+        if self.items is not None:
+            if self.event_id is not None or self.slots is not None:
+                raise ValueError("`items` cannot be mixed with `event_id` and `slots`")
+        elif self.event_id is None or self.slots is None:
+            raise ValueError("a hold needs `event_id` and `slots`, or `items`")
+
+    @property
+    def all_items(self) -> list[HoldItem]:
+        """The request as items (the one-event form is one item)."""
+        if self.items is not None:
+            return self.items
+        assert self.event_id is not None
+        assert self.slots is not None
+        return [HoldItem(event_id=self.event_id, slots=self.slots)]
 
 
 class HolderAction(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -112,10 +149,20 @@ class HolderAction(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
         force_setattr(self, "holder", holder_text(self.holder))
 
 
+class HoldItemView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An item of a hold as shown: {event_id, slots} or {event_id, pool_id, quantity}."""
+
+    event_id: str
+    slots: list[str] | None = None
+    pool_id: str | None = None
+    quantity: int | None = None
+
+
 class Hold(msgspec.Struct, frozen=True, kw_only=True):
     id: str
-    event_id: str
-    slots: list[str]
+    event_id: str | None  # null when the hold spans several events
+    slots: list[str]  # the seats of its one event; [] for a pool-only hold or one spanning several events
+    items: list[HoldItemView]  # by event, seats before pools
     holder: str
     status: HoldStatus
     created_at: datetime
@@ -173,7 +220,10 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     title: str
     status: int
     detail: str  # for a bad request, names the field or header first
-    conflicts: list[str] | None = None  # slot-unavailable: the requested slots that are taken
+    conflicts: list[str] | None = None  # slot-unavailable: the requested seats that are taken or blocked
+    # slot-unavailable: every seat ({event_id, slot_id}) and pool ({event_id, pool_id, requested, available})
+    # that could not be granted
+    unavailable: list[dict[str, str | int]] | None = None
     current_status: HoldStatus | None = None  # invalid-transition: the hold's status
 
 
@@ -264,3 +314,98 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     agreement: Agreement | None  # null when Redis is not in use or did not answer
     counters: Counters
     generated_at: datetime  # by the database's clock
+
+
+class PoolDefinition(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pool_id: Identifier
+    capacity: Annotated[int, Meta(ge=0, le=10_000_000)]
+
+
+class Limits(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # A holder's live units (held and not lapsed, or confirmed) in the event, at most; null: no limit.
+    per_holder: Annotated[int, Meta(ge=1)] | None = None
+    # Units of the event in one hold, at most; null: only max_slots_per_hold.
+    per_hold: Annotated[int, Meta(ge=1)] | None = None
+
+
+# Per event, at most.
+MAX_SEATS_PER_EVENT = 100_000
+MAX_POOLS_PER_EVENT = 100
+
+
+class InventoryBody(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An event's whole inventory; a field left out is empty (no seats, no pools, no limits)."""
+
+    seats: Annotated[list[Identifier], Meta(max_length=MAX_SEATS_PER_EVENT)] = msgspec.field(
+        default_factory=list
+    )
+    pools: Annotated[list[PoolDefinition], Meta(max_length=MAX_POOLS_PER_EVENT)] = msgspec.field(
+        default_factory=list
+    )
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+
+class PoolCapacity(msgspec.Struct, frozen=True, kw_only=True):
+    pool_id: str
+    capacity: int
+
+
+class BlockedSeat(msgspec.Struct, frozen=True, kw_only=True):
+    seat_id: str
+    reason: str
+    blocked_at: datetime
+
+
+class InventorySummary(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    seats_total: int
+    pools: list[PoolCapacity]
+    limits: Limits
+
+
+class Inventory(InventorySummary, frozen=True, kw_only=True):
+    """An event's inventory as defined: its seats (sorted), pools, limits, and the seats blocked now."""
+
+    seats: list[str]
+    blocked: list[BlockedSeat]
+
+
+class SeatsBody(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Seats to block or unblock, all or none; `reason` is kept with a block (the first one, if repeated)."""
+
+    seats: Annotated[list[Identifier], Meta(min_length=1, max_length=MAX_SEATS_PER_EVENT)]
+    reason: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class SeatsChanged(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    changed: int  # seats whose state this call changed (0 when repeated)
+    blocked_total: int
+
+
+class SeatCounts(msgspec.Struct, frozen=True, kw_only=True):
+    total: int
+    free: int
+    held: int
+    confirmed: int
+    blocked: int
+
+
+class PoolAvailability(msgspec.Struct, frozen=True, kw_only=True):
+    pool_id: str
+    capacity: int
+    available: int
+    held: int
+    confirmed: int
+    # The earliest expires_at of a live held hold in the pool: when units may come back; null if none.
+    next_release_at: datetime | None
+
+
+class Availability(msgspec.Struct, frozen=True, kw_only=True):
+    """What is left of an event, as anyone may see it (never holders); at most a second old (`as_of`)."""
+
+    event_id: str
+    as_of: datetime
+    seats: SeatCounts
+    pools: list[PoolAvailability]
+    limits: Limits

@@ -1,26 +1,38 @@
 -- claim_hold --
--- Claim every slot for a new hold (taking over lapsed holds) and insert the hold only if all were claimed.
--- $1 hold id, $2 token, $3 event id, $4 holder, $5 sorted slots, $6 ttl ms, $7 idempotency key or null,
--- $8 request hash or null, $9 the client key id the hold belongs to (and its idempotency record is scoped
--- to). Run alone for one slot without a key (atomic); otherwise inside a transaction
--- that the caller rolls back unless `created` and, with a key, `idempotency_recorded`.
--- One row, or one per live hold owning a slot the claim did not get (`owner_*`): a lost claim is answered
+-- Claim every seat for a new hold (taking over lapsed holds) and insert the hold only if all were claimed.
+-- $1 hold id, $2 token, $3 the hold's event id (null: it spans several), $4 holder, $5 its slots column (the
+-- seats of its one event), $6 ttl ms, $7 idempotency key or null, $8 request hash or null, $9 the client key id
+-- the hold belongs to (and its idempotency record is scoped to), $10 and $11 the (event id, seat id) pairs to
+-- claim, sorted (none for a pool-only hold), $12 its items (null: the items are ($3, $5)), $13 its seat count
+-- (null: cardinality($5)), $14 true to claim only events without an inventory (`inventory_defined` then says
+-- the claim must take the inventory path instead; it claimed nothing).
+-- Run alone for one seat without a key (atomic); otherwise inside a transaction that the caller rolls back
+-- unless `created` and, with a key, `idempotency_recorded` (and, on the inventory path, the pools were taken).
+-- One row, or one per live hold owning a seat the claim did not get (`owner_*`): a lost claim is answered
 -- (200 to its own holder's retry, else 409) and taught to Redis without another statement. A claim that lost
 -- with a key also reports the key's record (`prior_*`). Both are as the statement's snapshot saw them: a
 -- rival that committed after it started is missing there, and the caller asks again.
-WITH claimed AS (
+WITH requested AS (
+    SELECT r.event_id, r.slot_id FROM unnest($10::text[], $11::text[]) AS r (event_id, slot_id)
+), guard AS (
+    SELECT $14::boolean AND EXISTS (
+        SELECT 1 FROM event_inventories AS i WHERE i.event_id IN (SELECT event_id FROM requested)
+    ) AS inventory_defined
+), claimed AS (
     INSERT INTO hold_slots AS hs (hold_id, event_id, slot_id, status, expires_at)
-    SELECT $1, $3, requested.slot_id, 'held', now() + $6 * interval '1 millisecond'
-    FROM unnest($5::text[]) AS requested (slot_id)
-    ORDER BY requested.slot_id  -- one lock order for every claim: opposite orders deadlock
+    SELECT $1, requested.event_id, requested.slot_id, 'held', now() + $6 * interval '1 millisecond'
+    FROM requested
+    WHERE NOT (SELECT inventory_defined FROM guard)
+    ORDER BY requested.event_id, requested.slot_id  -- one lock order for every claim: opposite orders deadlock
     ON CONFLICT (event_id, slot_id) WHERE status IN ('held', 'confirmed')
     DO UPDATE SET hold_id = excluded.hold_id, status = 'held', expires_at = excluded.expires_at
     WHERE hs.status = 'held' AND hs.expires_at <= now()
-    RETURNING hs.slot_id
+    RETURNING hs.event_id, hs.slot_id
 ), new_hold AS (
-    INSERT INTO holds (id, token, event_id, holder, slots, status, expires_at, client_key_id)
-    SELECT $1, $2, $3, $4, $5, 'held', now() + $6 * interval '1 millisecond', $9
-    WHERE (SELECT count(*) FROM claimed) = cardinality($5::text[])
+    INSERT INTO holds (id, token, event_id, holder, slots, status, expires_at, client_key_id, items, seat_count)
+    SELECT $1, $2, $3, $4, $5, 'held', now() + $6 * interval '1 millisecond', $9, $12, $13
+    WHERE (SELECT count(*) FROM claimed) = (SELECT count(*) FROM requested)
+      AND NOT (SELECT inventory_defined FROM guard)
     ON CONFLICT (token) DO NOTHING
     RETURNING id, created_at, expires_at
 ), idempotency AS (
@@ -35,58 +47,163 @@ WITH claimed AS (
       AND NOT EXISTS (SELECT 1 FROM new_hold)
 ), owners AS (
     -- Our own rows are not in the snapshot, and a lapsed row the claim took over shows its old version.
-    SELECT hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
-           h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id
-    FROM hold_slots AS hs
+    SELECT hs.event_id AS seat_event_id, hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
+           h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, h.items, h.seat_count
+    FROM requested
+    JOIN hold_slots AS hs ON hs.event_id = requested.event_id AND hs.slot_id = requested.slot_id
     JOIN holds AS h ON h.id = hs.hold_id
     WHERE NOT EXISTS (SELECT 1 FROM new_hold)
-      AND hs.event_id = $3
-      AND hs.slot_id = ANY($5::text[])
       AND hs.status IN ('held', 'confirmed')
       AND NOT (hs.status = 'held' AND hs.expires_at <= now())
 )
 SELECT
     new_hold.id IS NOT NULL AS created,
+    (SELECT inventory_defined FROM guard) AS inventory_defined,
     EXISTS (SELECT 1 FROM idempotency) AS idempotency_recorded,
+    coalesce((SELECT array_agg(event_id) FROM claimed), '{}') AS claimed_events,
     coalesce((SELECT array_agg(slot_id) FROM claimed), '{}') AS claimed_slots,
     new_hold.created_at,
     new_hold.expires_at,
     now() AS db_now,
     prior.request_hash AS prior_request_hash, prior.hold_id AS prior_hold_id,
     prior.status_code AS prior_status_code,
+    o.seat_event_id AS owner_seat_event_id,
     o.slot_id AS owner_slot_id, o.id AS owner_id, o.token AS owner_token, o.event_id AS owner_event_id,
     o.holder AS owner_holder, o.slots AS owner_slots, o.status AS owner_status,
     o.created_at AS owner_created_at, o.expires_at AS owner_expires_at,
     o.confirmed_at AS owner_confirmed_at, o.cancelled_at AS owner_cancelled_at,
-    o.client_key_id AS owner_client_key_id
+    o.client_key_id AS owner_client_key_id, o.items AS owner_items, o.seat_count AS owner_seat_count
 FROM (SELECT) AS one
 LEFT JOIN new_hold ON true
 LEFT JOIN prior_record AS prior ON true
 LEFT JOIN owners AS o ON true;
 
+-- lock_inventories --
+-- The inventories of events $1, locked against replacement until the claim's transaction ends (FOR KEY SHARE:
+-- claims do not wait for each other), in event order; for each with a per-holder limit, the holder's lock on
+-- it, so that two claims of one holder ($2 client key id, $3 holder) in one event take turns. Run first in
+-- the claim's transaction: the statements after it see what the holder's previous claim committed.
+SELECT i.event_id, i.per_holder, i.per_hold,
+       CASE WHEN i.per_holder IS NOT NULL THEN (
+           SELECT true FROM pg_advisory_xact_lock(hashtextextended(i.event_id || chr(1) || $2 || chr(1) || $3, 0))
+       ) END AS holder_locked
+FROM event_inventories AS i
+WHERE i.event_id = ANY($1::text[])
+ORDER BY i.event_id
+FOR KEY SHARE;
+
+-- check_inventory --
+-- What the inventories of a claim's events say about it, one row per finding: `unknown_seat` and `blocked_seat`
+-- (of events with an inventory; seat rows locked against blocking until the claim ends), `unknown_pool`, and
+-- `holder_units` (the holder's live units in each event of $5: held and not lapsed, or confirmed). $1, $2 the
+-- (event id, seat id) pairs, $3, $4 the (event id, pool id) pairs, $5 events with a per-holder limit, $6 client
+-- key id, $7 holder.
+WITH seats AS (
+    SELECT r.event_id, r.seat_id FROM unnest($1::text[], $2::text[]) AS r (event_id, seat_id)
+), known AS (
+    SELECT s.event_id, s.seat_id, s.blocked_reason
+    FROM inventory_seats AS s
+    JOIN seats ON seats.event_id = s.event_id AND seats.seat_id = s.seat_id
+    ORDER BY s.event_id, s.seat_id
+    FOR KEY SHARE OF s
+), live_holds AS (
+    SELECT h.id FROM holds AS h
+    WHERE cardinality($5::text[]) > 0 AND h.client_key_id = $6 AND h.holder = $7
+      AND h.status IN ('held', 'confirmed')
+)
+SELECT 'unknown_seat' AS kind, seats.event_id, seats.seat_id AS item_id, NULL::integer AS units
+FROM seats
+WHERE EXISTS (SELECT 1 FROM event_inventories AS i WHERE i.event_id = seats.event_id)
+  AND NOT EXISTS (SELECT 1 FROM known WHERE known.event_id = seats.event_id AND known.seat_id = seats.seat_id)
+UNION ALL
+SELECT 'blocked_seat', known.event_id, known.seat_id, NULL FROM known WHERE known.blocked_reason IS NOT NULL
+UNION ALL
+SELECT 'unknown_pool', r.event_id, r.pool_id, NULL
+FROM unnest($3::text[], $4::text[]) AS r (event_id, pool_id)
+WHERE NOT EXISTS (SELECT 1 FROM inventory_pools AS p WHERE p.event_id = r.event_id AND p.pool_id = r.pool_id)
+UNION ALL
+SELECT 'holder_units', e.event_id, NULL,
+       ((SELECT count(*) FROM hold_slots AS hs
+         WHERE hs.hold_id IN (SELECT id FROM live_holds) AND hs.event_id = e.event_id
+           AND hs.status IN ('held', 'confirmed') AND NOT (hs.status = 'held' AND hs.expires_at <= now()))
+        + (SELECT coalesce(sum(hp.quantity), 0) FROM hold_pools AS hp
+           WHERE hp.hold_id IN (SELECT id FROM live_holds) AND hp.event_id = e.event_id
+             AND hp.status IN ('held', 'confirmed') AND NOT (hp.status = 'held' AND hp.expires_at <= now()))
+       )::integer
+FROM unnest($5::text[]) AS e (event_id);
+
+-- claim_pools --
+-- Take the quantities of a new hold from its pools, under each pool row's lock (in event, pool order), or
+-- report how many units each had left. The pool's lapsed units go back first (their rows marked expired): a
+-- lapsed hold's units are free at expires_at, sweeper or not. Run in the claim's transaction after claim_hold,
+-- which the caller rolls back unless every pool had enough. $1 hold id, $2, $3, $4 the (event id, pool id,
+-- quantity) triples, sorted, $5 ttl ms. One row per pool: its units available before this claim, and
+-- whether it had enough.
+WITH requested AS (
+    SELECT r.event_id, r.pool_id, r.quantity
+    FROM unnest($2::text[], $3::text[], $4::integer[]) AS r (event_id, pool_id, quantity)
+), locked AS (
+    -- A locking read returns each row's latest version, whatever the statement's snapshot.
+    SELECT p.event_id, p.pool_id, p.capacity, p.held_units, p.confirmed_units
+    FROM inventory_pools AS p
+    JOIN requested ON requested.event_id = p.event_id AND requested.pool_id = p.pool_id
+    ORDER BY p.event_id, p.pool_id
+    FOR UPDATE OF p
+), lapsed AS (
+    UPDATE hold_pools AS hp SET status = 'expired'
+    FROM locked
+    WHERE hp.event_id = locked.event_id AND hp.pool_id = locked.pool_id
+      AND hp.status = 'held' AND hp.expires_at <= now()
+    RETURNING hp.event_id, hp.pool_id, hp.quantity
+), lapsed_units AS (
+    SELECT event_id, pool_id, sum(quantity)::integer AS units FROM lapsed GROUP BY event_id, pool_id
+), judged AS (
+    -- The pool rows as locked, less what just lapsed.
+    SELECT k.event_id, k.pool_id, r.quantity, k.held_units - coalesce(l.units, 0) AS held_units,
+           k.capacity - k.confirmed_units - (k.held_units - coalesce(l.units, 0)) AS available
+    FROM locked AS k
+    JOIN requested AS r ON r.event_id = k.event_id AND r.pool_id = k.pool_id
+    LEFT JOIN lapsed_units AS l ON l.event_id = k.event_id AND l.pool_id = k.pool_id
+), taken AS (
+    UPDATE inventory_pools AS p
+    SET held_units = j.held_units + CASE WHEN j.available >= j.quantity THEN j.quantity ELSE 0 END
+    FROM judged AS j
+    WHERE p.event_id = j.event_id AND p.pool_id = j.pool_id
+), inserted AS (
+    INSERT INTO hold_pools (hold_id, event_id, pool_id, quantity, status, expires_at)
+    SELECT $1, requested.event_id, requested.pool_id, requested.quantity, 'held',
+           now() + $5 * interval '1 millisecond'
+    FROM requested
+    WHERE (SELECT count(*) FROM judged WHERE available >= quantity) = (SELECT count(*) FROM requested)
+)
+SELECT r.event_id, r.pool_id, r.quantity, j.available, coalesce(j.available >= r.quantity, false) AS granted
+FROM requested AS r
+LEFT JOIN judged AS j ON j.event_id = r.event_id AND j.pool_id = r.pool_id
+ORDER BY r.event_id, r.pool_id;
+
 -- hold_by_token --
 -- The hold with this lease token, if any: after a lost reply to a claim, finding it means the claim won.
 -- $1 token.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       client_key_id, now() AS db_now
+       client_key_id, items, seat_count, now() AS db_now
 FROM holds
 WHERE token = $1;
 
 -- slot_owners --
--- The live holds that own any of the given slots of an event. $1 event id, $2 slot ids.
-SELECT hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
-       h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, now() AS db_now
-FROM hold_slots AS hs
+-- The live holds that own any of the given seats. $1, $2 the (event id, seat id) pairs.
+SELECT hs.event_id AS seat_event_id, hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
+       h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, h.items, h.seat_count,
+       now() AS db_now
+FROM unnest($1::text[], $2::text[]) AS requested (event_id, slot_id)
+JOIN hold_slots AS hs ON hs.event_id = requested.event_id AND hs.slot_id = requested.slot_id
 JOIN holds AS h ON h.id = hs.hold_id
-WHERE hs.event_id = $1
-  AND hs.slot_id = ANY($2::text[])
-  AND hs.status IN ('held', 'confirmed')
+WHERE hs.status IN ('held', 'confirmed')
   AND NOT (hs.status = 'held' AND hs.expires_at <= now());
 
 -- get_hold --
 -- One hold by id. $1 hold id.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       client_key_id, now() AS db_now
+       client_key_id, items, seat_count, now() AS db_now
 FROM holds
 WHERE id = $1;
 
@@ -97,41 +214,68 @@ FROM idempotency_keys
 WHERE client_key_id = $1 AND holder = $2 AND key = $3;
 
 -- confirm_hold --
--- Confirm a live held hold of this holder, in one statement. Locks the hold row, then its slot rows in
--- slot order (the sweeper's order), and confirms only if the hold still owns every slot: a claim may have
--- taken over a slot the instant the hold lapsed, so "held and not past expires_at" alone is not enough.
--- Liveness is judged by the clock once every lock is held (clock_timestamp(), not now(): now() is when the
--- statement started, and a confirm that waited for a lock past expires_at must not confirm a lapsed hold).
+-- Confirm a live held hold of this holder, in one statement. Locks the hold row, then its seat rows in seat
+-- order (the sweeper's order), then its pools' rows, then its pool rows; confirms only if the hold still owns
+-- every seat and its units: a claim may have taken over a seat, or given its units back, the instant the hold
+-- lapsed, so "held and not past expires_at" alone is not enough. Liveness is judged by the clock once every
+-- lock is held (clock_timestamp(), not now(): now() is when the statement started, and a confirm that waited
+-- for a lock past expires_at must not confirm a lapsed hold).
 -- $1 hold id, $2 holder, $3 the caller's client key id (a hold of another client key reads as unknown).
 -- Returns no row for an unknown id; `changed` says whether this call confirmed it.
 WITH target AS (
     SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-           client_key_id
+           client_key_id, items, seat_count
     FROM holds
     WHERE id = $1 AND client_key_id = $3
     FOR UPDATE
 ), owned AS (
-    -- Every slot row of the hold, by the primary key's prefix; the status is tested on the locked rows.
+    -- Every seat row of the hold, by the primary key's prefix; the status is tested on the locked rows.
     -- (A status test in this scan lets a planner without statistics, as in a new database, read the whole
     -- of hold_slots_one_active_hold for each confirm.)
-    SELECT hs.hold_id, hs.slot_id, hs.status
+    SELECT hs.hold_id, hs.event_id, hs.slot_id, hs.status
     FROM hold_slots AS hs
     WHERE hs.hold_id = (SELECT id FROM target)
     ORDER BY hs.event_id, hs.slot_id
     FOR UPDATE
+), pools AS (
+    SELECT p.event_id, p.pool_id
+    FROM inventory_pools AS p
+    -- After the seat rows (`owned`): every statement locks seats, then pools, then pool rows.
+    WHERE (SELECT count(*) FROM owned) >= 0 AND (p.event_id, p.pool_id) IN (
+        SELECT hp.event_id, hp.pool_id FROM hold_pools AS hp WHERE hp.hold_id = (SELECT id FROM target)
+    )
+    ORDER BY p.event_id, p.pool_id
+    FOR UPDATE OF p
+), owned_units AS (
+    SELECT hp.hold_id, hp.event_id, hp.pool_id, hp.quantity, hp.status
+    FROM hold_pools AS hp
+    WHERE hp.hold_id = (SELECT id FROM target) AND (SELECT count(*) FROM pools) >= 0
+    ORDER BY hp.event_id, hp.pool_id
+    FOR UPDATE
 ), locked AS (
-    -- An aggregate over the locked slot rows: its clock reading comes after the last lock was granted.
-    SELECT count(*) FILTER (WHERE status = 'held') AS held_slots, clock_timestamp() AS at
-    FROM owned
+    -- Aggregates over the locked rows: the clock reading comes after the last lock was granted.
+    SELECT (SELECT count(*) FILTER (WHERE status = 'held') FROM owned) AS held_slots,
+           (SELECT count(*) FILTER (WHERE status <> 'held') FROM owned_units) AS units_gone,
+           clock_timestamp() AS at
 ), allowed AS (
     SELECT t.id FROM target AS t, locked
     WHERE t.holder = $2 AND t.status = 'held' AND t.expires_at > locked.at
-      AND cardinality(t.slots) = locked.held_slots
+      AND coalesce(t.seat_count, cardinality(t.slots)) = locked.held_slots AND locked.units_gone = 0
 ), confirmed_slots AS (
     UPDATE hold_slots AS hs SET status = 'confirmed'
     FROM owned
-    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id
+    WHERE hs.hold_id = owned.hold_id AND hs.event_id = owned.event_id AND hs.slot_id = owned.slot_id
       AND owned.status = 'held' AND owned.hold_id IN (SELECT id FROM allowed)
+), confirmed_units AS (
+    UPDATE hold_pools AS hp SET status = 'confirmed'
+    FROM owned_units AS u
+    WHERE hp.hold_id = u.hold_id AND hp.event_id = u.event_id AND hp.pool_id = u.pool_id
+      AND u.hold_id IN (SELECT id FROM allowed)
+), pool_counts AS (
+    UPDATE inventory_pools AS p
+    SET held_units = p.held_units - u.quantity, confirmed_units = p.confirmed_units + u.quantity
+    FROM owned_units AS u
+    WHERE p.event_id = u.event_id AND p.pool_id = u.pool_id AND u.hold_id IN (SELECT id FROM allowed)
 ), confirmed AS (
     UPDATE holds SET status = 'confirmed', confirmed_at = (SELECT at FROM locked)
     WHERE id IN (SELECT id FROM allowed)
@@ -142,21 +286,21 @@ SELECT t.id, t.token, t.event_id, t.holder, t.slots,
        coalesce(confirmed.status, t.status) AS status,
        t.created_at, t.expires_at,
        coalesce(confirmed.confirmed_at, t.confirmed_at) AS confirmed_at,
-       t.cancelled_at, t.client_key_id, (SELECT at FROM locked) AS db_now,
+       t.cancelled_at, t.client_key_id, t.items, t.seat_count, (SELECT at FROM locked) AS db_now,
        confirmed.id IS NOT NULL AS changed
 FROM target AS t
 LEFT JOIN confirmed ON confirmed.id = t.id;
 
 -- cancel_hold --
--- Cancel a confirmed or live held hold of this holder and release its slots, in one statement.
--- Locks the hold row, then its slot rows in slot order. Liveness is judged once the hold row is locked
--- (clock_timestamp(), as in confirm_hold). $1 hold id, $2 holder, $3 whether its lease must be dropped in
--- Redis (the release outbox; false without Redis), $4 the caller's client key id (a hold of another client
--- key reads as unknown). Returns no row for an unknown id; `changed` says whether
--- this call cancelled it.
+-- Cancel a confirmed or live held hold of this holder and release its seats and units, in one statement.
+-- Locks the hold row, then its seat rows in seat order, then its pools' rows, then its pool rows. Liveness is
+-- judged once the hold row is locked (clock_timestamp(), as in confirm_hold). $1 hold id, $2 holder, $3
+-- whether its lease must be dropped in Redis (the release outbox; false without Redis), $4 the caller's
+-- client key id (a hold of another client key reads as unknown). Returns no row for an unknown id; `changed`
+-- says whether this call cancelled it.
 WITH target AS (
     SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-           client_key_id
+           client_key_id, items, seat_count
     FROM holds
     WHERE id = $1 AND client_key_id = $4
     FOR UPDATE
@@ -168,15 +312,42 @@ WITH target AS (
     WHERE holder = $2 AND (status = 'confirmed' OR (status = 'held' AND expires_at > at))
 ), owned AS (
     -- By the primary key's prefix, status tested on the locked rows, as in confirm_hold.
-    SELECT hs.hold_id, hs.slot_id, hs.status
+    SELECT hs.hold_id, hs.event_id, hs.slot_id, hs.status
     FROM hold_slots AS hs
     WHERE hs.hold_id IN (SELECT id FROM allowed)
     ORDER BY hs.event_id, hs.slot_id
     FOR UPDATE
+), pools AS (
+    SELECT p.event_id, p.pool_id
+    FROM inventory_pools AS p
+    -- After the seat rows (`owned`): every statement locks seats, then pools, then pool rows.
+    WHERE (SELECT count(*) FROM owned) >= 0 AND (p.event_id, p.pool_id) IN (
+        SELECT hp.event_id, hp.pool_id FROM hold_pools AS hp WHERE hp.hold_id IN (SELECT id FROM allowed)
+    )
+    ORDER BY p.event_id, p.pool_id
+    FOR UPDATE OF p
+), owned_units AS (
+    SELECT hp.hold_id, hp.event_id, hp.pool_id, hp.quantity, hp.status
+    FROM hold_pools AS hp
+    WHERE hp.hold_id IN (SELECT id FROM allowed) AND (SELECT count(*) FROM pools) >= 0
+    ORDER BY hp.event_id, hp.pool_id
+    FOR UPDATE
 ), released AS (
     UPDATE hold_slots AS hs SET status = 'cancelled'
     FROM owned
-    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id AND owned.status IN ('held', 'confirmed')
+    WHERE hs.hold_id = owned.hold_id AND hs.event_id = owned.event_id AND hs.slot_id = owned.slot_id
+      AND owned.status IN ('held', 'confirmed')
+), released_units AS (
+    UPDATE hold_pools AS hp SET status = 'cancelled'
+    FROM owned_units AS u
+    WHERE hp.hold_id = u.hold_id AND hp.event_id = u.event_id AND hp.pool_id = u.pool_id
+      AND u.status IN ('held', 'confirmed')
+), pool_counts AS (
+    UPDATE inventory_pools AS p
+    SET held_units = p.held_units - CASE WHEN u.status = 'held' THEN u.quantity ELSE 0 END,
+        confirmed_units = p.confirmed_units - CASE WHEN u.status = 'confirmed' THEN u.quantity ELSE 0 END
+    FROM owned_units AS u
+    WHERE p.event_id = u.event_id AND p.pool_id = u.pool_id AND u.status IN ('held', 'confirmed')
 ), cancelled AS (
     UPDATE holds AS h SET status = 'cancelled', cancelled_at = allowed.at, lease_release_due = $3
     FROM allowed
@@ -187,24 +358,29 @@ SELECT j.id, j.token, j.event_id, j.holder, j.slots,
        coalesce(cancelled.status, j.status) AS status,
        j.created_at, j.expires_at, j.confirmed_at,
        coalesce(cancelled.cancelled_at, j.cancelled_at) AS cancelled_at,
-       j.client_key_id, j.at AS db_now,
+       j.client_key_id, j.items, j.seat_count, j.at AS db_now,
        cancelled.id IS NOT NULL AS changed
 FROM judged AS j
 LEFT JOIN cancelled ON cancelled.id = j.id;
 
 -- slot_state --
--- The live hold on one slot, if any. $1 event id, $2 slot id.
-SELECT hs.hold_id, hs.status, hs.expires_at, now() AS db_now
-FROM hold_slots AS hs
-WHERE hs.event_id = $1
-  AND hs.slot_id = $2
-  AND hs.status IN ('held', 'confirmed')
-  AND NOT (hs.status = 'held' AND hs.expires_at <= now());
+-- One seat: the live hold on it, if any, and what the event's inventory says of it (whether the event has
+-- one, and whether it lists and blocks the seat). Always one row. $1 event id, $2 seat id.
+SELECT hs.hold_id, hs.status, hs.expires_at, now() AS db_now,
+       i.event_id IS NOT NULL AS has_inventory, s.seat_id IS NOT NULL AS listed,
+       s.blocked_reason IS NOT NULL AS blocked
+FROM (SELECT) AS one
+LEFT JOIN hold_slots AS hs
+    ON hs.event_id = $1 AND hs.slot_id = $2
+   AND hs.status IN ('held', 'confirmed') AND NOT (hs.status = 'held' AND hs.expires_at <= now())
+LEFT JOIN event_inventories AS i ON i.event_id = $1
+LEFT JOIN inventory_seats AS s ON s.event_id = $1 AND s.seat_id = $2;
 
 -- expire_holds --
--- Mark up to $1 lapsed held holds and their slot rows as expired. Locks hold rows (skipping any a confirm
--- or cancel holds), then their slot rows in slot order, like confirm and cancel. Returns the lifetime in
--- seconds of each hold it expired.
+-- Mark up to $1 lapsed held holds and their seat and pool rows as expired, giving their units back. Locks hold
+-- rows (skipping any a confirm or cancel holds), then their seat rows in seat order, then their pools' rows,
+-- then their pool rows, like confirm and cancel. A pool row a claim already gave back is left alone. Returns
+-- the lifetime in seconds of each hold it expired.
 WITH due AS (
     SELECT id
     FROM holds
@@ -214,15 +390,40 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ), owned AS (
     -- By the primary key's prefix, status tested on the locked rows, as in confirm_hold.
-    SELECT hs.hold_id, hs.slot_id, hs.status
+    SELECT hs.hold_id, hs.event_id, hs.slot_id, hs.status
     FROM hold_slots AS hs
     WHERE hs.hold_id IN (SELECT id FROM due)
     ORDER BY hs.event_id, hs.slot_id
     FOR UPDATE
+), pools AS (
+    SELECT p.event_id, p.pool_id
+    FROM inventory_pools AS p
+    -- After the seat rows (`owned`): every statement locks seats, then pools, then pool rows.
+    WHERE (SELECT count(*) FROM owned) >= 0 AND (p.event_id, p.pool_id) IN (
+        SELECT hp.event_id, hp.pool_id FROM hold_pools AS hp WHERE hp.hold_id IN (SELECT id FROM due)
+    )
+    ORDER BY p.event_id, p.pool_id
+    FOR UPDATE OF p
+), owned_units AS (
+    SELECT hp.hold_id, hp.event_id, hp.pool_id, hp.quantity, hp.status
+    FROM hold_pools AS hp
+    WHERE hp.hold_id IN (SELECT id FROM due) AND (SELECT count(*) FROM pools) >= 0
+    ORDER BY hp.event_id, hp.pool_id
+    FOR UPDATE
 ), expired_slots AS (
     UPDATE hold_slots AS hs SET status = 'expired'
     FROM owned
-    WHERE hs.hold_id = owned.hold_id AND hs.slot_id = owned.slot_id AND owned.status = 'held'
+    WHERE hs.hold_id = owned.hold_id AND hs.event_id = owned.event_id AND hs.slot_id = owned.slot_id
+      AND owned.status = 'held'
+), expired_units AS (
+    UPDATE hold_pools AS hp SET status = 'expired'
+    FROM owned_units AS u
+    WHERE hp.hold_id = u.hold_id AND hp.event_id = u.event_id AND hp.pool_id = u.pool_id AND u.status = 'held'
+), pool_counts AS (
+    UPDATE inventory_pools AS p SET held_units = p.held_units - given_back.units
+    FROM (SELECT event_id, pool_id, sum(quantity)::integer AS units FROM owned_units WHERE status = 'held'
+          GROUP BY event_id, pool_id) AS given_back
+    WHERE p.event_id = given_back.event_id AND p.pool_id = given_back.pool_id
 ), expired AS (
     UPDATE holds SET status = 'expired'
     WHERE id IN (SELECT id FROM due)
@@ -309,9 +510,22 @@ WITH candidates AS (
     RETURNING hs.*
 ), slots_archived AS (
     INSERT INTO hold_slots_archive SELECT * FROM slots_moved WHERE $4::boolean
+), units_owned AS (
+    -- Their pool rows (no pool counts change: a retired hold's units were given back, or stay sold).
+    SELECT hp.ctid
+    FROM hold_pools AS hp
+    WHERE hp.hold_id IN (SELECT id FROM due) AND (SELECT count(*) FROM owned) >= 0
+    ORDER BY hp.event_id, hp.pool_id
+    FOR UPDATE
+), units_moved AS (
+    DELETE FROM hold_pools AS hp
+    WHERE hp.ctid = ANY (ARRAY(SELECT ctid FROM units_owned))
+    RETURNING hp.*
+), units_archived AS (
+    INSERT INTO hold_pools_archive SELECT * FROM units_moved WHERE $4::boolean
 ), holds_moved AS (
     DELETE FROM holds AS h
-    WHERE h.id = ANY (ARRAY(SELECT id FROM due))
+    WHERE h.id = ANY (ARRAY(SELECT id FROM due)) AND (SELECT count(*) FROM units_moved) >= 0
     RETURNING h.*
 ), holds_archived AS (
     INSERT INTO holds_archive SELECT * FROM holds_moved WHERE $4::boolean
@@ -323,9 +537,10 @@ SELECT (SELECT count(*) FROM holds_moved) AS holds, (SELECT count(*) FROM slots_
 -- held hold is 'expired'), $4 expiring within ms (live held holds only), $5 and $6 the cursor's expires_at
 -- and id, $7 limit. Every filter may be null.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       client_key_id, now() AS db_now
+       client_key_id, items, seat_count, now() AS db_now
 FROM holds
-WHERE ($1::text IS NULL OR event_id = $1)
+WHERE ($1::text IS NULL OR event_id = $1
+       OR (event_id IS NULL AND items @> jsonb_build_array(jsonb_build_object('event_id', $1::text))))
   AND ($2::text IS NULL OR holder = $2)
   AND ($3::text IS NULL
        OR ($3 = 'held' AND status = 'held' AND expires_at > now())
@@ -398,45 +613,232 @@ WITH due AS (
 UPDATE holds AS h SET lease_release_due = false
 FROM due
 WHERE h.id = due.id
-RETURNING h.event_id, h.slots, h.token, h.holder;
+RETURNING h.event_id, h.slots, h.token, h.holder, h.items;
 
 -- lease_events --
 -- The events whose leases Redis may hold: with a live held hold, or a hold confirmed or cancelled in the last
--- $1 ms (a lease lives no longer). The bulk rebuild after a restart or flush synchronizes these.
-SELECT event_id FROM holds WHERE status = 'held' AND expires_at > now()
+-- $1 ms (a lease lives no longer), and every event with an inventory (its pools and blocked seats). The bulk
+-- rebuild after a restart or flush synchronizes these.
+WITH recent AS (
+    SELECT event_id, items FROM holds WHERE status = 'held' AND expires_at > now()
+    UNION ALL
+    SELECT event_id, items FROM holds
+    WHERE status = 'confirmed' AND confirmed_at > now() - $1 * interval '1 millisecond'
+    UNION ALL
+    SELECT event_id, items FROM holds
+    WHERE status = 'cancelled' AND cancelled_at > now() - $1 * interval '1 millisecond'
+)
+SELECT event_id FROM recent WHERE event_id IS NOT NULL
 UNION
-SELECT event_id FROM holds WHERE status = 'confirmed' AND confirmed_at > now() - $1 * interval '1 millisecond'
+SELECT item ->> 'event_id' FROM recent, jsonb_array_elements(recent.items) AS item WHERE recent.event_id IS NULL
 UNION
-SELECT event_id FROM holds WHERE status = 'cancelled' AND cancelled_at > now() - $1 * interval '1 millisecond';
+SELECT event_id FROM event_inventories;
 
 -- recently_cancelled --
--- Holds of events $1 cancelled in the last $2 ms, whose leases a Redis restarted from an old snapshot may
--- still hold. Keyset pages: $3, $4 the last (cancelled_at, id) seen or nulls; $5 page size.
-SELECT cancelled_at, id, event_id, slots, token, holder
+-- Holds spanning events $1 cancelled in the last $2 ms, whose leases a Redis restarted from an old snapshot
+-- may still hold. Keyset pages: $3, $4 the last (cancelled_at, id) seen or nulls; $5 page size.
+SELECT cancelled_at, id, event_id, slots, token, holder, items
 FROM holds
-WHERE event_id = ANY($1::text[])
+WHERE (event_id = ANY($1::text[]) OR (event_id IS NULL AND EXISTS (
+       SELECT 1 FROM jsonb_array_elements(items) AS item WHERE item ->> 'event_id' = ANY($1::text[]))))
   AND status = 'cancelled' AND cancelled_at > now() - $2 * interval '1 millisecond'
   AND ($3::timestamptz IS NULL OR (cancelled_at, id) > ($3, $4::text))
 ORDER BY cancelled_at, id
 LIMIT $5;
 
 -- live_leases --
--- The leases Redis should hold for events $1: their live held holds (for their remaining life) and their
--- holds confirmed in the last $2 ms (a confirmed lease lives that long). At most $3 rows of each;
--- remaining_ms is null for confirmed holds.
-(SELECT event_id, slots, token, holder,
+-- The seat leases Redis should hold for events $1: of the holds spanning them, the live held ones (for their
+-- remaining life) and those confirmed in the last $2 ms (a confirmed lease lives that long). At most $3 rows
+-- of each; remaining_ms is null for confirmed holds. (Pool units: pool_units.)
+(SELECT event_id, slots, token, holder, items,
         floor(extract(epoch FROM expires_at - now()) * 1000)::bigint AS remaining_ms
  FROM holds
- WHERE event_id = ANY($1::text[]) AND status = 'held' AND expires_at > now()
+ WHERE (event_id = ANY($1::text[]) OR (event_id IS NULL AND EXISTS (
+       SELECT 1 FROM jsonb_array_elements(items) AS item WHERE item ->> 'event_id' = ANY($1::text[]))))
+   AND status = 'held' AND expires_at > now()
  ORDER BY expires_at DESC
  LIMIT $3)
 UNION ALL
-(SELECT event_id, slots, token, holder, NULL::bigint
+(SELECT event_id, slots, token, holder, items, NULL::bigint
  FROM holds
- WHERE event_id = ANY($1::text[])
+ WHERE (event_id = ANY($1::text[]) OR (event_id IS NULL AND EXISTS (
+       SELECT 1 FROM jsonb_array_elements(items) AS item WHERE item ->> 'event_id' = ANY($1::text[]))))
    AND status = 'confirmed' AND confirmed_at > now() - $2 * interval '1 millisecond'
  ORDER BY confirmed_at DESC
  LIMIT $3);
+
+-- pool_units --
+-- What Redis's pool counters of events $1 should hold: each pool's capacity and confirmed units (one row with
+-- null token per pool; confirmed units of holds retention moved out have no row of their own), then the units
+-- of every live hold in it: held and not lapsed (remaining_ms) or confirmed (null).
+SELECT p.event_id, p.pool_id, p.capacity, p.confirmed_units, NULL::integer AS quantity, NULL::text AS token,
+       NULL::text AS holder, NULL::bigint AS remaining_ms
+FROM inventory_pools AS p
+WHERE p.event_id = ANY($1::text[])
+UNION ALL
+SELECT hp.event_id, hp.pool_id, NULL, NULL, hp.quantity, h.token, h.holder,
+       CASE WHEN hp.status = 'held' THEN floor(extract(epoch FROM hp.expires_at - now()) * 1000)::bigint END
+FROM hold_pools AS hp
+JOIN holds AS h ON h.id = hp.hold_id
+WHERE hp.event_id = ANY($1::text[])
+  AND hp.status IN ('held', 'confirmed') AND NOT (hp.status = 'held' AND hp.expires_at <= now());
+
+-- blocked_seats --
+-- The blocked seats of events $1 (what Redis's blocked leases should be).
+SELECT event_id, seat_id FROM inventory_seats WHERE event_id = ANY($1::text[]) AND blocked_reason IS NOT NULL;
+
+-- create_inventory --
+-- The event's inventory row, made empty if the event has none (the replacement then fills it). $1 event id.
+INSERT INTO event_inventories (event_id, seats_total) VALUES ($1, 0) ON CONFLICT (event_id) DO NOTHING;
+
+-- lock_inventory --
+-- The event's inventory, locked for a change: a change waits for the claims under way (they hold it FOR KEY
+-- SHARE), and claims after it wait for the change. $1 event id.
+SELECT event_id, per_holder, per_hold, seats_total FROM event_inventories WHERE event_id = $1 FOR UPDATE;
+
+-- give_back_lapsed_units --
+-- Under the event's pool rows' locks, mark its lapsed pool rows expired and give their units back, so that a
+-- change judges the pools by their live units. $1 event id.
+WITH locked AS (
+    SELECT p.event_id, p.pool_id FROM inventory_pools AS p WHERE p.event_id = $1 ORDER BY p.pool_id FOR UPDATE
+), lapsed AS (
+    UPDATE hold_pools AS hp SET status = 'expired'
+    FROM locked
+    WHERE hp.event_id = locked.event_id AND hp.pool_id = locked.pool_id
+      AND hp.status = 'held' AND hp.expires_at <= now()
+    RETURNING hp.pool_id, hp.quantity
+)
+UPDATE inventory_pools AS p SET held_units = p.held_units - given_back.units
+FROM (SELECT pool_id, sum(quantity)::integer AS units FROM lapsed GROUP BY pool_id) AS given_back
+WHERE p.event_id = $1 AND p.pool_id = given_back.pool_id;
+
+-- inventory_in_use --
+-- What a replacement of event $1's inventory would take from live holds: seats with a live hold missing from
+-- the new seats $2, and pools whose held + confirmed units exceed their new capacity (pools $3, capacities $4;
+-- a pool left out has none). Run after give_back_lapsed_units, under the inventory's lock.
+SELECT 'seat' AS kind, hs.slot_id AS item_id, NULL::integer AS units
+FROM hold_slots AS hs
+WHERE hs.event_id = $1
+  AND hs.status IN ('held', 'confirmed') AND NOT (hs.status = 'held' AND hs.expires_at <= now())
+  AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS kept (seat_id) WHERE kept.seat_id = hs.slot_id)
+UNION ALL
+SELECT 'pool', p.pool_id, p.held_units + p.confirmed_units
+FROM inventory_pools AS p
+LEFT JOIN unnest($3::text[], $4::integer[]) AS kept (pool_id, capacity) ON kept.pool_id = p.pool_id
+WHERE p.event_id = $1 AND p.held_units + p.confirmed_units > coalesce(kept.capacity, 0)
+ORDER BY 1, 2;
+
+-- replace_inventory --
+-- Make event $1's inventory seats $2, pools $3 with capacities $4 (in that order), limits $5 per holder and $6
+-- per hold; kept seats keep their blocks, kept pools their counts. Flags the event for Redis to synchronize
+-- again. Run under the inventory's lock, after inventory_in_use found nothing.
+WITH settings AS (
+    UPDATE event_inventories
+    SET per_holder = $5, per_hold = $6, seats_total = cardinality($2::text[]), redis_sync_due = true,
+        updated_at = now()
+    WHERE event_id = $1
+), dropped_seats AS (
+    DELETE FROM inventory_seats AS s
+    WHERE s.event_id = $1 AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS kept (seat_id) WHERE kept.seat_id = s.seat_id)
+), added_seats AS (
+    INSERT INTO inventory_seats (event_id, seat_id)
+    SELECT $1, kept.seat_id FROM unnest($2::text[]) AS kept (seat_id)
+    ON CONFLICT (event_id, seat_id) DO NOTHING
+), dropped_pools AS (
+    DELETE FROM inventory_pools AS p WHERE p.event_id = $1 AND NOT (p.pool_id = ANY($3::text[]))
+)
+INSERT INTO inventory_pools (event_id, pool_id, capacity, position)
+SELECT $1, kept.pool_id, kept.capacity, kept.position
+FROM unnest($3::text[], $4::integer[]) WITH ORDINALITY AS kept (pool_id, capacity, position)
+ON CONFLICT (event_id, pool_id) DO UPDATE SET capacity = excluded.capacity, position = excluded.position;
+
+-- get_inventory --
+-- Event $1's inventory settings, or no row.
+SELECT event_id, per_holder, per_hold, seats_total FROM event_inventories WHERE event_id = $1;
+
+-- inventory_pools_of --
+-- Event $1's pools, in the inventory's order.
+SELECT pool_id, capacity FROM inventory_pools WHERE event_id = $1 ORDER BY position;
+
+-- inventory_seats_of --
+-- Event $1's seats in seat order, with their blocks.
+SELECT seat_id, blocked_reason, blocked_at FROM inventory_seats WHERE event_id = $1 ORDER BY seat_id;
+
+-- lock_seats --
+-- Seats $2 of event $1 that are in its inventory, locked for a block or unblock (claims hold them FOR KEY
+-- SHARE until they end), in seat order.
+SELECT seat_id FROM inventory_seats WHERE event_id = $1 AND seat_id = ANY($2::text[]) ORDER BY seat_id FOR UPDATE;
+
+-- live_seats --
+-- Seats $2 of event $1 with a live hold (held and not lapsed, or confirmed), in seat order.
+SELECT slot_id FROM hold_slots
+WHERE event_id = $1 AND slot_id = ANY($2::text[])
+  AND status IN ('held', 'confirmed') AND NOT (status = 'held' AND expires_at <= now())
+ORDER BY slot_id;
+
+-- set_blocked --
+-- Block seats $2 of event $1 for reason $3, or unblock them ($3 null); a seat already so is left as it is (a
+-- repeated block keeps the first reason). Flags the event for Redis to synchronize again if any changed.
+-- Returns how many changed, and how many of the event's seats are blocked now.
+WITH changed AS (
+    UPDATE inventory_seats
+    SET blocked_reason = $3, blocked_at = CASE WHEN $3::text IS NULL THEN NULL ELSE now() END
+    WHERE event_id = $1 AND seat_id = ANY($2::text[]) AND (blocked_reason IS NULL) = ($3::text IS NOT NULL)
+    RETURNING seat_id, blocked_reason
+), flagged AS (
+    UPDATE event_inventories SET redis_sync_due = true, updated_at = now()
+    WHERE event_id = $1 AND EXISTS (SELECT 1 FROM changed)
+)
+SELECT (SELECT count(*) FROM changed)::integer AS changed,
+       ((SELECT count(*) FROM inventory_seats WHERE event_id = $1 AND blocked_reason IS NOT NULL)
+        + (SELECT count(*) FROM changed WHERE blocked_reason IS NOT NULL)
+        - (SELECT count(*) FROM changed WHERE blocked_reason IS NULL))::integer AS blocked_total;
+
+-- take_due_inventory_syncs --
+-- Up to $1 events whose inventory changed since Redis last synchronized them, flag cleared; run in a
+-- transaction that commits only once Redis has been told (else the flags stay for the next pass). FOR NO KEY
+-- UPDATE: claims (FOR KEY SHARE) do not wait for it.
+WITH due AS (
+    SELECT event_id FROM event_inventories WHERE redis_sync_due LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE event_inventories AS e SET redis_sync_due = false
+FROM due
+WHERE e.event_id = due.event_id
+RETURNING e.event_id;
+
+-- event_availability --
+-- What is left of event $1: one row per pool in the inventory's order (pool columns null when it has none),
+-- each with the event's seat counts; no row when the event has no inventory. A lapsed unit counts as free
+-- whether or not it was given back yet.
+WITH inventory AS (
+    SELECT event_id, per_holder, per_hold, seats_total FROM event_inventories WHERE event_id = $1
+), seats AS (
+    SELECT count(*) FILTER (WHERE status = 'held') AS held, count(*) FILTER (WHERE status = 'confirmed') AS confirmed
+    FROM hold_slots
+    WHERE event_id = $1 AND status IN ('held', 'confirmed') AND NOT (status = 'held' AND expires_at <= now())
+), blocked AS (
+    SELECT count(*) AS blocked FROM inventory_seats WHERE event_id = $1 AND blocked_reason IS NOT NULL
+), pools AS (
+    SELECT p.pool_id, p.capacity, p.position, p.confirmed_units,
+           p.held_units - coalesce((
+               SELECT sum(hp.quantity) FROM hold_pools AS hp
+               WHERE hp.event_id = p.event_id AND hp.pool_id = p.pool_id
+                 AND hp.status = 'held' AND hp.expires_at <= now()
+           ), 0) AS held_units,
+           (SELECT min(hp.expires_at) FROM hold_pools AS hp
+            WHERE hp.event_id = p.event_id AND hp.pool_id = p.pool_id
+              AND hp.status = 'held' AND hp.expires_at > now()) AS next_release_at
+    FROM inventory_pools AS p
+    WHERE p.event_id = $1
+)
+SELECT i.event_id, i.per_holder, i.per_hold, i.seats_total, seats.held AS seats_held,
+       seats.confirmed AS seats_confirmed, blocked.blocked AS seats_blocked, now() AS db_now,
+       pools.pool_id, pools.capacity, pools.held_units, pools.confirmed_units, pools.next_release_at
+FROM inventory AS i
+CROSS JOIN seats
+CROSS JOIN blocked
+LEFT JOIN pools ON true
+ORDER BY pools.position;
 
 -- client_key_digests --
 -- Every live client key's id and sha256: each worker keeps them in memory to check a request's key.

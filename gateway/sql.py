@@ -27,6 +27,11 @@ def parse_queries(text: str) -> dict[str, str]:
 QUERIES: Final = parse_queries(_QUERIES_FILE.read_text())
 
 CLAIM_HOLD: Final = QUERIES["claim_hold"]
+LOCK_INVENTORIES: Final = QUERIES["lock_inventories"]
+CHECK_INVENTORY: Final = QUERIES["check_inventory"]
+CLAIM_POOLS: Final = QUERIES["claim_pools"]
+POOL_UNITS: Final = QUERIES["pool_units"]
+BLOCKED_SEATS: Final = QUERIES["blocked_seats"]
 SLOT_OWNERS: Final = QUERIES["slot_owners"]
 GET_HOLD: Final = QUERIES["get_hold"]
 GET_IDEMPOTENCY_RECORD: Final = QUERIES["get_idempotency_record"]
@@ -50,6 +55,19 @@ INSERT_CLIENT_KEY: Final = QUERIES["insert_client_key"]
 LIST_CLIENT_KEYS: Final = QUERIES["list_client_keys"]
 DELETE_CLIENT_KEY: Final = QUERIES["delete_client_key"]
 PING: Final = QUERIES["ping"]
+CREATE_INVENTORY: Final = QUERIES["create_inventory"]
+LOCK_INVENTORY: Final = QUERIES["lock_inventory"]
+GIVE_BACK_LAPSED_UNITS: Final = QUERIES["give_back_lapsed_units"]
+INVENTORY_IN_USE: Final = QUERIES["inventory_in_use"]
+REPLACE_INVENTORY: Final = QUERIES["replace_inventory"]
+GET_INVENTORY: Final = QUERIES["get_inventory"]
+INVENTORY_POOLS_OF: Final = QUERIES["inventory_pools_of"]
+INVENTORY_SEATS_OF: Final = QUERIES["inventory_seats_of"]
+LOCK_SEATS: Final = QUERIES["lock_seats"]
+LIVE_SEATS: Final = QUERIES["live_seats"]
+SET_BLOCKED: Final = QUERIES["set_blocked"]
+TAKE_DUE_INVENTORY_SYNCS: Final = QUERIES["take_due_inventory_syncs"]
+EVENT_AVAILABILITY: Final = QUERIES["event_availability"]
 
 # Constraint names the store compares driver errors with (see db/migrations).
 ONE_ACTIVE_HOLD_PER_SLOT: Final = "hold_slots_one_active_hold"

@@ -5,14 +5,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from gateway import metrics, sql
+from gateway import items, metrics, sql
 from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable, Overloaded
@@ -35,6 +36,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Events a worker remembers as having an inventory, at most.
+INVENTORY_EVENTS_KEPT = 100_000
+
+
 class ClaimOutcomeUnknown(Exception):
     """The claim was sent but no answer came back (connection lost, timed out): it may have committed.
     Resolved by running the same claim again with the same token (see HoldService)."""
@@ -51,9 +56,9 @@ class HoldRow:
 
     id: str
     token: str
-    event_id: str
+    event_id: str | None  # None: the hold spans several events
     holder: str
-    slots: list[str]
+    slots: list[str]  # the seats of its one event
     status: HoldStatus
     created_at: datetime
     expires_at: datetime
@@ -61,6 +66,7 @@ class HoldRow:
     cancelled_at: datetime | None
     client_key_id: str  # the client key it belongs to; '' if made while the gateway was open
     db_now: datetime
+    stored_items: object = None  # holds.items (see gateway.items); None for one event's seats
 
     @classmethod
     def from_record(cls, record: asyncpg.Record, prefix: str = "") -> "HoldRow":
@@ -78,7 +84,13 @@ class HoldRow:
             cancelled_at=record[prefix + "cancelled_at"],
             client_key_id=record[prefix + "client_key_id"],
             db_now=record["db_now"],
+            stored_items=record[prefix + "items"],
         )
+
+    @property
+    def parts(self) -> list[items.EventPart]:
+        """What the hold takes, per event."""
+        return items.from_stored(self.event_id, self.slots, self.stored_items)
 
     @property
     def lapsed(self) -> bool:
@@ -103,6 +115,7 @@ class HoldRow:
             id=self.id,
             event_id=self.event_id,
             slots=self.slots,
+            items=items.views(self.parts),
             holder=self.holder,
             status=self.effective_status,
             created_at=self.created_at,
@@ -115,6 +128,7 @@ class HoldRow:
 
 @dataclass(frozen=True, slots=True)
 class SlotOwner:
+    event_id: str  # of the seat
     slot_id: str
     hold: HoldRow
 
@@ -127,18 +141,91 @@ class IdempotencyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ShortPool:
+    event_id: str
+    pool_id: str
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class HolderOverLimit:
+    event_id: str
+    limit: int
+    held: int  # the holder's live units in the event before this request
+    requested: int
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRefusal:
+    """Why the inventories of a claim's events refused it (the claim was rolled back)."""
+
+    unknown_seats: list[tuple[str, str]] = field(default_factory=list)  # (event id, seat id)
+    unknown_pools: list[tuple[str, str]] = field(default_factory=list)  # (event id, pool id)
+    over_per_hold: list[tuple[str, int, int]] = field(default_factory=list)  # (event id, limit, units)
+    blocked_seats: list[tuple[str, str]] = field(default_factory=list)
+    holder_over_limit: HolderOverLimit | None = None
+    short_pools: list[ShortPool] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimResult:
     created: bool
     # With an Idempotency-Key: whether this claim recorded it (false: the key was already used).
     idempotency_recorded: bool
-    claimed_slots: list[str]
+    claimed_seats: list[tuple[str, str]]  # (event id, seat id)
     created_at: datetime | None
     expires_at: datetime | None
     db_now: datetime
     # Of a claim that lost, as its statement's snapshot saw them (a rival that committed after it started
-    # is missing): the live holds owning requested slots, and the Idempotency-Key's record.
+    # is missing): the live holds owning requested seats, and the Idempotency-Key's record.
     owners: list[SlotOwner] = field(default_factory=list)
     prior_record: IdempotencyRecord | None = None
+    # What the events' inventories refused, if they did (nothing was claimed).
+    refusal: InventoryRefusal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """A claim's arguments: a new hold's id and token, who, what and for how long."""
+
+    hold_id: str
+    token: str
+    holder: str
+    parts: Sequence[items.EventPart]
+    ttl_ms: int
+    idempotency_key: str | None
+    request_hash: str | None
+    client_key_id: str
+
+    @property
+    def seat_pairs(self) -> list[tuple[str, str]]:
+        return [(part.event_id, seat) for part in self.parts for seat in part.seats]
+
+    @property
+    def pool_triples(self) -> list[tuple[str, str, int]]:
+        return [(part.event_id, pool, quantity) for part in self.parts for pool, quantity in part.pools]
+
+    def claim_hold_args(self, *, open_events_only: bool) -> tuple[object, ...]:
+        """claim_hold's parameters (see queries.sql)."""
+        plain = items.is_plain(self.parts)
+        seats = self.seat_pairs
+        return (
+            self.hold_id,
+            self.token,
+            self.parts[0].event_id if len(self.parts) == 1 else None,
+            self.holder,
+            list(self.parts[0].seats) if len(self.parts) == 1 else [],
+            self.ttl_ms,
+            self.idempotency_key,
+            self.request_hash,
+            self.client_key_id,
+            [event_id for event_id, _ in seats],
+            [seat for _, seat in seats],
+            items.to_json(self.parts),
+            None if plain else len(seats),
+            open_events_only,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +237,13 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class SlotRow:
-    hold_id: str
-    status: HoldStatus
-    expires_at: datetime
+    hold_id: str | None  # the live hold on the seat, if any
+    status: HoldStatus | None
+    expires_at: datetime | None
     db_now: datetime
+    has_inventory: bool  # the event has an inventory
+    listed: bool  # the inventory lists the seat
+    blocked: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +271,16 @@ class HoldStats:
 class LeaseOwner:
     """The Redis lease a hold has, or had: enough to rebuild or drop it."""
 
-    event_id: str
+    event_id: str | None
     slots: list[str]
     token: str
     holder: str
     remaining_ms: int | None = None  # of a live held hold; None for a confirmed one
+    stored_items: object = None
+
+    @property
+    def parts(self) -> list[items.EventPart]:
+        return items.from_stored(self.event_id, self.slots, self.stored_items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +305,15 @@ class LiveSlot:
     token: str
 
 
+def _json_text(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb (a hold's items) as Python values, through msgspec.
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=_json_text, decoder=msgspec.json.decode)
+
+
 async def _reset_connection(conn: asyncpg.Connection) -> None:
     # The gateway keeps no session state (no LISTEN, no session advisory locks, no SET), so asyncpg's full
     # reset query is a wasted round trip per request; an unfinished transaction still gets the full reset.
@@ -224,6 +328,8 @@ class Store:
         # Open after a failed connect: requests get 503 at once instead of each trying to connect, and a
         # recovering database sees one probe per interval from this worker, not the backlog.
         self.breaker = CircuitBreaker("postgres", settings.db_retry_interval_s)
+        # Events known to have an inventory: their claims skip the plain path's statement.
+        self._inventory_events: set[str] = set()
 
     @classmethod
     async def open(cls, settings: Settings) -> "Store":
@@ -234,6 +340,7 @@ class Store:
             max_size=settings.db_pool_max_size,
             command_timeout=settings.db_command_timeout_s,
             reset=_reset_connection,
+            init=_init_connection,
             timeout=settings.db_connect_timeout_s,
             server_settings={
                 "application_name": "reservation-gateway",
@@ -257,6 +364,10 @@ class Store:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    def connection(self, query: str) -> "AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]":
+        """A pooled connection for the named query (for the other Postgres adapters: the inventory's)."""
+        return self._connection(query)
 
     @asynccontextmanager
     async def _connection(self, query: str) -> AsyncIterator["PoolConnectionProxy[asyncpg.Record]"]:
@@ -310,44 +421,38 @@ class Store:
             return False
         return True
 
-    async def claim(
-        self,
-        *,
-        hold_id: str,
-        token: str,
-        event_id: str,
-        holder: str,
-        slots: Sequence[str],
-        ttl_ms: int,
-        idempotency_key: str | None,
-        request_hash: str | None,
-        client_key_id: str,
-        in_transaction: bool = False,
-    ) -> ClaimResult:
-        """Try to create the hold. All slots or none; never raises for a lost race. Raises
-        ClaimOutcomeUnknown when the statement was sent and the answer lost. `in_transaction` forces the
-        transaction even for one slot: a claim re-run for a token that may already own a hold needs it."""
-        args = (
-            hold_id,
-            token,
-            event_id,
-            holder,
-            list(slots),
-            ttl_ms,
-            idempotency_key,
-            request_hash,
-            client_key_id,
-        )
-        async with self._connection("claim_hold") as conn:
+    async def claim(self, request: ClaimRequest, *, in_transaction: bool = False) -> ClaimResult:
+        """Try to create the hold. All or nothing; never raises for a lost race or a refusal (see
+        ClaimResult). Raises ClaimOutcomeUnknown when a statement was sent and the answer lost.
+        `in_transaction` forces the transaction even for one seat: a claim re-run for a token that may already
+        own a hold needs it. One event's seats, on an event without an inventory, take one statement (two,
+        in a transaction, with several seats or a key); everything else takes the inventory path."""
+        single_event = len(request.parts) == 1 and not request.parts[0].pools
+        plain = single_event and request.parts[0].event_id not in self._inventory_events
+        async with self._connection("claim_hold" if plain else "claim_items") as conn:
             try:
-                if len(slots) == 1 and idempotency_key is None and not in_transaction:
-                    # One statement is atomic on its own: it claims the slot and inserts the hold, or neither.
-                    return _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
-                return await _claim_in_transaction(conn, args, keyed=idempotency_key is not None)
+                if plain:
+                    args = request.claim_hold_args(open_events_only=True)
+                    if (
+                        len(request.seat_pairs) == 1
+                        and request.idempotency_key is None
+                        and not in_transaction
+                    ):
+                        # One statement is atomic on its own: it claims the seat and inserts the hold, or
+                        # neither.
+                        result = _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
+                    else:
+                        result = await _claim_in_transaction(
+                            conn, args, keyed=request.idempotency_key is not None
+                        )
+                    if not result.inventory_defined:
+                        return result.result
+                    self._note_inventory_event(request.parts[0].event_id)
+                return await _claim_items(conn, request)
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != sql.ONE_ACTIVE_HOLD_PER_SLOT:
                     raise
-                # A rival holds a slot and Postgres said so with an error rather than through ON CONFLICT:
+                # A rival holds a seat and Postgres said so with an error rather than through ON CONFLICT:
                 # a lost race like any other, and the claim was rolled back.
                 return ClaimResult(False, False, [], None, None, datetime.now(UTC))
             except asyncpg.TransactionRollbackError:
@@ -357,10 +462,17 @@ class Store:
             except UNAVAILABLE_ERRORS as exc:
                 raise ClaimOutcomeUnknown(f"{type(exc).__name__}: {exc}") from exc
 
-    async def slot_owners(self, event_id: str, slots: Sequence[str]) -> list[SlotOwner]:
+    def _note_inventory_event(self, event_id: str) -> None:
+        """An event has an inventory (it is never removed): its claims take the inventory path at once."""
+        if len(self._inventory_events) >= INVENTORY_EVENTS_KEPT:
+            self._inventory_events.clear()  # only spares a statement: the claim's guard tells again
+        self._inventory_events.add(event_id)
+
+    async def slot_owners(self, seats: Sequence[tuple[str, str]]) -> list[SlotOwner]:
+        """The live holds owning any of these (event id, seat id)."""
         async with self._connection("slot_owners") as conn:
-            records = await conn.fetch(sql.SLOT_OWNERS, event_id, list(slots))
-        return [SlotOwner(r["slot_id"], HoldRow.from_record(r)) for r in records]
+            records = await conn.fetch(sql.SLOT_OWNERS, [e for e, _ in seats], [s for _, s in seats])
+        return [SlotOwner(r["seat_event_id"], r["slot_id"], HoldRow.from_record(r)) for r in records]
 
     async def get_hold(self, hold_id: str) -> HoldRow | None:
         async with self._connection("get_hold") as conn:
@@ -463,12 +575,11 @@ class Store:
         async with self._connection("delete_client_key") as conn:
             return await conn.fetchval(sql.DELETE_CLIENT_KEY, key_id) is not None
 
-    async def slot_state(self, event_id: str, slot_id: str) -> SlotRow | None:
+    async def slot_state(self, event_id: str, slot_id: str) -> SlotRow:
         async with self._connection("slot_state") as conn:
             record = await conn.fetchrow(sql.SLOT_STATE, event_id, slot_id)
-        if record is None:
-            return None
-        return SlotRow(record["hold_id"], record["status"], record["expires_at"], record["db_now"])
+        assert record is not None  # always one row
+        return SlotRow(**dict(record.items()))
 
     async def expire_holds(self, batch_size: int) -> list[float]:
         """Expire up to `batch_size` lapsed holds; the lifetime in seconds of each one expired."""
@@ -550,22 +661,133 @@ class Store:
         return [LiveSlot(r["event_id"], r["slot_id"], r["token"]) for r in records]
 
 
+@dataclass(frozen=True, slots=True)
+class _PlainClaim:
+    result: ClaimResult
+    inventory_defined: bool  # the event has an inventory: nothing was claimed, take the inventory path
+
+
 async def _claim_in_transaction(
     conn: "PoolConnectionProxy[asyncpg.Record]", args: tuple[object, ...], *, keyed: bool
-) -> ClaimResult:
+) -> _PlainClaim:
     transaction = conn.transaction()
     await transaction.start()
     try:
-        result = _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
+        claim = _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
     except BaseException:
         await transaction.rollback()
         raise
+    result = claim.result
     keep = result.created and (not keyed or result.idempotency_recorded)
     await (transaction.commit() if keep else transaction.rollback())
     if result.created and not keep:
         # Rolled back because the key was taken: report nothing as created.
-        return ClaimResult(False, False, [], None, None, result.db_now)
+        return _PlainClaim(ClaimResult(False, False, [], None, None, result.db_now), False)
+    return claim
+
+
+async def _claim_items(conn: "PoolConnectionProxy[asyncpg.Record]", request: ClaimRequest) -> ClaimResult:
+    """The inventory path, in one transaction: lock the events' inventories (and the holder's turn), check
+    the request against them, claim the seats (inserting the hold), then the pool units; commit only if all
+    of it was granted."""
+    events = sorted({part.event_id for part in request.parts})
+    seats = request.seat_pairs
+    pools = request.pool_triples
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        inventories = await conn.fetch(sql.LOCK_INVENTORIES, events, request.client_key_id, request.holder)
+        limited = {r["event_id"]: r["per_holder"] for r in inventories if r["per_holder"] is not None}
+        findings = await conn.fetch(
+            sql.CHECK_INVENTORY,
+            [e for e, _ in seats],
+            [s for _, s in seats],
+            [e for e, _, _ in pools],
+            [p for _, p, _ in pools],
+            sorted(limited),
+            request.client_key_id,
+            request.holder,
+        )
+        refusal = _inventory_refusal(request, inventories, findings)
+        if refusal is not None:
+            await transaction.rollback()
+            return ClaimResult(False, False, [], None, None, datetime.now(UTC), refusal=refusal)
+        claim = _claim_result(
+            await conn.fetch(sql.CLAIM_HOLD, *request.claim_hold_args(open_events_only=False))
+        )
+        result = claim.result
+        keep = result.created and (request.idempotency_key is None or result.idempotency_recorded)
+        if not keep:
+            await transaction.rollback()
+            if result.created:  # rolled back because the key was taken: report nothing as created
+                return ClaimResult(False, False, [], None, None, result.db_now)
+            return result
+        over = _holder_over_limit(request, limited, findings)
+        if over is not None:
+            await transaction.rollback()
+            return ClaimResult(
+                False, False, [], None, None, result.db_now, refusal=InventoryRefusal(holder_over_limit=over)
+            )
+        if pools:
+            granted = await conn.fetch(
+                sql.CLAIM_POOLS,
+                request.hold_id,
+                [e for e, _, _ in pools],
+                [p for _, p, _ in pools],
+                [q for _, _, q in pools],
+                request.ttl_ms,
+            )
+            short = [
+                ShortPool(r["event_id"], r["pool_id"], r["quantity"], max(0, r["available"] or 0))
+                for r in granted
+                if not r["granted"]
+            ]
+            if short:
+                await transaction.rollback()
+                return ClaimResult(
+                    False, False, [], None, None, result.db_now, refusal=InventoryRefusal(short_pools=short)
+                )
+    except BaseException:
+        await transaction.rollback()
+        raise
+    await transaction.commit()
     return result
+
+
+def _inventory_refusal(
+    request: ClaimRequest, inventories: list[asyncpg.Record], findings: list[asyncpg.Record]
+) -> InventoryRefusal | None:
+    """What the inventories refuse before anything is claimed: unknown seats or pools, more units of an event
+    than its per-hold limit, blocked seats. (The holder limit is judged after the seats: a retry of the
+    holder's own hold is answered with that hold, not refused.)"""
+    unknown_seats = [(r["event_id"], r["item_id"]) for r in findings if r["kind"] == "unknown_seat"]
+    unknown_pools = [(r["event_id"], r["item_id"]) for r in findings if r["kind"] == "unknown_pool"]
+    blocked = [(r["event_id"], r["item_id"]) for r in findings if r["kind"] == "blocked_seat"]
+    per_hold = {r["event_id"]: r["per_hold"] for r in inventories if r["per_hold"] is not None}
+    over_per_hold = [
+        (part.event_id, per_hold[part.event_id], part.units)
+        for part in request.parts
+        if part.event_id in per_hold and part.units > per_hold[part.event_id]
+    ]
+    if not (unknown_seats or unknown_pools or blocked or over_per_hold):
+        return None
+    return InventoryRefusal(
+        unknown_seats=unknown_seats,
+        unknown_pools=unknown_pools,
+        over_per_hold=over_per_hold,
+        blocked_seats=blocked,
+    )
+
+
+def _holder_over_limit(
+    request: ClaimRequest, limited: dict[str, int], findings: list[asyncpg.Record]
+) -> HolderOverLimit | None:
+    held = {r["event_id"]: r["units"] for r in findings if r["kind"] == "holder_units"}
+    for part in request.parts:
+        limit = limited.get(part.event_id)
+        if limit is not None and held.get(part.event_id, 0) + part.units > limit:
+            return HolderOverLimit(part.event_id, limit, held.get(part.event_id, 0), part.units)
+    return None
 
 
 def _lease_owner(record: asyncpg.Record) -> LeaseOwner:
@@ -575,27 +797,29 @@ def _lease_owner(record: asyncpg.Record) -> LeaseOwner:
         token=record["token"],
         holder=record["holder"],
         remaining_ms=record.get("remaining_ms"),
+        stored_items=record["items"],
     )
 
 
-def _claim_result(records: list[asyncpg.Record]) -> ClaimResult:
-    record = records[0]  # claim_hold returns one row, or one per owner of a slot it did not get
+def _claim_result(records: list[asyncpg.Record]) -> _PlainClaim:
+    record = records[0]  # claim_hold returns one row, or one per owner of a seat it did not get
     prior = None
     if record["prior_hold_id"] is not None:
         prior = IdempotencyRecord(
             record["prior_request_hash"], record["prior_hold_id"], record["prior_status_code"]
         )
-    return ClaimResult(
+    result = ClaimResult(
         created=record["created"],
         idempotency_recorded=record["idempotency_recorded"],
-        claimed_slots=list(record["claimed_slots"]),
+        claimed_seats=list(zip(record["claimed_events"], record["claimed_slots"], strict=True)),
         created_at=record["created_at"],
         expires_at=record["expires_at"],
         db_now=record["db_now"],
         owners=[
-            SlotOwner(r["owner_slot_id"], HoldRow.from_record(r, prefix="owner_"))
+            SlotOwner(r["owner_seat_event_id"], r["owner_slot_id"], HoldRow.from_record(r, prefix="owner_"))
             for r in records
             if r["owner_id"] is not None
         ],
         prior_record=prior,
     )
+    return _PlainClaim(result, record["inventory_defined"])

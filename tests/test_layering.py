@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "config",
             "errors",
             "faultpoints",
+            "items",
             "keys",
             "logs",
             "metrics",
@@ -41,9 +42,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     # The protocol, admission and start-up pieces the adapters build on.
     ("mechanisms", {"breaker", "bulkhead", "loop_lag", "migrations", "redis_pipe"}),
     # The one place each backend is spoken to.
-    ("adapters", {"redis_front", "store"}),
+    ("adapters", {"inventory_store", "redis_front", "store"}),
     # The decisions, with the backends behind them.
-    ("services", {"client_keys", "lease_sync", "holds", "ops", "sweeper"}),
+    ("services", {"availability", "client_keys", "lease_sync", "holds", "ops", "sweeper"}),
     # Routes, problem documents, the request middleware.
     (
         "HTTP",
@@ -53,6 +54,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api.client_keys",
             "api.health",
             "api.holds",
+            "api.inventory",
             "api.ops",
             "api.problems",
             "api.schema",

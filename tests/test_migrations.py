@@ -108,10 +108,16 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
     for row in tables:
         columns.setdefault(row["table_name"], set()).add(row["column_name"])
     # The archive tables have the hot tables' columns, whatever a migration adds to those.
-    archives = {table: columns.pop(table) for table in ("holds_archive", "hold_slots_archive")}
-    assert archives == {"holds_archive": columns["holds"], "hold_slots_archive": columns["hold_slots"]}
+    archives = {
+        table: columns.pop(table) for table in ("holds_archive", "hold_slots_archive", "hold_pools_archive")
+    }
+    assert archives == {
+        "holds_archive": columns["holds"],
+        "hold_slots_archive": columns["hold_slots"],
+        "hold_pools_archive": columns["hold_pools"],
+    }
     assert "hold_slots_archive_one_active_hold" not in indexes
-    assert {"holds_archive_pkey", "hold_slots_archive_pkey"} <= constraints
+    assert {"holds_archive_pkey", "hold_slots_archive_pkey", "hold_pools_archive_pkey"} <= constraints
     assert columns == {
         "schema_migrations": {"version", "name", "applied_at", "sha256"},
         "holds": {
@@ -127,6 +133,8 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
             "cancelled_at",
             "lease_release_due",
             "client_key_id",
+            "items",
+            "seat_count",
         },
         "hold_slots": {"hold_id", "event_id", "slot_id", "status", "expires_at"},
         "idempotency_keys": {
@@ -139,6 +147,17 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
             "created_at",
         },
         "client_keys": {"id", "name", "key_sha256", "created_at"},
+        "event_inventories": {
+            "event_id",
+            "per_holder",
+            "per_hold",
+            "seats_total",
+            "redis_sync_due",
+            "updated_at",
+        },
+        "inventory_seats": {"event_id", "seat_id", "blocked_reason", "blocked_at"},
+        "inventory_pools": {"event_id", "pool_id", "capacity", "position", "held_units", "confirmed_units"},
+        "hold_pools": {"hold_id", "event_id", "pool_id", "quantity", "status", "expires_at"},
     }
     assert (
         "WHERE (status = ANY (ARRAY['held'::text, 'confirmed'::text]))"
@@ -148,6 +167,8 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
     assert {"holds_token_key", "hold_slots_hold_id_fkey", "hold_slots_one_active_hold"} - constraints == {
         "hold_slots_one_active_hold"  # a unique index, not a constraint
     }
+    # What keeps a pool from being oversold whatever a statement does.
+    assert "inventory_pools_not_oversold" in constraints
 
 
 async def test_a_database_ahead_of_the_code_is_refused(database_url: str) -> None:
