@@ -174,9 +174,14 @@ class HoldService:
                 if replay is not None:
                     return replay
                 return await self._create_in_postgres(request, lease=None)
-            case AcquireOutcome.HELD_BY_HOLDER | AcquireOutcome.NOT_SYNCED:
+            case (
+                AcquireOutcome.HELD_BY_HOLDER
+                | AcquireOutcome.NOT_SYNCED
+                | AcquireOutcome.UNKNOWN_POOL
+                | AcquireOutcome.SOLD_OUT
+            ):
                 # Likely a retry of a hold this holder already has, or Redis cannot judge this event now:
-                # Postgres tells.
+                # Postgres tells. (No lease here takes pool units yet, so neither pool outcome comes back.)
                 return await self._create_in_postgres(request, lease=None)
             case AcquireOutcome.ACQUIRED:
                 if faultpoints.ACTIVE:
