@@ -193,6 +193,8 @@ class OpsService:
 
 
 def _lease_token(value: str) -> str | None:
+    # A blocked seat (keys.BLOCKED_LEASE_VALUE) is no lease value either: where Postgres has a live hold on
+    # it, Redis turns that hold's rivals away all the same, but the hold has no lease there.
     try:
         return parse_lease_value(value).token
     except ValueError:

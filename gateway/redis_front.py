@@ -1,4 +1,5 @@
-"""The Redis front: leases on slots, taken and dropped by the Lua scripts in lua/, behind a circuit breaker.
+"""The Redis front: leases on slots and units of general-admission pools, taken and dropped by the Lua
+scripts in lua/, behind a circuit breaker. A blocked seat holds keys.BLOCKED_LEASE_VALUE instead of a lease.
 
 Redis only filters. A "no" from Redis is a fast 409; a "yes" sends the request on to Postgres, which
 decides; an error or a timeout sends it straight to Postgres and opens the breaker for a while.
@@ -17,9 +18,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
@@ -39,8 +40,11 @@ from gateway.resources import resource_dir
 
 log = logging.getLogger(__name__)
 
-SCRIPT_NAMES: Final = ("acquire", "extend", "release")
+SCRIPT_NAMES: Final = ("acquire", "extend", "release", "sync_pool", "sync_blocked")
 
+
+# What the scripts take as ARGV.
+ScriptArg = str | int
 
 # What a Redis that is down, restarting or cut off looks like to the client. uvloop raises RuntimeError
 # ("the handler is closed") for a write on a connection that was reset under it, before redis-py notices.
@@ -52,6 +56,10 @@ RECOVERY_WAIT_S = 1.0
 # Connections the pool opens at start when the pipe carries the scripts (else: all of them).
 WARM_POOL_WITH_PIPE = 8
 
+# Pool entries per sync_pool.lua call, and seats per sync_blocked.lua call: one call blocks Redis for as
+# long as it runs, so a big pool or a big block of seats goes in several.
+SYNC_BATCH = 1_000
+
 
 class AcquireOutcome(IntEnum):
     """The first element of acquire.lua's reply."""
@@ -62,6 +70,8 @@ class AcquireOutcome(IntEnum):
     REPLAY = 3
     KEY_REUSED = 4
     NOT_SYNCED = 5
+    SOLD_OUT = 6
+    UNKNOWN_POOL = 7
 
 
 class RedisUnavailable(Exception):
@@ -83,32 +93,74 @@ class UnexpectedReply(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The leases of one hold: one key per slot (sorted by slot id), all holding `value`."""
+    """The leases of one hold: one key per slot (sorted by slot id), all holding `value`; and an entry
+    `value` -> quantity in each pool it takes units from (sorted by pool id)."""
 
     event_id: str
     slots: Sequence[str]
     value: str
     slot_keys: list[str]
+    pools: Sequence[tuple[str, int]] = ()  # (pool id, units)
+    pool_keys: list[str] = field(default_factory=list)  # per pool: its hash key, then its expiry key
 
     @property
     def holder_fingerprint(self) -> str:
         return keys.parse_lease_value(self.value).holder_fingerprint
 
     @classmethod
-    def build(cls, prefix: str, event_id: str, slots: Sequence[str], token: str, holder: str) -> "Lease":
+    def build(  # noqa: PLR0917 - RedisFront.lease's arguments and the prefix, as callers pass them
+        cls,
+        prefix: str,
+        event_id: str,
+        slots: Sequence[str],
+        token: str,
+        holder: str,
+        pools: Sequence[tuple[str, int]] = (),
+    ) -> "Lease":
+        """ValueError for a pool listed twice or a quantity under 1: the scripts would count it wrong."""
         ordered = sorted(slots)
+        ordered_pools = sorted(pools)
+        pool_ids = [pool_id for pool_id, _ in ordered_pools]
+        if len(set(pool_ids)) != len(pool_ids):
+            raise ValueError(f"a pool is listed twice: {pool_ids}")
+        if any(quantity < 1 for _, quantity in ordered_pools):
+            raise ValueError(f"a pool's quantity is under 1: {ordered_pools}")
         return cls(
             event_id=event_id,
             slots=ordered,
             value=keys.lease_value(token, holder),
             slot_keys=[keys.slot_key(prefix, event_id, slot) for slot in ordered],
+            pools=ordered_pools,
+            pool_keys=[
+                key
+                for pool_id in pool_ids
+                for key in (
+                    keys.pool_key(prefix, event_id, pool_id),
+                    keys.pool_expiry_key(prefix, event_id, pool_id),
+                )
+            ],
         )
+
+    def quantities(self) -> list[int]:
+        return [quantity for _, quantity in self.pools]
 
 
 @dataclass(frozen=True, slots=True)
 class AcquireResult:
     outcome: AcquireOutcome
-    conflicts: list[str]
+    conflicts: list[str]  # CONFLICT: the seats leased to other holds
+    blocked: list[str] = field(default_factory=list)  # CONFLICT: the seats that are blocked
+    short_pools: list[tuple[str, int]] = field(default_factory=list)  # SOLD_OUT: (pool id, units left)
+    unknown_pools: list[str] = field(default_factory=list)  # UNKNOWN_POOL: pools Redis has no capacity for
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSync:
+    """One pool as Postgres has it, for sync_pools: its capacity and the live holds taking its units."""
+
+    pool_id: str
+    capacity: int  # units
+    entries: Sequence[tuple[str, int, int | None]]  # (lease value, units, TTL ms; None: confirmed)
 
 
 class RedisFront:
@@ -312,27 +364,23 @@ class RedisFront:
     async def acquire(
         self, lease: Lease, pending_ttl_ms: int, idempotency_record_key: str | None, request_fp: str | None
     ) -> AcquireResult:
-        """Take pending leases on all slots of `lease`, or report why not. Raises RedisUnavailable."""
-        keys_ = [*lease.slot_keys, keys.sync_key(self._prefix, lease.event_id)]
+        """Take pending leases on all slots and the units of all pools of `lease`, or report why not. Raises
+        RedisUnavailable."""
+        keys_ = [*lease.slot_keys, keys.sync_key(self._prefix, lease.event_id), *lease.pool_keys]
         if idempotency_record_key is not None:
             keys_.append(idempotency_record_key)
-        args = [
+        args: list[ScriptArg] = [
             lease.value,
             lease.holder_fingerprint,
             pending_ttl_ms,
             request_fp or "",
             len(lease.slots),
             self._run_id or "",
+            len(lease.pools),
+            *lease.quantities(),
         ]
         reply = await self._call("acquire", keys_, args)
-        if not isinstance(reply, list) or not reply:
-            raise UnexpectedReply(f"acquire.lua returned {reply!r}")
-        try:
-            outcome = AcquireOutcome(int(reply[0]))
-        except ValueError:
-            raise UnexpectedReply(f"acquire.lua returned {reply!r}") from None
-        conflicts = [lease.slots[int(i) - 1] for i in reply[1:]] if outcome is AcquireOutcome.CONFLICT else []
-        return AcquireResult(outcome, conflicts)
+        return _acquire_result(lease, reply)
 
     async def extend(
         self,
@@ -342,12 +390,14 @@ class RedisFront:
         request_fp: str | None = None,
         *,
         set_missing: bool = True,
+        confirmed: bool = False,
     ) -> int | None:
-        """After the commit: stretch the leases to `ttl_ms` and record the idempotency key; with
-        `set_missing`, set leases that lapsed meanwhile too (after a create; not after a confirm, which a
-        cancel may have overtaken). Best effort: a failure leaves the pending leases to lapse, and Postgres
-        still turns rivals away."""
-        keys_ = list(lease.slot_keys)
+        """After the commit: stretch the leases and pool entries to `ttl_ms` and record the idempotency key;
+        with `set_missing`, set leases and entries that lapsed meanwhile too (after a create; not after a
+        confirm, which a cancel may have overtaken); with `confirmed`, the pool entries never lapse (the seat
+        leases still take `ttl_ms`). How many seats are leased to the hold. Best effort: a failure leaves the
+        pending leases and entries to lapse, and Postgres still turns rivals away."""
+        keys_ = [*lease.slot_keys, *lease.pool_keys]
         if idempotency_record_key is not None:
             keys_.append(idempotency_record_key)
         args = [
@@ -357,12 +407,16 @@ class RedisFront:
             request_fp or "",
             self._settings.idempotency_retention_s * 1000,
             "1" if set_missing else "0",
+            len(lease.pools),
+            "1" if confirmed else "0",
+            *lease.quantities(),
         ]
         return await self._best_effort("extend", keys_, args)
 
     async def release(self, lease: Lease) -> int | None:
-        """Drop the leases still owned by `lease.value`. Best effort: unreleased leases lapse by their TTL."""
-        return await self._best_effort("release", list(lease.slot_keys), [lease.value])
+        """Drop the leases and pool entries still owned by `lease.value`; how many. Best effort: unreleased
+        leases and entries lapse by their TTL (a confirmed hold's entries do not: the outbox sees to them)."""
+        return await self._best_effort("release", *_release_call(lease))
 
     async def adopt(self, leases: Sequence[tuple[Lease, int]]) -> None:
         """Set leases for holds that Postgres says exist but Redis did not know about (it restarted, or a
@@ -403,14 +457,15 @@ class RedisFront:
             async with self._connection_slot(), self._client.pipeline(transaction=False) as pipe:
                 for lease in leases:
                     # Through the script object: the pipeline loads the script first if Redis lost it.
-                    await script(keys=list(lease.slot_keys), args=[lease.value], client=pipe)
+                    keys_, args = _release_call(lease)
+                    await script(keys=keys_, args=args, client=pipe)
                 replies = await pipe.execute()
         except REDIS_FAILURES as exc:
             self.record_failure("release", exc)
             raise RedisUnavailable(str(exc)) from exc
         return sum(int(r) for r in replies)
 
-    async def _best_effort(self, name: str, keys_: list[str], args: list[object]) -> int | None:
+    async def _best_effort(self, name: str, keys_: list[str], args: Sequence[ScriptArg]) -> int | None:
         try:
             reply = await self._call(name, keys_, args)
         except (RedisUnavailable, Overloaded):
@@ -419,7 +474,7 @@ class RedisFront:
             raise UnexpectedReply(f"{name}.lua returned {reply!r}")
         return reply
 
-    async def _call(self, name: str, keys_: list[str], args: list[object]) -> list[int] | int:
+    async def _call(self, name: str, keys_: list[str], args: Sequence[ScriptArg]) -> list[int] | int:
         if not self.breaker.is_closed:
             self._probe()
             raise RedisUnavailable("circuit open")
@@ -435,17 +490,17 @@ class RedisFront:
             self._call_seconds[name].observe(time.perf_counter() - started)
         return reply
 
-    async def _run_script(self, name: str, keys_: list[str], args: list[object]) -> Any:
+    async def _run_script(self, name: str, keys_: list[str], args: Sequence[ScriptArg]) -> Any:
         script = self._scripts[name]
         if self._pipe is None:
-            return await script(keys=keys_, args=args)  # type: ignore[arg-type]
+            return await script(keys=keys_, args=args)
         try:
-            return await self._pipe.execute("EVALSHA", script.sha, len(keys_), *keys_, *args)  # type: ignore[arg-type]
+            return await self._pipe.execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             # Redis lost its scripts (a restart, SCRIPT FLUSH): redis-py loads the script and runs it again.
-            return await script(keys=keys_, args=args)  # type: ignore[arg-type]
+            return await script(keys=keys_, args=args)
 
     def record_failure(self, operation: str, exc: BaseException) -> None:
         """Redis failed `operation`: stop trusting it until a recovery."""
@@ -472,11 +527,164 @@ class RedisFront:
                 values[i] = value.decode() if isinstance(value, bytes) else value
         return values
 
+    async def sync_pools(self, event_id: str, pools: Sequence[PoolSync]) -> None:
+        """Make the event's pools in Redis those of `pools` (the reconciler, from Postgres): each one's
+        capacity set, its listed holds' entries added where missing (entries there are kept: a request may
+        be in flight) and its `used` recomputed; pools Redis knows and `pools` does not list are deleted.
+        Entries whose TTL is over are left out. Raises Redis errors."""
+        script = self._scripts["sync_pool"]
+        listed = [pool.pool_id for pool in pools]
+        index_key = keys.pools_key(self._prefix, event_id)
+        async with self._connection_slot():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for pool in pools:
+                    # sync_pool.lua's triples, flat: lease value, units, TTL ms (-1: confirmed, never lapses).
+                    triples: list[ScriptArg] = []
+                    for value, quantity, ttl_ms in pool.entries:
+                        if ttl_ms is None or ttl_ms > 0:
+                            triples += [value, quantity, -1 if ttl_ms is None else ttl_ms]
+                    # At least one call, with no entries if need be: it sets the capacity.
+                    for start in range(0, max(1, len(triples)), 3 * SYNC_BATCH):
+                        args = [pool.capacity, *triples[start : start + 3 * SYNC_BATCH]]
+                        await script(keys=self._pool_keys(event_id, pool.pool_id), args=args, client=pipe)
+                if listed:
+                    pipe.sadd(index_key, *listed)
+                pipe.smembers(index_key)
+                replies = await pipe.execute()
+            dropped = sorted({_text(member) for member in replies[-1]} - set(listed))
+            if dropped:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for pool_id in dropped:
+                        pipe.delete(*self._pool_keys(event_id, pool_id))
+                    pipe.srem(index_key, *dropped)
+                    await pipe.execute()
+
+    async def sync_blocked(self, event_id: str, blocked: Sequence[str]) -> None:
+        """Make the event's blocked seats in Redis exactly `blocked` (the reconciler, from Postgres): their
+        slot keys hold keys.BLOCKED_LEASE_VALUE, over any lease; the seats no longer blocked get their slot
+        key deleted (if it is still blocked). Raises Redis errors."""
+        script = self._scripts["sync_blocked"]
+        set_key = keys.blocked_key(self._prefix, event_id)
+        to_block = sorted(set(blocked))
+        async with self._connection_slot():
+            members = await self._client.smembers(set_key)
+            to_unblock = sorted({_text(member) for member in members} - set(to_block))
+            calls: list[tuple[list[str], list[str]]] = [
+                (to_block[i : i + SYNC_BATCH], []) for i in range(0, len(to_block), SYNC_BATCH)
+            ]
+            calls += [([], to_unblock[i : i + SYNC_BATCH]) for i in range(0, len(to_unblock), SYNC_BATCH)]
+            if not calls:
+                return
+            async with self._client.pipeline(transaction=False) as pipe:
+                for block, unblock in calls:
+                    slot_keys = [keys.slot_key(self._prefix, event_id, seat) for seat in (*block, *unblock)]
+                    args: list[ScriptArg] = [len(block), len(unblock), *block, *unblock]
+                    await script(keys=[set_key, *slot_keys], args=args, client=pipe)
+                await pipe.execute()
+
+    async def invalidate(self, event_id: str) -> bool:
+        """Delete the event's sync marker: acquire.lua answers NOT_SYNCED for it until the reconciler
+        synchronizes it again (its inventory changed in Postgres). False if Redis failed (recorded) or this
+        worker is overloaded: the marker may still stand."""
+        try:
+            async with self._connection_slot():
+                await self._client.delete(keys.sync_key(self._prefix, event_id))
+        except Overloaded:
+            return False
+        except REDIS_FAILURES as exc:
+            # With the breaker already open the failure is known, and recording it again would let a second
+            # recovery start beside the one in flight.
+            if self.breaker.is_closed:
+                self.record_failure("invalidate", exc)
+            return False
+        return True
+
+    async def pool_state(self, event_id: str, pool_id: str) -> tuple[int, int] | None:
+        """(capacity, used) of a pool as acquire.lua would judge it now: `used` less the entries that lapsed
+        by Redis's clock and no acquire purged yet. None if Redis has no capacity for the pool. Read only, for
+        the tests and the Redis/Postgres agreement check. Raises RedisUnavailable."""
+        pool, expiry = self._pool_keys(event_id, pool_id)
+        try:
+            async with self._connection_slot(), self._client.pipeline(transaction=True) as pipe:
+                pipe.time()
+                pipe.hgetall(pool)
+                pipe.zrangebyscore(expiry, "-inf", "+inf", withscores=True)
+                (seconds, microseconds), fields, scores = await pipe.execute()
+        except REDIS_FAILURES as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        hash_ = {_text(name): int(value) for name, value in fields.items()}
+        if "capacity" not in hash_:
+            return None
+        now_ms = seconds * 1000 + microseconds // 1000
+        lapsed = sum(
+            hash_.get(keys.pool_entry_field(_text(member)), 0) for member, score in scores if score <= now_ms
+        )
+        return hash_["capacity"], hash_.get("used", 0) - lapsed
+
+    def _pool_keys(self, event_id: str, pool_id: str) -> list[str]:
+        return [
+            keys.pool_key(self._prefix, event_id, pool_id),
+            keys.pool_expiry_key(self._prefix, event_id, pool_id),
+        ]
+
     def idempotency_record_key(self, event_id: str, client_key_id: str, holder: str, key: str) -> str:
         return keys.idempotency_key(self._prefix, event_id, client_key_id, holder, key)
 
-    def lease(self, event_id: str, slots: Sequence[str], token: str, holder: str) -> Lease:
-        return Lease.build(self._prefix, event_id, slots, token, holder)
+    def lease(
+        self,
+        event_id: str,
+        slots: Sequence[str],
+        token: str,
+        holder: str,
+        pools: Sequence[tuple[str, int]] = (),
+    ) -> Lease:
+        return Lease.build(self._prefix, event_id, slots, token, holder, pools)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _release_call(lease: Lease) -> tuple[list[str], list[ScriptArg]]:
+    """release.lua's KEYS and ARGV for `lease`."""
+    return [*lease.slot_keys, *lease.pool_keys], [lease.value, len(lease.slots), len(lease.pools)]
+
+
+def _acquire_result(lease: Lease, reply: object) -> AcquireResult:
+    """acquire.lua's reply, read; UnexpectedReply for one that the script cannot have given for `lease`."""
+    if not isinstance(reply, list) or not reply:
+        raise UnexpectedReply(f"acquire.lua returned {reply!r}")
+    try:
+        outcome = AcquireOutcome(int(reply[0]))
+        details = [int(i) for i in reply[1:]]
+        match outcome:
+            case AcquireOutcome.CONFLICT:
+                return AcquireResult(
+                    outcome,
+                    [_nth(lease.slots, i) for i in details if i > 0],
+                    blocked=[_nth(lease.slots, -i) for i in details if i < 0],
+                )
+            case AcquireOutcome.SOLD_OUT:
+                pairs = zip(details[::2], details[1::2], strict=True)
+                return AcquireResult(
+                    outcome, [], short_pools=[(_nth(lease.pools, j)[0], available) for j, available in pairs]
+                )
+            case AcquireOutcome.UNKNOWN_POOL:
+                return AcquireResult(outcome, [], unknown_pools=[_nth(lease.pools, j)[0] for j in details])
+            case _:
+                return AcquireResult(outcome, [])
+    except ValueError:
+        raise UnexpectedReply(f"acquire.lua returned {reply!r}") from None
+
+
+T = TypeVar("T")
+
+
+def _nth(items: Sequence[T], position: int) -> T:
+    """The item at a script's 1-based `position`; ValueError out of range."""
+    if not 1 <= position <= len(items):
+        raise ValueError(f"position {position} out of 1..{len(items)}")
+    return items[position - 1]
 
 
 def _mode_changed(redis_trusted: bool) -> None:

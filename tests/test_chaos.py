@@ -17,7 +17,7 @@ from gateway.chaos.history import (
     check,
 )
 from gateway.chaos.soak import SoakOptions, run_soak
-from gateway.keys import lease_value, slot_key
+from gateway.keys import BLOCKED_LEASE_VALUE, lease_value, slot_key
 
 PREFIX = "chaos"
 HOLD_A = "A" * 22
@@ -221,6 +221,12 @@ def test_a_lease_with_a_token_no_hold_has() -> None:
     c = next(h for h in state.holds if h.id == HOLD_C)
     misplaced = LeaseRecord(slot_key(PREFIX, "e1", "s6"), lease(c, "s2", 0).value, 1_000)
     assert invariants(check(history, snapshot(state.holds, [misplaced]))) == ["redis-lease"]
+
+
+def test_a_blocked_seat_is_no_stray_lease() -> None:
+    history, state = clean_history()
+    blocked = LeaseRecord(slot_key(PREFIX, "e1", "s5"), BLOCKED_LEASE_VALUE, -1)
+    assert invariants(check(history, snapshot(state.holds, [*state.leases, blocked]))) == []
 
 
 def test_a_5xx_for_a_client_mistake() -> None:

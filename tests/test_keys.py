@@ -42,3 +42,12 @@ def test_a_colon_in_the_token_stays_in_the_token() -> None:
 def test_anything_else_is_not_a_lease_value(value: str) -> None:
     with pytest.raises(ValueError, match="not a lease value"):
         keys.parse_lease_value(value)
+
+
+def test_a_blocked_seat_is_no_lease_value() -> None:
+    """A blocked seat's slot key holds "blocked": no colon, so never a lease value, and parsing it says so."""
+    assert keys.is_blocked("blocked")
+    assert not keys.is_blocked(keys.lease_value("blocked", "alice"))
+    assert not keys.is_blocked(None)
+    with pytest.raises(ValueError, match="not a lease value"):
+        keys.parse_lease_value(keys.BLOCKED_LEASE_VALUE)

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.keys import parse_lease_value
+from gateway.keys import is_blocked, parse_lease_value
 
 OpKind = Literal["create", "confirm", "cancel", "read", "mistake"]
 Outcome = Literal["pending", "completed", "unknown"]
@@ -384,6 +384,8 @@ def _leases(snapshot: Snapshot, tolerance_ms: int) -> list[Violation]:
         slot = _parse_slot_key(snapshot.key_prefix, lease.key)
         if slot is None:
             continue  # an idempotency record, not a lease
+        if is_blocked(lease.value):
+            continue  # a blocked seat, which no hold leases
         where = f"lease {lease.key}={lease.value} pttl={lease.pttl_ms}ms"
         try:
             token = parse_lease_value(lease.value).token

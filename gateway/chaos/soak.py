@@ -537,7 +537,9 @@ async def take_snapshot(servers: Servers, workers: int) -> Snapshot:
 
     client = redis.Redis.from_url(servers.redis_server.url, decode_responses=True)
     try:
-        names = [key async for key in client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000)]
+        # Strings only: a pool's hash and sorted set, and the sets of pools and blocked seats, are no leases.
+        scanned = client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000, _type="string")
+        names = [key async for key in scanned]
         async with client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.get(name)
