@@ -288,7 +288,7 @@ class LeaseSync:
     async def adopt(self, holds: Iterable[HoldRow], read_at: float) -> None:
         """Teach Redis the leases of live holds that Postgres said own slots (a loser's read at `read_at`), so
         the next rivals stop at Redis."""
-        leases = []
+        leases: list[tuple[Lease, int]] = []
         for hold in {h.id: h for h in holds}.values():
             remaining_ms = None if hold.status == "confirmed" else hold.remaining_ms
             # The read may be out of date by the time the lease is set (the hold cancelled, and its lease

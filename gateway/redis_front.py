@@ -696,4 +696,3 @@ def _mode_changed(redis_trusted: bool) -> None:
         log.warning("db-only mode: holds are decided by postgres alone", extra={"mode": "db-only"})
     metrics.DEGRADED.set(0 if redis_trusted else 1)
     metrics.MODE_TRANSITIONS.labels("redis-front" if redis_trusted else "db-only").inc()
-

@@ -16,9 +16,40 @@ from gateway import sql
 
 PLAN_CACHE_MODES = ["force_custom_plan", "force_generic_plan"]
 
+
 # A claim as the gateway sends it: a 22-character hold id, a token, two seats, 5 minutes, an Idempotency-Key,
 # a client key.
-CLAIM_ARGS = (
+def claim_args(
+    hold_id: str,
+    token: str,
+    event_id: str,
+    holder: str,
+    slots: list[str],
+    ttl_ms: int,
+    key: str | None,
+    request_hash: str | None,
+    client_key_id: str,
+) -> tuple[Any, ...]:
+    """claim_hold's parameters for one event's seats, as the gateway's plain path sends them."""
+    return (
+        hold_id,
+        token,
+        event_id,
+        holder,
+        slots,
+        ttl_ms,
+        key,
+        request_hash,
+        client_key_id,
+        [event_id] * len(slots),
+        slots,
+        None,
+        None,
+        True,
+    )
+
+
+CLAIM_ARGS = claim_args(
     "0GxkSe6s3N8HNPR7qVMQAw",
     "5d41402abc4b2a76b9719d911017c592",
     "show-42",
@@ -33,7 +64,10 @@ CLAIM_ARGS = (
 
 async def claim_holds(conn: asyncpg.Connection, count: int) -> None:
     """Holds as the gateway makes them, one claim at a time, and no ANALYZE since (as on a new database)."""
-    claims = [(f"h{i}", f"t{i}", "show-42", "x", [f"A-{i}"], 600_000, None, None, "") for i in range(count)]
+    claims = [
+        claim_args(f"h{i}", f"t{i}", "show-42", "x", [f"A-{i}"], 600_000, None, None, "")
+        for i in range(count)
+    ]
     await conn.executemany(sql.CLAIM_HOLD, claims)
 
 
@@ -96,7 +130,7 @@ async def test_claim_and_the_loser_path_go_through_the_partial_unique_index(
     try:
         await claim_holds(conn, 3000)
         claim = await plan_of(conn, "claim_hold", CLAIM_ARGS, mode)
-        owners = await plan_of(conn, "slot_owners", ("show-42", ["A-12", "A-13"]), mode)
+        owners = await plan_of(conn, "slot_owners", (["show-42", "show-42"], ["A-12", "A-13"]), mode)
         state = await plan_of(conn, "slot_state", ("show-42", "A-12"), mode)
     finally:
         await conn.close()
@@ -163,7 +197,10 @@ async def test_seat_map_reads_live_rows_only_whatever_the_history(database_url: 
         live = ["A-1", "A-2", "A-250", "A-499", "B-1"]
         await conn.executemany(
             sql.CLAIM_HOLD,
-            [(f"h{i}", f"t{i}", "show-42", "x", [s], 600_000, None, None, "") for i, s in enumerate(live)],
+            [
+                claim_args(f"h{i}", f"t{i}", "show-42", "x", [s], 600_000, None, None, "")
+                for i, s in enumerate(live)
+            ],
         )
         await conn.executemany(sql.CONFIRM_HOLD, [("h3", "x", ""), ("h4", "x", "")])
         await conn.execute("ANALYZE")

@@ -27,6 +27,7 @@ from gateway.embedded import free_port
 from gateway.keys import slot_key
 from tests.conftest import make_settings
 from tests.support import (
+from tests.test_query_plans import claim_args
     Gateway,
     active_holds_per_slot,
     hold_on_slot,
@@ -314,7 +315,8 @@ async def test_rival_claim_commits_first_then_confirm_is_409_expired(
     rival_id = secrets.token_urlsafe(16)
     await session.begin()
     claim = await session.conn.fetchrow(
-        sql.CLAIM_HOLD, rival_id, secrets.token_hex(16), "race", "bob", ["A-1"], 60_000, None, None, ""
+        sql.CLAIM_HOLD,
+        *claim_args(rival_id, secrets.token_hex(16), "race", "bob", ["A-1"], 60_000, None, None, ""),
     )
     assert claim["created"], dict(claim)
     confirm = action(gateway, hold, "confirm")
