@@ -230,3 +230,33 @@ async def hold_on_slot(gateway: Gateway, event_id: str, slot_id: str) -> str | N
             hold_id: str = slot["hold_id"]
             return hold_id
     return None
+
+
+def claim_args(  # noqa: PLR0917 - claim_hold's own parameters, in its order
+    hold_id: str,
+    token: str,
+    event_id: str,
+    holder: str,
+    slots: list[str],
+    ttl_ms: int,
+    key: str | None,
+    request_hash: str | None,
+    client_key_id: str,
+) -> tuple[Any, ...]:
+    """claim_hold's parameters for one event's seats, as the gateway's plain path sends them."""
+    return (
+        hold_id,
+        token,
+        event_id,
+        holder,
+        slots,
+        ttl_ms,
+        key,
+        request_hash,
+        client_key_id,
+        [event_id] * len(slots),
+        slots,
+        None,
+        None,
+        True,
+    )

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway import metrics
 from tests.conftest import make_settings
 from tests.support import Gateway, released_together, running_gateway, statuses
 
@@ -270,7 +271,8 @@ async def test_lapsed_units_come_back_at_expires_at_without_the_sweeper(either: 
         response = await hold_items(either, [pool("ga", "floor", 2)], holder="bob")
         if response.status_code == 201:
             break
-        assert response.status_code == 409 and time.monotonic() < deadline, response.text
+        assert response.status_code == 409, response.text
+        assert time.monotonic() < deadline, "the units did not come back"
         await asyncio.sleep(0.1)
     assert (await live_pool_units(either.settings.database_url or ""))[("ga", "floor")] == 2
 
@@ -342,8 +344,6 @@ async def test_availability_counts_seats_and_pools_and_says_when_units_come_back
 
 
 async def test_an_availability_read_storm_costs_postgres_almost_nothing(gateway: Gateway) -> None:
-    from gateway import metrics
-
     assert (
         await put_inventory(gateway, "ga", {"pools": [{"pool_id": "floor", "capacity": 10}]})
     ).status_code == 200

@@ -13,42 +13,13 @@ import asyncpg
 import pytest
 
 from gateway import sql
+from tests.support import claim_args
 
 PLAN_CACHE_MODES = ["force_custom_plan", "force_generic_plan"]
 
 
 # A claim as the gateway sends it: a 22-character hold id, a token, two seats, 5 minutes, an Idempotency-Key,
 # a client key.
-def claim_args(
-    hold_id: str,
-    token: str,
-    event_id: str,
-    holder: str,
-    slots: list[str],
-    ttl_ms: int,
-    key: str | None,
-    request_hash: str | None,
-    client_key_id: str,
-) -> tuple[Any, ...]:
-    """claim_hold's parameters for one event's seats, as the gateway's plain path sends them."""
-    return (
-        hold_id,
-        token,
-        event_id,
-        holder,
-        slots,
-        ttl_ms,
-        key,
-        request_hash,
-        client_key_id,
-        [event_id] * len(slots),
-        slots,
-        None,
-        None,
-        True,
-    )
-
-
 CLAIM_ARGS = claim_args(
     "0GxkSe6s3N8HNPR7qVMQAw",
     "5d41402abc4b2a76b9719d911017c592",

@@ -27,9 +27,9 @@ from gateway.embedded import free_port
 from gateway.keys import slot_key
 from tests.conftest import make_settings
 from tests.support import (
-from tests.test_query_plans import claim_args
     Gateway,
     active_holds_per_slot,
+    claim_args,
     hold_on_slot,
     redis_keys,
     released_together,
