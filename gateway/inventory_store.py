@@ -43,6 +43,14 @@ class PoolUnits:
     retired_units: int
 
 
+@dataclass(frozen=True, slots=True)
+class InventoryState:
+    """What Redis should hold of some events' inventories."""
+
+    pools: list[PoolUnits]
+    blocked: dict[str, list[str]]  # event id -> its blocked seats (events without any left out)
+
+
 class InventoryStore:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -161,43 +169,30 @@ class InventoryStore:
             limits=_limits(first),
         )
 
-    async def pool_units(self, event_ids: Sequence[str]) -> list[PoolUnits]:
-        """Per pool of these events: its capacity and the units of its live holds (see pool_units)."""
-        async with self._store.connection("pool_units") as conn:
-            records = await conn.fetch(sql.POOL_UNITS, list(event_ids))
+    async def redis_state(self, event_ids: Sequence[str]) -> InventoryState:
+        """What Redis should hold of these events' inventories: their pools' counters and blocked seats."""
+        async with self._store.connection("inventory_state") as conn:
+            records = await conn.fetch(sql.INVENTORY_STATE, list(event_ids))
         pools: dict[tuple[str, str], PoolUnits] = {}
         confirmed_total: dict[tuple[str, str], int] = {}
-        for r in records:
-            key = (r["event_id"], r["pool_id"])
-            if r["token"] is None:
-                pools[key] = PoolUnits(r["event_id"], r["pool_id"], r["capacity"], [], 0)
-                confirmed_total[key] = r["confirmed_units"]
-        for r in records:
-            key = (r["event_id"], r["pool_id"])
-            if r["token"] is not None and key in pools:
-                pools[key].holds.append((r["token"], r["holder"], r["quantity"], r["remaining_ms"]))
-        result = []
-        for key, pool in pools.items():
-            with_rows = sum(q for _, _, q, remaining in pool.holds if remaining is None)
-            result.append(
-                PoolUnits(
-                    pool.event_id,
-                    pool.pool_id,
-                    pool.capacity,
-                    pool.holds,
-                    max(0, confirmed_total[key] - with_rows),
-                )
-            )
-        return result
-
-    async def blocked_seats(self, event_ids: Sequence[str]) -> dict[str, list[str]]:
-        """The blocked seats of each of these events (events without any are left out)."""
-        async with self._store.connection("blocked_seats") as conn:
-            records = await conn.fetch(sql.BLOCKED_SEATS, list(event_ids))
         blocked: dict[str, list[str]] = {}
         for r in records:
-            blocked.setdefault(r["event_id"], []).append(r["seat_id"])
-        return blocked
+            key = (r["event_id"], r["item_id"])
+            if r["kind"] == "pool":
+                pools[key] = PoolUnits(r["event_id"], r["item_id"], r["capacity"], [], 0)
+                confirmed_total[key] = r["confirmed_units"]
+            elif r["kind"] == "blocked":
+                blocked.setdefault(r["event_id"], []).append(r["item_id"])
+        for r in records:
+            key = (r["event_id"], r["item_id"])
+            if r["kind"] == "units" and key in pools:
+                pools[key].holds.append((r["token"], r["holder"], r["quantity"], r["remaining_ms"]))
+        counted = []
+        for key, pool in pools.items():
+            with_rows = sum(q for _, _, q, remaining in pool.holds if remaining is None)
+            retired = max(0, confirmed_total[key] - with_rows)
+            counted.append(PoolUnits(pool.event_id, pool.pool_id, pool.capacity, pool.holds, retired))
+        return InventoryState(pools=counted, blocked=blocked)
 
     async def take_due_syncs(self, batch_size: int, tell: Callable[[list[str]], Awaitable[object]]) -> int:
         """Take up to `batch_size` events whose inventory changed since Redis last synchronized them and hand

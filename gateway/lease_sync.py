@@ -219,14 +219,13 @@ class LeaseSync:
         """Make the events' pool counters and blocked seats in Redis Postgres's (an event without an inventory
         has none: any left from before are dropped)."""
         read_at = time.monotonic()
-        pools = await self.inventories.pool_units(event_ids)
-        blocked = await self.inventories.blocked_seats(event_ids)
+        state = await self.inventories.redis_state(event_ids)
         by_event: dict[str, list[PoolSync]] = {event_id: [] for event_id in event_ids}
-        for pool in pools:
+        for pool in state.pools:
             by_event[pool.event_id].append(self._pool_sync(pool, read_at))
         for event_id in event_ids:
             await self.front.sync_pools(event_id, by_event[event_id])
-            await self.front.sync_blocked(event_id, blocked.get(event_id, []))
+            await self.front.sync_blocked(event_id, state.blocked.get(event_id, []))
 
     def _pool_sync(self, pool: PoolUnits, read_at: float) -> PoolSync:
         entries: list[tuple[str, int, int | None]] = []

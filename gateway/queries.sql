@@ -649,7 +649,7 @@ LIMIT $5;
 -- live_leases --
 -- The seat leases Redis should hold for events $1: of the holds spanning them, the live held ones (for their
 -- remaining life) and those confirmed in the last $2 ms (a confirmed lease lives that long). At most $3 rows
--- of each; remaining_ms is null for confirmed holds. (Pool units: pool_units.)
+-- of each; remaining_ms is null for confirmed holds. (Pool units: inventory_state.)
 (SELECT event_id, slots, token, holder, items,
         floor(extract(epoch FROM expires_at - now()) * 1000)::bigint AS remaining_ms
  FROM holds
@@ -667,25 +667,26 @@ UNION ALL
  ORDER BY confirmed_at DESC
  LIMIT $3);
 
--- pool_units --
--- What Redis's pool counters of events $1 should hold: each pool's capacity and confirmed units (one row with
--- null token per pool; confirmed units of holds retention moved out have no row of their own), then the units
--- of every live hold in it: held and not lapsed (remaining_ms) or confirmed (null).
-SELECT p.event_id, p.pool_id, p.capacity, p.confirmed_units, NULL::integer AS quantity, NULL::text AS token,
-       NULL::text AS holder, NULL::bigint AS remaining_ms
+-- inventory_state --
+-- What Redis should hold of the inventories of events $1, in one read: per pool its capacity and confirmed
+-- units (kind `pool`; confirmed units of holds retention moved out have no row of their own), the units of
+-- every live hold in it (kind `units`: held and not lapsed, with remaining_ms, or confirmed, with null), and
+-- every blocked seat (kind `blocked`, its id as item_id).
+SELECT 'pool' AS kind, p.event_id, p.pool_id AS item_id, p.capacity, p.confirmed_units,
+       NULL::integer AS quantity, NULL::text AS token, NULL::text AS holder, NULL::bigint AS remaining_ms
 FROM inventory_pools AS p
 WHERE p.event_id = ANY($1::text[])
 UNION ALL
-SELECT hp.event_id, hp.pool_id, NULL, NULL, hp.quantity, h.token, h.holder,
+SELECT 'units', hp.event_id, hp.pool_id, NULL, NULL, hp.quantity, h.token, h.holder,
        CASE WHEN hp.status = 'held' THEN floor(extract(epoch FROM hp.expires_at - now()) * 1000)::bigint END
 FROM hold_pools AS hp
 JOIN holds AS h ON h.id = hp.hold_id
 WHERE hp.event_id = ANY($1::text[])
-  AND hp.status IN ('held', 'confirmed') AND NOT (hp.status = 'held' AND hp.expires_at <= now());
-
--- blocked_seats --
--- The blocked seats of events $1 (what Redis's blocked leases should be).
-SELECT event_id, seat_id FROM inventory_seats WHERE event_id = ANY($1::text[]) AND blocked_reason IS NOT NULL;
+  AND hp.status IN ('held', 'confirmed') AND NOT (hp.status = 'held' AND hp.expires_at <= now())
+UNION ALL
+SELECT 'blocked', s.event_id, s.seat_id, NULL, NULL, NULL, NULL, NULL, NULL
+FROM inventory_seats AS s
+WHERE s.event_id = ANY($1::text[]) AND s.blocked_reason IS NOT NULL;
 
 -- create_inventory --
 -- The event's inventory row, made empty if the event has none (the replacement then fills it). $1 event id.

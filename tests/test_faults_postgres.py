@@ -406,6 +406,46 @@ async def test_lost_reply_to_the_claim_is_resolved(
     await assert_one_winner_per_slot(database_url)
 
 
+async def test_lost_reply_to_a_pool_claim_is_resolved(
+    pg_proxy: FaultProxy, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """A quantity hold whose COMMIT reply is lost: the client still gets 201 naming the one hold Postgres
+    has, the pool counts its units once (not twice, from the claim run again), Redis's counter carries the
+    hold's entry, and the next request past the capacity is refused."""
+    async with gateway_behind(pg_proxy, database_url, redis_url, key_prefix) as gateway:
+        put = await gateway.client.put(
+            "/v1/events/ga/inventory", json={"pools": [{"pool_id": "floor", "capacity": 3}]}
+        )
+        assert put.status_code == 200, put.text
+        pg_proxy.drop_reply(b"COMMIT")
+        answer = await timed(
+            "create",
+            gateway.post(
+                "/v1/holds",
+                {"holder": "alice", "items": [{"event_id": "ga", "pool_id": "floor", "quantity": 2}]},
+            ),
+        )
+        rival = await gateway.post(
+            "/v1/holds", {"holder": "bob", "items": [{"event_id": "ga", "pool_id": "floor", "quantity": 2}]}
+        )
+
+    assert answer.status == 201, answer
+    rows = await fetch(database_url, "SELECT id, token FROM holds WHERE holder = 'alice'")
+    assert [r["id"] for r in rows] == [answer.body["id"]]
+    units = await fetch(database_url, "SELECT held_units, confirmed_units FROM inventory_pools")
+    assert [(r["held_units"], r["confirmed_units"]) for r in units] == [(2, 0)]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entry = await client.hget(
+            keys.pool_key(key_prefix, "ga", "floor"),
+            keys.pool_entry_field(keys.lease_value(rows[0]["token"], "alice")),
+        )
+    finally:
+        await client.aclose()
+    assert entry == "2"
+    assert rival.status_code == 409, rival.text
+
+
 async def test_lost_reply_then_postgres_gone_is_outcome_unknown(
     pg_proxy: FaultProxy, database_url: str, redis_url: str, key_prefix: str
 ) -> None:

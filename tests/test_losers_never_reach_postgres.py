@@ -2,10 +2,11 @@
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from gateway.embedded import LocalPostgres
@@ -81,13 +82,15 @@ async def test_losers_cost_no_postgres_statement_with_redis_in_front(
 
     assert counts == {201: 1, 409: CONTENDERS - 1}
     # The winner's claim: one INSERT ... ON CONFLICT that claims the slot and inserts the hold (claim_hold's
-    # first line). Before it, the event's one synchronization on this Redis (its live holds' leases, then
-    # its recently cancelled holds'), whoever asked first. None of the 299 losers reached Postgres.
+    # first line). Before it, the event's one synchronization on this Redis (its live holds' leases, its
+    # inventory's pools and blocked seats, then its recently cancelled holds'), whoever asked first. None of
+    # the 299 losers reached Postgres.
     first_lines = [line.rstrip().rpartition(":")[2].strip() for line in statements]
     assert first_lines == [
-        "(SELECT event_id, slots, token, holder,",
-        "SELECT cancelled_at, id, event_id, slots, token, holder",
-        "WITH claimed AS (",
+        "(SELECT event_id, slots, token, holder, items,",
+        "SELECT 'pool' AS kind, p.event_id, p.pool_id AS item_id, p.capacity, p.confirmed_units,",
+        "SELECT cancelled_at, id, event_id, slots, token, holder, items",
+        "WITH requested AS (",
     ], statements
 
 
@@ -105,3 +108,59 @@ async def test_the_counter_sees_every_loser_in_db_only_mode(
 
     assert counts == {201: 1, 409: CONTENDERS - 1}
     assert len(statements) >= CONTENDERS
+
+
+async def storm_of(
+    gateway: Gateway, log_path: Path, database: str, request: Callable[[int], Awaitable[httpx.Response]]
+) -> tuple[dict[int, int], list[str]]:
+    """CONTENDERS `request`s at once; the statuses, and the statements Postgres ran meanwhile."""
+    await asyncio.sleep(0.3)  # let earlier statements land in the log first
+    offset = log_path.stat().st_size  # noqa: ASYNC240 - one stat, before the storm
+    responses = await released_together(CONTENDERS, request)
+    await asyncio.sleep(0.3)
+    return dict(statuses(responses)), statements_logged_since(log_path, offset, database)
+
+
+async def test_sold_out_and_blocked_losers_cost_no_postgres_statement(
+    logging_postgres: LocalPostgres, logged_database: str, redis_url: str, key_prefix: str
+) -> None:
+    """Once a pool is sold out, a storm of requests for it is refused by Redis alone; so is a storm for a
+    blocked seat."""
+    settings = make_settings(
+        logged_database,
+        redis_url,
+        key_prefix,
+        sweep_interval_s=3600.0,
+        client_keys_refresh_s=60.0,
+        redis_timeout_s=3.0,
+    )
+    database = logged_database.rpartition("/")[2]
+    async with running_gateway(settings) as gateway:
+        body = {"seats": ["A-1", "A-2"], "pools": [{"pool_id": "floor", "capacity": 3}]}
+        assert (await gateway.client.put("/v1/events/ga/inventory", json=body)).status_code == 200
+        await gateway.client.post("/v1/events/ga/seats/block", json={"seats": ["A-1"], "reason": "press"})
+        sold = await gateway.post(
+            "/v1/holds", {"holder": "first", "items": [{"event_id": "ga", "pool_id": "floor", "quantity": 3}]}
+        )
+        assert sold.status_code == 201, sold.text
+
+        sold_out, sold_out_statements = await storm_of(
+            gateway,
+            logging_postgres.log_path,
+            database,
+            lambda i: gateway.post(
+                "/v1/holds",
+                {"holder": f"u{i}", "items": [{"event_id": "ga", "pool_id": "floor", "quantity": 1 + i % 2}]},
+            ),
+        )
+        blocked, blocked_statements = await storm_of(
+            gateway,
+            logging_postgres.log_path,
+            database,
+            lambda i: gateway.hold("ga", ["A-1"], holder=f"v{i}"),
+        )
+
+    assert sold_out == {409: CONTENDERS}
+    assert sold_out_statements == []
+    assert blocked == {409: CONTENDERS}
+    assert blocked_statements == []

@@ -1,0 +1,139 @@
+"""Inventories under Redis faults: a pool is never oversold and Redis's counters and blocked seats come back
+in line with Postgres after a flush or a restart; an inventory change reaches Redis before the next request.
+Every loser that Redis can judge is judged there (counted, not assumed)."""
+
+import signal
+
+import redis.asyncio as redis
+
+from gateway import keys
+from gateway.embedded import LocalRedis
+from tests.support import Gateway, counters, released_together, statuses, trusted_again
+from tests.test_inventory import hold_items, live_pool_units, pool, put_inventory
+
+
+async def pool_in_redis(
+    direct: redis.Redis, gateway: Gateway, event_id: str, pool_id: str
+) -> tuple[int, int]:
+    """(capacity, used) of a pool's counter in Redis."""
+    front = gateway.service.front
+    assert front is not None
+    state = await front.pool_state(event_id, pool_id)
+    assert state is not None
+    return state
+
+
+async def rejected_by(gateway: Gateway, request: object) -> tuple[int, int, int]:
+    """A request's status, and how many rejections Redis and Postgres counted for it."""
+    before = await counters(gateway)
+    response = await request  # type: ignore[misc]
+    after = await counters(gateway)
+    return (
+        response.status_code,
+        after["rejected_by_redis"] - before["rejected_by_redis"],
+        after["rejected_by_postgres"] - before["rejected_by_postgres"],
+    )
+
+
+async def test_flushall_mid_sale_never_oversells_and_redis_counts_again(
+    own_gateway: Gateway, direct: redis.Redis
+) -> None:
+    gateway = own_gateway
+    assert (
+        await put_inventory(gateway, "ga", {"pools": [{"pool_id": "floor", "capacity": 20}]})
+    ).status_code == 200
+    first = await released_together(
+        15, lambda i: hold_items(gateway, [pool("ga", "floor", 1)], holder=f"a{i}")
+    )
+    assert statuses(first) == {201: 15}
+
+    await direct.flushall()
+    second = await released_together(
+        40, lambda i: hold_items(gateway, [pool("ga", "floor", 1)], holder=f"b{i}")
+    )
+
+    assert statuses(second) == {201: 5, 409: 35}
+    assert (await live_pool_units(gateway.settings.database_url or ""))[("ga", "floor")] == 20
+    assert await pool_in_redis(direct, gateway, "ga", "floor") == (20, 20)
+    assert await rejected_by(gateway, hold_items(gateway, [pool("ga", "floor", 1)], holder="late")) == (
+        409,
+        1,
+        0,
+    )
+
+
+async def test_redis_restarted_empty_mid_sale_rebuilds_pools_and_blocks(
+    own_gateway: Gateway, own_redis: LocalRedis, direct: redis.Redis
+) -> None:
+    gateway = own_gateway
+    body = {"seats": ["A-1", "A-2"], "pools": [{"pool_id": "floor", "capacity": 4}]}
+    assert (await put_inventory(gateway, "gig", body)).status_code == 200
+    assert (
+        await gateway.client.post("/v1/events/gig/seats/block", json={"seats": ["A-1"]})
+    ).status_code == 200
+    held = (await hold_items(gateway, [pool("gig", "floor", 3)])).json()
+    confirmed = (await hold_items(gateway, [pool("gig", "floor", 1)], holder="bob")).json()
+    assert (await gateway.post(f"/v1/holds/{confirmed['id']}/confirm", {"holder": "bob"})).status_code == 200
+
+    own_redis.kill(signal.SIGKILL)
+    own_redis.start()
+    during = await hold_items(gateway, [pool("gig", "floor", 1)], holder="carol")
+    await trusted_again(gateway)
+
+    assert during.status_code == 409, during.text  # Postgres refused it, whoever judged
+    assert held["status"] == "held"
+    assert await rejected_by(gateway, hold_items(gateway, [pool("gig", "floor", 1)], holder="dave")) == (
+        409,
+        1,
+        0,
+    )
+    assert await rejected_by(gateway, gateway.hold("gig", ["A-1"], holder="erin")) == (409, 1, 0)
+    assert await pool_in_redis(direct, gateway, "gig", "floor") == (4, 4)
+    assert (await gateway.hold("gig", ["A-2"], holder="erin")).status_code == 201
+
+
+async def test_an_inventory_change_reaches_redis_before_the_next_request(own_gateway: Gateway) -> None:
+    gateway = own_gateway
+    body = {"seats": ["A-1", "A-2"], "pools": [{"pool_id": "floor", "capacity": 1}]}
+    assert (await put_inventory(gateway, "gig", body)).status_code == 200
+    assert (await hold_items(gateway, [pool("gig", "floor", 1)])).status_code == 201
+    assert (await gateway.hold("gig", ["A-2"], holder="zed")).status_code == 201  # Redis knows the event now
+
+    assert (
+        await gateway.client.post("/v1/events/gig/seats/block", json={"seats": ["A-1"]})
+    ).status_code == 200
+    assert await rejected_by(gateway, gateway.hold("gig", ["A-1"], holder="bob")) == (409, 1, 0)
+    assert (
+        await gateway.client.post("/v1/events/gig/seats/unblock", json={"seats": ["A-1"]})
+    ).status_code == 200
+    assert (await gateway.hold("gig", ["A-1"], holder="bob")).status_code == 201
+
+    # More capacity: the next request is granted at once, not refused by a Redis that kept the old one.
+    body["pools"] = [{"pool_id": "floor", "capacity": 2}]
+    body["seats"] = ["A-1", "A-2"]
+    assert (await put_inventory(gateway, "gig", body)).status_code == 200
+    assert (await hold_items(gateway, [pool("gig", "floor", 1)], holder="carol")).status_code == 201
+    assert await rejected_by(gateway, hold_items(gateway, [pool("gig", "floor", 1)], holder="dave")) == (
+        409,
+        1,
+        0,
+    )
+
+
+async def test_blocked_seat_and_pool_keys_stay_under_their_events_hash_tag(
+    own_gateway: Gateway, direct: redis.Redis
+) -> None:
+    """Cluster-ready: every key a hold of an event touches carries the event's hash tag."""
+    gateway = own_gateway
+    for event_id in ("day-1", "day-2"):
+        body = {"seats": ["A-1", "A-2"], "pools": [{"pool_id": "floor", "capacity": 5}]}
+        assert (await put_inventory(gateway, event_id, body)).status_code == 200
+    await gateway.client.post("/v1/events/day-1/seats/block", json={"seats": ["A-2"]})
+    items = [{"event_id": "day-1", "slots": ["A-1"]}, pool("day-2", "floor", 2)]
+    assert (await hold_items(gateway, items)).status_code == 201
+
+    prefix = gateway.settings.redis_key_prefix
+    found = [key async for key in direct.scan_iter(match=f"{prefix}:*")]
+    tagged = [key for key in found if key != keys.instance_key(prefix)]
+    assert tagged
+    assert all(key.split(":", 2)[1] in ("{day-1}", "{day-2}") for key in tagged), tagged
