@@ -302,6 +302,12 @@ class Counters(msgspec.Struct, frozen=True, kw_only=True):
     holds_confirmed: int
     holds_cancelled: int
     holds_expired: int
+    # Hold requests refused, by reason (whichever layer refused them): a seat taken by another hold, a pool
+    # sold out, the holder's limit in the event, a seat blocked. One field per metrics.REJECTION_REASONS.
+    rejected_taken: int
+    rejected_sold_out: int
+    rejected_holder_limit: int
+    rejected_blocked: int
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,6 +33,9 @@ from gateway.store import remaining_ms
 
 T = TypeVar("T")
 
+# The Counters field of each rejection reason: /v1/stats fills them, the /ops page is given this map.
+REJECTION_COUNTERS = {reason: f"rejected_{reason}" for reason in metrics.REJECTION_REASONS}
+
 # A cursor comes back from the client: its ids are checked like any id (a NUL would reach Postgres).
 _HOLD_CURSOR = msgspec.json.Decoder(tuple[datetime, Identifier])
 _SLOT_CURSOR = msgspec.json.Decoder(tuple[Identifier])
@@ -216,6 +219,11 @@ def _counters() -> Counters:
     def total(name: str) -> int:
         return int(totals.get(name, 0.0))
 
+    # A reason without its Counters field (or a field without its reason) fails here, in every stats read.
+    rejected = {
+        field: total(f'gateway_hold_rejections_total{{reason="{reason}"}}')
+        for reason, field in REJECTION_COUNTERS.items()
+    }
     return Counters(
         holds_created=total("gateway_holds_created_total"),
         rejected_by_redis=total('gateway_holds_rejected_total{layer="redis"}'),
@@ -223,4 +231,5 @@ def _counters() -> Counters:
         holds_confirmed=total("gateway_holds_confirmed_total"),
         holds_cancelled=total("gateway_holds_cancelled_total"),
         holds_expired=total("gateway_holds_expired_total"),
+        **rejected,
     )

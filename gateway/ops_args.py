@@ -1,14 +1,16 @@
-"""The arguments of the operator commands `holds`, `slot` and `stats`. No HTTP client, so that the `gateway`
+"""The arguments of the operator commands: `holds`, `slot`, `stats` and `availability` read a running gateway;
+`inventory`, `block` and `unblock` read or change an event's inventory. No HTTP client, so that the `gateway`
 command builds its parser without loading the commands' client (ops_cli), whose dependencies are the `cli`
 extra; the status list comes from gateway.models (msgspec only)."""
 
 import argparse
 import re
+import sys
 from collections.abc import Callable
 
 from gateway.models import HOLD_STATUSES
 
-COMMANDS = frozenset({"holds", "slot", "stats"})
+COMMANDS = frozenset({"holds", "slot", "stats", "availability", "inventory", "block", "unblock"})
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_EXPIRING_S = 86_400  # the gateway takes expiring_within_seconds up to a day
 _DURATION = re.compile(r"\A(\d+)([smh]?)\Z")
@@ -37,8 +39,20 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def file_bytes(path: str) -> bytes:
+    """The content of `path` (`-`: standard input): the argparse type of --set, read whole and closed at once.
+    Sent as it is: the gateway judges the JSON, and its 400 or 422 names what is wrong."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+
+
 def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register holds, slot and stats on the `gateway` command's subparsers."""
+    """Register the operator commands (COMMANDS) on the `gateway` command's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"the gateway (default: $GATEWAY_URL, else {DEFAULT_URL})")
     common.add_argument(
@@ -69,3 +83,36 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
     stats = commands.add_parser("stats", parents=[common, watch], help="mode, holds, sweeper, agreement")
     stats.add_argument("--event", help="one event's numbers (default: all events)")
+
+    availability = commands.add_parser(
+        "availability",
+        parents=[common, watch],
+        help="what is left of an event: its seats by state, and each pool's units",
+    )
+    availability.add_argument("event_id", metavar="EVENT")
+
+    inventory = commands.add_parser(
+        "inventory",
+        parents=[common],
+        help="an event's inventory: seat count, pools, limits and blocked seats; --set replaces it",
+    )
+    inventory.add_argument("event_id", metavar="EVENT")
+    inventory.add_argument(
+        "--set",
+        dest="inventory_body",
+        metavar="FILE",
+        type=file_bytes,
+        help='replace the inventory with FILE\'s JSON ({"seats": [...], "pools": [{"pool_id": ..., '
+        '"capacity": ...}], "limits": {"per_holder": ..., "per_hold": ...}}); - reads standard input',
+    )
+
+    block = commands.add_parser(
+        "block", parents=[common], help="block seats of an event's inventory (all or none)"
+    )
+    block.add_argument("event_id", metavar="EVENT")
+    block.add_argument("seats", metavar="SEAT", nargs="+")
+    block.add_argument("--reason", help="why, kept with the block (up to 500 characters)")
+
+    unblock = commands.add_parser("unblock", parents=[common], help="unblock seats (all or none)")
+    unblock.add_argument("event_id", metavar="EVENT")
+    unblock.add_argument("seats", metavar="SEAT", nargs="+")

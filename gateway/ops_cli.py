@@ -1,6 +1,8 @@
-"""Operator commands that read a running gateway over HTTP: `holds`, `slot`, `stats` (their arguments are in
-ops_args). They need none of the server's settings and import neither Litestar nor Prometheus, so they run
-from any machine that reaches it; they do need the `cli` extra (httpx, tabulate), which serving does not."""
+"""Operator commands that talk to a running gateway over HTTP: `holds`, `slot`, `stats` and `availability`
+read it; `inventory` reads or replaces an event's inventory, `block` and `unblock` change its seats (their
+arguments are in ops_args). They need none of the server's settings and import neither Litestar nor
+Prometheus, so they run from any machine that reaches it; they do need the `cli` extra (httpx, tabulate),
+which serving does not."""
 
 import argparse
 import json
@@ -8,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -78,12 +80,19 @@ def _segment(value: str) -> str:
     return "%2E" * len(value) if value in {".", ".."} else quote(value, safe="")
 
 
-def _get(client: httpx.Client, path: str, params: dict[str, str | int] | None = None) -> Json:
-    response = client.get(path, params=params)
+def _answer(response: httpx.Response) -> Json:
     if response.is_error:
         raise Problem(response)
     body: Json = response.json()
     return body
+
+
+def _get(client: httpx.Client, path: str, params: dict[str, str | int] | None = None) -> Json:
+    return _answer(client.get(path, params=params))
+
+
+def _event_path(args: argparse.Namespace, rest: str) -> str:
+    return f"/v1/events/{_segment(args.event_id)}/{rest}"
 
 
 def fetch_holds(client: httpx.Client, args: argparse.Namespace) -> Json:
@@ -173,11 +182,106 @@ def render_stats(data: Json) -> str:
     return "\n\n".join(tabulate(rows, [title, ""], disable_numparse=True) for title, rows in tables)
 
 
+def fetch_availability(client: httpx.Client, args: argparse.Namespace) -> Json:
+    return _get(client, _event_path(args, "availability"))
+
+
+def _limit(value: int | None) -> str:
+    return "none" if value is None else str(value)
+
+
+def _release(next_release_at: str | None, as_of: str) -> str:
+    """When a pool's units may come back: the time, and how far off by the gateway's clock (as_of)."""
+    if next_release_at is None:
+        return "—"
+    ms = (datetime.fromisoformat(next_release_at) - datetime.fromisoformat(as_of)) / timedelta(milliseconds=1)
+    return f"{clock(next_release_at)} ({f'in {human_ttl(int(ms))}' if ms > 0 else 'due'})"
+
+
+def render_availability(data: Json) -> str:
+    event = [
+        ["event", data["event_id"]],
+        ["as of", clock(data["as_of"])],
+        ["limit per holder", _limit(data["limits"]["per_holder"])],
+        ["limit per hold", _limit(data["limits"]["per_hold"])],
+    ]
+    tables = [
+        tabulate(event, ["availability", ""], disable_numparse=True),
+        tabulate(_fields(data["seats"]), ["seats", ""], disable_numparse=True),
+    ]
+    pools = [
+        [
+            pool["pool_id"],
+            pool["capacity"],
+            pool["available"],
+            pool["held"],
+            pool["confirmed"],
+            _release(pool["next_release_at"], data["as_of"]),
+        ]
+        for pool in data["pools"]
+    ]
+    if pools:
+        headers = ["pool", "capacity", "available", "held", "confirmed", "next release"]
+        colalign = ("left", "right", "right", "right", "right", "left")
+        tables.append(tabulate(pools, headers, disable_numparse=True, colalign=colalign))
+    else:
+        tables.append("no pools")
+    return "\n\n".join(tables)
+
+
+def fetch_inventory(client: httpx.Client, args: argparse.Namespace) -> Json:
+    """The inventory (GET), or with --set the summary of the one just put in its place (PUT)."""
+    path = _event_path(args, "inventory")
+    if args.inventory_body is None:
+        return _get(client, path)
+    headers = {"Content-Type": "application/json"}
+    return _answer(client.put(path, content=args.inventory_body, headers=headers))
+
+
+def render_inventory(data: Json) -> str:
+    """The inventory's summary: never its whole seat list, which may be 100,000 seats long (--json has it)."""
+    summary = [["event", data["event_id"]], ["seats total", str(data["seats_total"])]]
+    if "blocked" in data:  # a PUT answers with the summary alone
+        summary.append(["seats blocked", str(len(data["blocked"]))])
+    summary += [
+        ["limit per holder", _limit(data["limits"]["per_holder"])],
+        ["limit per hold", _limit(data["limits"]["per_hold"])],
+    ]
+    tables = [tabulate(summary, ["inventory", ""], disable_numparse=True)]
+    pools = [[pool["pool_id"], pool["capacity"]] for pool in data["pools"]]
+    tables.append(
+        tabulate(pools, ["pool", "capacity"], disable_numparse=True, colalign=("left", "right"))
+        if pools
+        else "no pools"
+    )
+    if data.get("blocked"):
+        blocked = [[seat["seat_id"], seat["reason"], clock(seat["blocked_at"])] for seat in data["blocked"]]
+        tables.append(tabulate(blocked, ["blocked seat", "reason", "since"], disable_numparse=True))
+    return "\n\n".join(tables)
+
+
+def _change_seats(client: httpx.Client, args: argparse.Namespace) -> Json:
+    body: Json = {"seats": args.seats}
+    if getattr(args, "reason", None) is not None:
+        body["reason"] = args.reason
+    return _answer(client.post(_event_path(args, f"seats/{args.command}"), json=body))
+
+
+def render_seats_changed(data: Json) -> str:
+    rows = [("event", data["event_id"]), ("changed", data["changed"])]
+    rows += [("blocked total", data["blocked_total"])]
+    return tabulate(rows, tablefmt="plain", disable_numparse=True)
+
+
 Fetch = Callable[[httpx.Client, argparse.Namespace], Json]
 _HANDLERS: dict[str, tuple[Fetch, Callable[[Json], str]]] = {
     "holds": (fetch_holds, render_holds),
     "slot": (fetch_slot, render_slot),
     "stats": (fetch_stats, render_stats),
+    "availability": (fetch_availability, render_availability),
+    "inventory": (fetch_inventory, render_inventory),
+    "block": (_change_seats, render_seats_changed),
+    "unblock": (_change_seats, render_seats_changed),
 }
 
 

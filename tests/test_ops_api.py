@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -252,6 +253,66 @@ async def test_stats_counters_add_up_rejections_by_layer(gateway: Gateway, db_on
     assert after["holds_created"] - before["holds_created"] == 2
     assert after["rejected_by_redis"] - before["rejected_by_redis"] == 5
     assert after["rejected_by_postgres"] - before["rejected_by_postgres"] == 3
+
+
+@pytest.fixture(name="either", params=["redis-front", "db-only"])
+async def fx_either(
+    request: pytest.FixtureRequest, database_url: str, redis_url: str, key_prefix: str
+) -> AsyncIterator[Gateway]:
+    """A gateway with Redis in front, or on Postgres alone: each refuses by reason in its own place."""
+    redis_or_none = redis_url if request.param == "redis-front" else None
+    async with running_gateway(make_settings(database_url, redis_or_none, key_prefix)) as gateway:
+        yield gateway
+
+
+def rejection_series(exposition: str) -> dict[str, int]:
+    """The gateway_hold_rejections_total samples of /metrics, by their labels."""
+    found = re.findall(r"^gateway_hold_rejections_total\{(.*)\} (\S+)$", exposition, re.MULTILINE)
+    return {labels: int(float(value)) for labels, value in found}
+
+
+async def test_stats_and_metrics_count_rejections_by_reason(either: Gateway) -> None:
+    gateway = either
+    inventory = {
+        "seats": ["A-1", "A-2", "A-3", "A-4"],
+        "pools": [{"pool_id": "floor", "capacity": 2}],
+        "limits": {"per_holder": 2},
+    }
+    assert (await gateway.client.put("/v1/events/gig/inventory", json=inventory)).status_code == 200
+    blocked = await gateway.client.post("/v1/events/gig/seats/block", json={"seats": ["A-3"]})
+    assert blocked.status_code == 200, blocked.text
+    before = (await gateway.client.get("/v1/stats")).json()["counters"]
+
+    floor = {"event_id": "gig", "pool_id": "floor", "quantity": 2}
+    assert (await gateway.post("/v1/holds", {"holder": "alice", "items": [floor]})).status_code == 201
+    sold_out = await gateway.post("/v1/holds", {"holder": "bob", "items": [{**floor, "quantity": 1}]})
+    on_blocked = await gateway.hold("gig", ["A-3"], holder="carol")
+    assert (await gateway.hold("gig", ["A-1", "A-2"], holder="dave")).status_code == 201
+    over_limit = await gateway.hold("gig", ["A-4"], holder="dave")
+    after = (await gateway.client.get("/v1/stats")).json()["counters"]
+    exposition = (await gateway.client.get("/metrics")).text
+
+    assert [r.json()["type"].rpartition("/")[2] for r in (sold_out, on_blocked, over_limit)] == [
+        "slot-unavailable",
+        "slot-unavailable",
+        "holder-limit",
+    ]
+    assert on_blocked.json()["conflicts"] == ["A-3"]
+    reasons = ["rejected_taken", "rejected_sold_out", "rejected_holder_limit", "rejected_blocked"]
+    assert {name: after[name] - before[name] for name in reasons} == {
+        "rejected_taken": 0,
+        "rejected_sold_out": 1,
+        "rejected_holder_limit": 1,
+        "rejected_blocked": 1,
+    }
+    assert after["holds_created"] - before["holds_created"] == 2
+    # /metrics has the same totals, labelled by reason alone: never by event.
+    assert rejection_series(exposition) == {
+        'reason="taken"': after["rejected_taken"],
+        'reason="sold_out"': after["rejected_sold_out"],
+        'reason="holder_limit"': after["rejected_holder_limit"],
+        'reason="blocked"': after["rejected_blocked"],
+    }
 
 
 @pytest.fixture(name="guarded_gateway")

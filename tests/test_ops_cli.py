@@ -1,5 +1,6 @@
-"""`gateway holds | slot | stats` against a real gateway. main() runs in a worker thread: the gateway serves
-from this test's event loop, so a blocking client on the loop would wait for itself forever."""
+"""`gateway holds | slot | stats | availability | inventory | block | unblock` against a real gateway. main()
+runs in a worker thread: the gateway serves from this test's event loop, so a blocking client on the loop
+would wait for itself forever."""
 
 import asyncio
 import json
@@ -7,7 +8,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -405,3 +408,239 @@ def test_token_help_reads_as_a_sentence(capsys: pytest.CaptureFixture[str]) -> N
         "--token TOKEN ops token (default: $GATEWAY_OPS_TOKEN, which is safer: a flag's value shows in ps)"
         in help_text
     )
+
+
+async def put_inventory(gateway: Gateway, event_id: str, body: dict[str, Any]) -> None:
+    response = await gateway.client.put(f"/v1/events/{event_id}/inventory", json=body)
+    assert response.status_code == 200, response.text
+
+
+async def create_items(gateway: Gateway, holder: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    response = await gateway.post("/v1/holds", {"holder": holder, "items": items, "ttl_seconds": 300})
+    assert response.status_code == 201, response.text
+    hold: dict[str, Any] = response.json()
+    return hold
+
+
+async def availability_json(
+    capsys: pytest.CaptureFixture[str], url: str, event_id: str, condition: Any, within_s: float = 10
+) -> dict[str, Any]:
+    """`gateway availability EVENT --json`, asked again until it meets `condition`: the gateway answers from
+    a read up to 0.9 s old."""
+    deadline = time.monotonic() + within_s
+    while True:
+        code, out, err = await gateway_command(capsys, "availability", event_id, "--url", url, "--json")
+        assert (code, err) == (0, "")
+        answer: dict[str, Any] = json.loads(out)
+        if condition(answer):
+            return answer
+        assert time.monotonic() < deadline, answer
+        await asyncio.sleep(0.05)
+
+
+def tables(out: str) -> list[list[list[str]]]:
+    """Each blank-line-separated table of the output as rows of cells (two spaces or more apart); the lines
+    of dashes under the headers are left out."""
+    return [
+        [re.split(r" {2,}", line.strip()) for line in block.splitlines() if not line.startswith("--")]
+        for block in out.strip("\n").split("\n\n")
+    ]
+
+
+async def test_availability_shows_seats_and_each_pool(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await put_inventory(
+        gateway,
+        "gig",
+        {
+            "seats": ["A-1", "A-2", "A-3", "A-4"],
+            "pools": [{"pool_id": "floor", "capacity": 10}, {"pool_id": "vip", "capacity": 2}],
+            "limits": {"per_holder": 6},
+        },
+    )
+    assert (await gateway.client.post("/v1/events/gig/seats/block", json={"seats": ["A-4"]})).is_success
+    floor = {"event_id": "gig", "pool_id": "floor"}
+    held = await create_items(
+        gateway, "alice", [{"event_id": "gig", "slots": ["A-1"]}, {**floor, "quantity": 3}]
+    )
+    confirmed = await create_items(
+        gateway, "bob", [{"event_id": "gig", "slots": ["A-2"]}, {**floor, "quantity": 2}]
+    )
+    assert (await gateway.post(f"/v1/holds/{confirmed['id']}/confirm", {"holder": "bob"})).status_code == 200
+
+    answer = await availability_json(capsys, gateway.url, "gig", lambda a: a["seats"]["confirmed"] == 1)
+    api = (await gateway.client.get("/v1/events/gig/availability")).json()
+    # The same answer as the API's, but for when it was read (another read may have come in between).
+    assert {**answer, "as_of": None} == {**api, "as_of": None}
+
+    code, out, err = await gateway_command(capsys, "availability", "gig", "--url", gateway.url)
+
+    assert (code, err) == (0, "")
+    summary, seats, pools = tables(out)
+    assert summary[1:] == [
+        ["event", "gig"],
+        ["as of", summary[2][1]],
+        ["limit per holder", "6"],
+        ["limit per hold", "none"],
+    ]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", summary[2][1])
+    assert seats[1:] == [["total", "4"], ["free", "1"], ["held", "1"], ["confirmed", "1"], ["blocked", "1"]]
+    assert pools[0] == ["pool", "capacity", "available", "held", "confirmed", "next release"]
+    floor_row, vip_row = pools[1:]
+    assert floor_row[:5] == ["floor", "10", "5", "3", "2"]
+    assert re.fullmatch(rf"{local_clock(held['expires_at'])} \(in (4m 5\ds|5m 00s)\)", floor_row[5]), (
+        floor_row
+    )
+    assert vip_row == ["vip", "2", "2", "0", "0", "—"]
+
+
+async def test_availability_of_an_open_event_is_its_404(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await create(gateway, "open-show", ["A-1"])
+
+    code, out, err = await gateway_command(capsys, "availability", "open-show", "--url", gateway.url)
+
+    assert (code, out) == (1, "")
+    assert err == "gateway: 404 Inventory not found: The event has no inventory.\n"
+
+
+async def test_block_and_unblock_seats(gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+    await put_inventory(gateway, "hall", {"seats": ["A-1", "A-2", "A-3"]})
+    await create(gateway, "hall", ["A-3"])
+
+    code, out, err = await gateway_command(
+        capsys, "block", "hall", "A-1", "A-2", "--reason", "broken rail", "--url", gateway.url
+    )
+    assert (code, err) == (0, "")
+    assert two_columns(out) == {"event": "hall", "changed": "2", "blocked total": "2"}
+    inventory = (await gateway.client.get("/v1/events/hall/inventory")).json()
+    assert [(seat["seat_id"], seat["reason"]) for seat in inventory["blocked"]] == [
+        ("A-1", "broken rail"),
+        ("A-2", "broken rail"),
+    ]
+    assert (await gateway.hold("hall", ["A-1"], holder="bob")).status_code == 409
+
+    # Refusals are the gateway's problem detail on one line, exit 1, and change nothing.
+    code, out, err = await gateway_command(capsys, "block", "hall", "A-3", "--url", gateway.url)
+    assert (code, out) == (1, "")
+    assert err == "gateway: 409 Inventory in use: 1 of the seats are held or confirmed: A-3\n"
+    code, out, err = await gateway_command(capsys, "unblock", "hall", "A-1", "Z-9", "--url", gateway.url)
+    assert (code, out) == (1, "")
+    assert err == "gateway: 422 Invalid request: `seats` has 1 seats outside the inventory: Z-9\n"
+    code, out, err = await gateway_command(capsys, "block", "no-inventory", "A-1", "--url", gateway.url)
+    assert (code, out) == (1, "")
+    assert err == "gateway: 404 Inventory not found: The event has no inventory.\n"
+
+    code, out, err = await gateway_command(capsys, "unblock", "hall", "A-1", "--url", gateway.url, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"event_id": "hall", "changed": 1, "blocked_total": 1}
+    code, out, _ = await gateway_command(capsys, "unblock", "hall", "A-1", "--url", gateway.url)
+    assert two_columns(out) == {"event": "hall", "changed": "0", "blocked total": "1"}
+    assert (await gateway.hold("hall", ["A-1"], holder="bob")).status_code == 201
+    assert (await gateway.hold("hall", ["A-2"], holder="bob")).status_code == 409
+
+
+async def test_inventory_is_set_from_a_file_and_shown(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    definition = tmp_path / "gig.json"
+    definition.write_text(
+        json.dumps(
+            {
+                "seats": ["A-1", "A-2", "A-3"],
+                "pools": [{"pool_id": "floor", "capacity": 500}],
+                "limits": {"per_hold": 4},
+            }
+        )
+    )
+
+    code, out, err = await gateway_command(
+        capsys, "inventory", "gig", "--set", str(definition), "--url", gateway.url
+    )
+    assert (code, err) == (0, "")
+    summary, pools = tables(out)
+    assert summary[1:] == [
+        ["event", "gig"],
+        ["seats total", "3"],
+        ["limit per holder", "none"],
+        ["limit per hold", "4"],
+    ]
+    assert pools == [["pool", "capacity"], ["floor", "500"]]
+
+    assert (
+        await gateway.client.post("/v1/events/gig/seats/block", json={"seats": ["A-2"], "reason": "desk"})
+    ).is_success
+    code, out, err = await gateway_command(capsys, "inventory", "gig", "--url", gateway.url)
+    api = (await gateway.client.get("/v1/events/gig/inventory")).json()
+    assert (code, err) == (0, "")
+    summary, pools, blocked = tables(out)
+    assert ["seats blocked", "1"] in summary
+    assert blocked == [
+        ["blocked seat", "reason", "since"],
+        ["A-2", "desk", local_clock(api["blocked"][0]["blocked_at"])],
+    ]
+    code, out, _ = await gateway_command(capsys, "inventory", "gig", "--url", gateway.url, "--json")
+    assert json.loads(out) == api
+
+    # The gateway judges the file: its problem detail, exit 1, the inventory unchanged.
+    definition.write_text('{"seats": ["A-1"],')
+    code, out, err = await gateway_command(
+        capsys, "inventory", "gig", "--set", str(definition), "--url", gateway.url
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith("gateway: 400 Malformed request: the body is not valid JSON")
+    definition.write_text('{"pools": [{"pool_id": "floor", "capacity": -1}]}')
+    code, out, err = await gateway_command(
+        capsys, "inventory", "gig", "--set", str(definition), "--url", gateway.url
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith("gateway: 422 Invalid request: ")
+    assert "capacity" in err
+    assert (await gateway.client.get("/v1/events/gig/inventory")).json() == api
+    code, out, err = await gateway_command(capsys, "inventory", "open-show", "--url", gateway.url)
+    assert (code, out, err) == (1, "", "gateway: 404 Inventory not found: The event has no inventory.\n")
+
+
+def test_an_unreadable_inventory_file_is_an_argparse_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inventory", "gig", "--set", str(missing)])
+
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"gateway inventory: error: argument --set: cannot read {str(missing)!r}: No such file or directory\n"
+    )
+
+
+async def test_inventory_commands_need_the_ops_token_and_availability_does_not(
+    database_url: str,
+    redis_url: str,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings(database_url, redis_url, key_prefix, ops_token=TOKEN)
+    async with running_gateway(settings) as gateway:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        put = await gateway.client.put("/v1/events/gig/inventory", json={"seats": ["A-1"]}, headers=auth)
+        assert put.status_code == 200, put.text
+        refused = "gateway: 401 Unauthorized: This route needs the operations token: "
+        for command in (["block", "gig", "A-1"], ["unblock", "gig", "A-1"], ["inventory", "gig"]):
+            code, out, err = await gateway_command(capsys, *command, "--url", gateway.url)
+            assert (code, out) == (1, ""), command
+            assert err.startswith(refused), err
+            assert err.endswith(" (pass --token or set GATEWAY_OPS_TOKEN)\n")
+
+        code, out, err = await gateway_command(capsys, "availability", "gig", "--url", gateway.url, "--json")
+        assert (code, err) == (0, "")
+        assert json.loads(out)["seats"]["total"] == 1
+
+        monkeypatch.setenv("GATEWAY_OPS_TOKEN", TOKEN)
+        monkeypatch.setenv("GATEWAY_URL", gateway.url)
+        code, out, err = await gateway_command(capsys, "block", "gig", "A-1")
+        assert (code, err) == (0, "")
+        assert two_columns(out)["blocked total"] == "1"

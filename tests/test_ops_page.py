@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ SCREENSHOT_ENV = "GATEWAY_TEST_SCREENSHOT"
 OPS_TOKEN = "x" * 24
 WAIT_MS = 5_000  # the page polls every second: anything it should show, it shows well within this
 RATE = re.compile(r"^\d+\.\d$")  # a per-second rate, shown once the page has two answers to difference
+# An open event's availability is a 404 (inventory-not-found) that the page asks for and shows as an answer.
+OPEN_EVENT_404 = re.compile(r"/v1/events/[^/?]+/availability$")
 
 
 @pytest.fixture(scope="module", name="chromium")
@@ -79,14 +82,16 @@ async def ops_page(
     problems: list[str] = []
 
     def on_console(message: ConsoleMessage) -> None:
-        if message.type in ("error", "warning"):
+        # Chromium logs every error status of a fetch: an open event's availability is an expected one.
+        expected = " 404 " in message.text and OPEN_EVENT_404.search(message.location.get("url", ""))
+        if message.type in ("error", "warning") and not expected:
             problems.append(f"console {message.type}: {message.text}")
 
     def on_request_failed(request: Request) -> None:
         problems.append(f"request failed: {request.url} {request.failure}")
 
     def on_response(response: Response) -> None:
-        if response.status >= 400:
+        if response.status >= 400 and not (response.status == 404 and OPEN_EVENT_404.search(response.url)):
             problems.append(f"HTTP {response.status}: {response.url}")
 
     page.on("console", on_console)
@@ -178,6 +183,9 @@ async def test_event_filter_draws_the_seat_map(gateway: Gateway, browser: Browse
         await expect(page.locator('#seats [data-slot-id="B1"]')).to_have_attribute("title", "B1: confirmed")
         await expect(page.locator("#event")).to_have_value("show-1")
         await expect(page.locator("#numbers-scope")).to_have_text("event show-1")
+        # show-1 has no inventory: the availability says it is open, and draws no bar.
+        await expect(page.locator("#availability-hint")).to_contain_text("Open event")
+        await expect(page.locator("#availability-panel")).to_be_hidden()
         # Only the event's active holds are listed.
         await expect(page.locator("#holds tr")).to_have_count(1)
         await expect(page.locator(f'tr[data-hold-id="{held}"]')).to_be_visible()
@@ -189,7 +197,158 @@ async def test_event_filter_draws_the_seat_map(gateway: Gateway, browser: Browse
         await expect(page.locator("#holds tr")).to_have_count(2)
         assert page.url.endswith("/ops?holder=alice")
         await expect(page.locator("#seats-hint")).to_be_visible()
+        await expect(page.locator("#availability-hint")).to_have_text(
+            "Set an event to see what is left of it."
+        )
         assert problems == []
+
+
+async def put_inventory(gateway: Gateway, event_id: str, body: dict[str, Any]) -> None:
+    response = await gateway.client.put(f"/v1/events/{event_id}/inventory", json=body)
+    assert response.status_code == 200, response.text
+
+
+async def hold_items(gateway: Gateway, holder: str, items: list[dict[str, Any]], ttl_s: int = 300) -> str:
+    return created_id(
+        await gateway.post("/v1/holds", {"holder": holder, "items": items, "ttl_seconds": ttl_s})
+    )
+
+
+async def availability_shows(gateway: Gateway, event_id: str, condition: Any, within_s: float = 10) -> None:
+    """Wait until the API's availability (cached up to 0.9 s per worker) meets `condition`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        answer = (await gateway.client.get(f"/v1/events/{event_id}/availability")).json()
+        if condition(answer):
+            return
+        assert time.monotonic() < deadline, answer
+        await asyncio.sleep(0.05)
+
+
+async def bar_shares(page: Page, row: str) -> dict[str, float]:
+    """Each part of a row's bar as drawn: its width over the bar's inside width, in percent."""
+    shares: dict[str, float] = await page.eval_on_selector(
+        f"#availability {row} .stack",
+        """bar => Object.fromEntries([...bar.children].map(part => [
+            part.dataset.part,
+            100 * part.getBoundingClientRect().width / bar.clientWidth,
+        ]))""",
+    )
+    return shares
+
+
+async def test_availability_draws_a_bar_per_pool_and_the_seat_states(
+    gateway: Gateway, browser: Browser
+) -> None:
+    await put_inventory(
+        gateway,
+        "gig",
+        {
+            "seats": ["A1", "A2", "A3", "A4", "A5", "A6"],
+            "pools": [{"pool_id": "floor", "capacity": 10}, {"pool_id": "balcony", "capacity": 4}],
+            "limits": {"per_holder": 6},
+        },
+    )
+    blocked = await gateway.client.post(
+        "/v1/events/gig/seats/block", json={"seats": ["A6"], "reason": "desk"}
+    )
+    assert blocked.status_code == 200, blocked.text
+    floor = {"event_id": "gig", "pool_id": "floor"}
+    alice = await hold_items(
+        gateway, "alice", [{"event_id": "gig", "slots": ["A1"]}, {**floor, "quantity": 3}]
+    )
+    bob = await hold_items(gateway, "bob", [{"event_id": "gig", "slots": ["A2"]}, {**floor, "quantity": 2}])
+    assert (await gateway.client.post(f"/v1/holds/{bob}/confirm", json={"holder": "bob"})).is_success
+    carol = await hold_items(
+        gateway, "carol", [{"event_id": "gig", "pool_id": "balcony", "quantity": 4}], 120
+    )
+    expires_at = {
+        hold_id: (await gateway.client.get(f"/v1/holds/{hold_id}")).json()["expires_at"]
+        for hold_id in (alice, carol)
+    }
+    await availability_shows(gateway, "gig", lambda a: a["seats"]["confirmed"] == 1)
+
+    async with ops_page(browser, f"{gateway.url}/ops?event=gig") as (page, _, problems):
+        await expect(page.locator("#availability-scope")).to_have_text("event gig", timeout=WAIT_MS)
+        rows = page.locator("#availability li")
+        await expect(rows).to_have_count(3, timeout=WAIT_MS)
+        assert [
+            await row.get_attribute("data-row") or await row.get_attribute("data-pool-id")
+            for row in await rows.all()
+        ] == ["seats", "floor", "balcony"]
+        expected = {
+            '[data-row="seats"]': {"total": 6, "confirmed": 1, "held": 1, "blocked": 1, "free": 3},
+            '[data-pool-id="floor"]': {"total": 10, "confirmed": 2, "held": 3, "available": 5},
+            '[data-pool-id="balcony"]': {"total": 4, "confirmed": 0, "held": 4, "available": 0},
+        }
+        for row, counts in expected.items():
+            for name, count in counts.items():
+                await expect(page.locator(f"#availability {row} [data-count={name}]")).to_have_text(
+                    str(count)
+                )
+            shares = await bar_shares(page, row)
+            total = counts.pop("total")
+            assert shares == pytest.approx({k: 100 * v / total for k, v in counts.items()}, abs=1.5), row
+        # Units come back at the earliest expiry of a pool's held holds: the server's instant, shown as is.
+        for pool, hold_id in (("floor", alice), ("balcony", carol)):
+            release = page.locator(f'#availability [data-pool-id="{pool}"] .release time')
+            shown = await release.get_attribute("datetime")
+            assert shown is not None
+            assert datetime.fromisoformat(shown) == datetime.fromisoformat(expires_at[hold_id])
+        await expect(page.locator('#availability [data-row="seats"] .release')).to_be_hidden()
+        await expect(page.locator("#availability-limits")).to_have_text("Limits: 6 per holder.")
+
+        # A cancel gives alice's seat and units back: the bars follow within a poll or two.
+        assert (await gateway.client.post(f"/v1/holds/{alice}/cancel", json={"holder": "alice"})).is_success
+        floor_row = page.locator('#availability [data-pool-id="floor"]')
+        await expect(floor_row.locator("[data-count=available]")).to_have_text("8", timeout=WAIT_MS)
+        await expect(floor_row.locator("[data-count=held]")).to_have_text("0")
+        await expect(floor_row.locator(".release")).to_be_hidden()
+        await expect(page.locator('#availability [data-row="seats"] [data-count=free]')).to_have_text("4")
+        assert await bar_shares(page, '[data-pool-id="floor"]') == pytest.approx(
+            {"confirmed": 20, "held": 0, "available": 80}, abs=1.5
+        )
+        assert problems == []
+
+
+async def test_availability_reads_loading_until_its_first_answer(gateway: Gateway, browser: Browser) -> None:
+    """The availability panel says "Loading…", then that it could not load, never "open event" or an empty
+    inventory before the gateway said so. Its first answers are held back, then failed, to show each state."""
+    await put_inventory(gateway, "gig", {"pools": [{"pool_id": "floor", "capacity": 3}]})
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        asked, answer = asyncio.Event(), asyncio.Event()
+        fail = True
+
+        async def availability(route: Route) -> None:
+            asked.set()
+            await answer.wait()
+            if fail:
+                await route.abort()
+            else:
+                await route.continue_()
+
+        await page.route(lambda url: url.endswith("/v1/events/gig/availability"), availability)
+        await page.goto(f"{gateway.url}/ops?event=gig")
+        hint = page.locator("#availability-hint")
+        await asyncio.wait_for(asked.wait(), WAIT_MS / 1000)
+        await expect(hint).to_have_text("Loading…")
+        await expect(page.locator("#availability-scope")).to_have_text("event gig")
+
+        answer.set()
+        await expect(hint).to_have_text(
+            re.compile(r"^Could not load the availability \(.+\); retrying…$"), timeout=WAIT_MS
+        )
+
+        fail = False
+        await expect(
+            page.locator('#availability [data-pool-id="floor"] [data-count=available]')
+        ).to_have_text("3", timeout=WAIT_MS)
+        await expect(hint).to_be_hidden()
+        await expect(page.locator("#availability-limits")).to_have_text("No limit per holder or per hold.")
+    finally:
+        await context.close()
 
 
 async def test_ops_token_is_asked_for_and_accepted_as_basic_password(
@@ -277,11 +436,32 @@ async def test_holds_read_loading_until_the_first_answer_not_empty(
 
 
 async def test_populated_page_screenshot(gateway: Gateway, browser: Browser, tmp_path: Path) -> None:
-    """A hall of 40 seats in every state, holds on other events and some traffic, photographed."""
+    """A hall of 40 seats in every state with two standing pools, holds on other events and some traffic,
+    photographed."""
     screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "ops.png")
     started = time.time()
     rows, numbers = "ABCDE", range(1, 9)
     assert len(rows) * len(numbers) == 40
+    pools = [{"pool_id": "standing", "capacity": 120}, {"pool_id": "terrace", "capacity": 30}]
+    await put_inventory(
+        gateway, "hall-a", {"seats": [f"{row}{n}" for row in rows for n in numbers], "pools": pools}
+    )
+    blocked = await gateway.client.post(
+        "/v1/events/hall-a/seats/block", json={"seats": ["E1", "E2"], "reason": "sound desk"}
+    )
+    assert blocked.status_code == 200, blocked.text
+    for i in range(7):
+        group = f"group-{i}"
+        hold_id = await hold_items(
+            gateway, group, [{"event_id": "hall-a", "pool_id": "standing", "quantity": 10}]
+        )
+        assert (await gateway.client.post(f"/v1/holds/{hold_id}/confirm", json={"holder": group})).is_success
+    pool_held = [
+        await hold_items(
+            gateway, "tour", [{"event_id": "hall-a", "pool_id": "standing", "quantity": 8}], 420
+        ),
+        await hold_items(gateway, "club", [{"event_id": "hall-a", "pool_id": "terrace", "quantity": 6}], 150),
+    ]
     # Short holds first, so their bars have run down part way when the picture is taken.
     held = [
         (["A1", "A2"], "ana@example.com", 5),
@@ -302,7 +482,7 @@ async def test_populated_page_screenshot(gateway: Gateway, browser: Browser, tmp
         assert (await gateway.client.post(f"/v1/holds/{hold_id}/confirm", json={"holder": holder})).is_success
     # Every other seat was held once and let go: free, so the seat map (live slots only) leaves it out.
     taken = {slot for slots, _, _ in held for slot in slots} | {
-        "A4", "A5", "A6", "B1", "C1", "C2", "C3", "C4", "D5", "D6"
+        "A4", "A5", "A6", "B1", "C1", "C2", "C3", "C4", "D5", "D6", "E1", "E2"
     }  # fmt: skip
     free = [f"{row}{number}" for row in rows for number in numbers if f"{row}{number}" not in taken]
     for start in range(0, len(free), 10):  # a hold takes at most 10 slots
@@ -325,11 +505,22 @@ async def test_populated_page_screenshot(gateway: Gateway, browser: Browser, tmp
             browser, f"{gateway.url}/ops?event=hall-a", viewport={"width": 1280, "height": 900}
         ) as (page, _, problems):
             await expect(page.locator("#seats li")).to_have_count(20, timeout=WAIT_MS)
-            await expect(page.locator("#holds tr")).to_have_count(len(held))
+            await expect(page.locator("#holds tr")).to_have_count(len(held) + len(pool_held))
+            # A pool's units show as its id, a multiplication sign and the quantity.
+            pool_row = page.locator(f'tr[data-hold-id="{pool_held[1]}"]')
+            await expect(pool_row).to_contain_text("terrace \N{MULTIPLICATION SIGN}6")
             await expect(page.locator("#rate-holds_created")).to_have_text(RATE, timeout=WAIT_MS)
             await expect(page.locator("#rate-rejected_by_redis")).not_to_have_text("0.0", timeout=WAIT_MS)
-            for state, count in [("free", 0), ("held", 10), ("confirmed", 10)]:
+            # The rivals are refused for a seat taken, and for nothing else.
+            await expect(page.locator("#rate-rejected_taken")).not_to_have_text("0.0", timeout=WAIT_MS)
+            await expect(page.locator("#rate-rejected_sold_out")).to_have_text("0.0")
+            for state, count in [("free", 0), ("held", 10), ("confirmed", 10), ("blocked", 0)]:
                 await expect(page.locator(f"#count-{state}")).to_have_text(str(count))
+            seats = page.locator('#availability [data-row="seats"]')
+            for state, count in [("free", 18), ("held", 10), ("confirmed", 10), ("blocked", 2)]:
+                await expect(seats.locator(f"[data-count={state}]")).to_have_text(str(count))
+            standing = page.locator('#availability [data-pool-id="standing"]')
+            await expect(standing.locator("[data-count=available]")).to_have_text("42")
             # The shortest hold is nearly out: its bar shows the low colour in the picture.
             await page.wait_for_function(
                 "() => Number(document.querySelector('#holds .ttl').dataset.ttlMs) < 1200", timeout=WAIT_MS

@@ -12,7 +12,7 @@ from gateway import metrics
 from gateway.api.auth import require_ops_token
 from gateway.api.problems import problem_specs
 from gateway.api.slots import check_identifier
-from gateway.errors import RouteNotFound
+from gateway.errors import InventoryNotFound, RouteNotFound
 from gateway.models import (
     HOLD_STATUSES,
     IDENTIFIER_DESCRIPTION,
@@ -21,7 +21,7 @@ from gateway.models import (
     SLOT_STATES,
     Stats,
 )
-from gateway.ops import OpsService
+from gateway.ops import REJECTION_COUNTERS, OpsService
 
 OPS_PAGE_DIR = Path(__file__).resolve().parent.parent / "ops_page"
 # Media types without a charset: Litestar appends `; charset=utf-8` to every text/* type itself.
@@ -35,6 +35,10 @@ PAGE_FORMATS = {
     "hold_statuses": HOLD_STATUSES,
     "live_hold_status": LIVE_HOLD_STATUS,
     "slot_states": SLOT_STATES,
+    # reason -> its field in the stats' counters
+    "rejection_counters": REJECTION_COUNTERS,
+    # The problem type of an event's availability when the event has no inventory (it is open).
+    "no_inventory_problem": InventoryNotFound().problem_type,
 }
 # `<` escaped, so no value could ever close the block early.
 _FORMATS_BLOCK = (

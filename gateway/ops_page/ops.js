@@ -11,6 +11,11 @@ const SLOTS_LIMIT = 5000; // the API's maximum: a large hall in one page
 const SWEEPER_LAG_WARN_MS = 5000; // the sweeper runs about every second; five behind is worth a look
 const SLOTS_SHOWN = 6; // per hold in the table; the rest is summarised as "+N"
 const NO_HOLDS = "No active holds.";
+const NO_EVENT_AVAILABILITY = "Set an event to see what is left of it.";
+const OPEN_EVENT = "Open event: it has no inventory (any seat id may be held, and it has no pools).";
+const LOADING = "Loading…";
+// What getJson answers when the gateway says the thing asked for does not exist, as the caller expected.
+const ABSENT = Symbol("absent");
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,13 +31,16 @@ let lastSuccess = null;
 // Until the listing first answers, an empty table means "not known yet", never "no holds".
 let holdsAnswered = false;
 const holdRows = new Map(); // hold id -> {node, ttlCell, secs, fill, ttlMs, fetchedAt, fullMs}
+// The event whose availability is shown ("" for none yet): until it answers, the panel says "Loading…".
+let availabilityOf = "";
+const stockRows = new Map(); // "seats" or "pool:<id>" -> {node, total, parts, release}
 const seatCells = new Map(); // slot id -> {node, state}
 // Postgres orders slot ids as text (A10 before A2); a hall reads in natural order.
 const naturalOrder = new Intl.Collator(undefined, { numeric: true }).compare;
 
 // ---- fetching ----
 
-async function getJson(path, { acceptUnavailable = false } = {}) {
+async function getJson(path, { acceptUnavailable = false, absentType = null } = {}) {
   const route = path.split("?")[0];
   let response;
   try {
@@ -53,6 +61,8 @@ async function getJson(path, { acceptUnavailable = false } = {}) {
   }
   // /ready answers 503 with its usual body while the database is down: that is news, not a failure.
   if (response.ok || (acceptUnavailable && response.status === 503 && body)) return body;
+  // A 404 of the expected problem type (an open event's availability) is an answer too.
+  if (absentType && response.status === 404 && body && body.type === absentType) return ABSENT;
   const detail = body && (body.detail || body.title);
   throw new Error(`${route}: ${response.status}${detail ? ` ${detail}` : ""}`);
 }
@@ -75,14 +85,21 @@ async function poll() {
     getJson(`${eventPath}/stats`),
     getJson(`/v1/holds?${query({ status: live, event_id: event, holder, limit: HOLDS_LIMIT })}`),
     event ? getJson(`${eventPath}/slots?limit=${SLOTS_LIMIT}`) : Promise.resolve(null),
+    event
+      ? getJson(`${eventPath}/availability`, { absentType: FORMATS.no_inventory_problem })
+      : Promise.resolve(null),
   ]);
   if (asked !== generation) return false; // the filters changed meanwhile: ask again at once
-  const [ready, stats, holds, slots] = results.map((r) => (r.status === "fulfilled" ? r.value : undefined));
+  const [ready, stats, holds, slots, availability] = results.map((r) =>
+    r.status === "fulfilled" ? r.value : undefined,
+  );
   showReadiness(ready);
   if (stats) showStats(stats);
   if (holds) showHolds(holds, sentAt, stats);
   else if (!holdsAnswered) showHoldsUnknown(results[2].reason);
   if (slots !== undefined) showSeats(slots);
+  if (availability !== undefined) showAvailability(availability, event);
+  else if (availabilityOf !== event) showAvailabilityUnknown(results[4].reason);
   showErrors(results.filter((r) => r.status === "rejected").map((r) => r.reason.message || String(r.reason)));
   return true;
 }
@@ -264,10 +281,13 @@ function newHoldRow(hold) {
     return td;
   };
   cell(hold.id, "id");
-  cell(hold.event_id);
-  const slots = hold.slots.slice(0, SLOTS_SHOWN).join(", ");
-  const rest = hold.slots.length - SLOTS_SHOWN;
-  cell(rest > 0 ? `${slots} +${rest}` : slots).title = hold.slots.join(", ");
+  // A hold spanning several events has no event_id of its own: its items name them.
+  cell(hold.event_id ?? [...new Set(hold.items.map((item) => item.event_id))].join(", "));
+  // Seats by id and a pool's units as "floor ×3": what the hold has, whichever form it was made in.
+  const taken = hold.items.flatMap((item) => item.slots ?? [`${item.pool_id} ×${item.quantity}`]);
+  const slots = taken.slice(0, SLOTS_SHOWN).join(", ");
+  const rest = taken.length - SLOTS_SHOWN;
+  cell(rest > 0 ? `${slots} +${rest}` : slots).title = taken.join(", ");
   cell(hold.holder);
   const ttlCell = cell("", "ttl");
   const secs = document.createElement("span");
@@ -296,6 +316,153 @@ function tick() {
     // Greyed until the next poll, which no longer lists it.
     entry.node.classList.toggle("expired", leftMs === 0);
   }
+}
+
+// ---- availability ----
+
+// `answer`: the event's availability, ABSENT for an open event, null when no event is set.
+function showAvailability(answer, event) {
+  availabilityOf = event;
+  $("availability-scope").textContent = event ? `event ${event}` : "";
+  const hint = $("availability-hint");
+  hint.classList.remove("bad");
+  const rows = [];
+  if (answer === null || answer === ABSENT) {
+    hint.textContent = answer === null ? NO_EVENT_AVAILABILITY : OPEN_EVENT;
+  } else {
+    // Seats and pools as one kind of row: a total split into parts, taken ones first, and what is left.
+    const seats = answer.seats;
+    if (seats.total > 0 || answer.pools.length === 0) {
+      rows.push({
+        key: "seats",
+        name: "Seats",
+        total: seats.total,
+        unit: "seats",
+        parts: [
+          ["confirmed", seats.confirmed],
+          ["held", seats.held],
+          ["blocked", seats.blocked],
+          ["free", seats.free],
+        ],
+        release: null,
+      });
+    }
+    for (const pool of answer.pools) {
+      rows.push({
+        key: `pool:${pool.pool_id}`,
+        poolId: pool.pool_id,
+        name: pool.pool_id,
+        total: pool.capacity,
+        unit: "units",
+        parts: [
+          ["confirmed", pool.confirmed],
+          ["held", pool.held],
+          ["available", pool.available],
+        ],
+        // In how long, by the database's clock (the answer's as_of): the browser's clock may disagree.
+        release: pool.next_release_at && {
+          at: pool.next_release_at,
+          inMs: Date.parse(pool.next_release_at) - Date.parse(answer.as_of),
+        },
+      });
+    }
+    $("availability-limits").textContent = limitsText(answer.limits);
+  }
+  hint.hidden = rows.length > 0;
+  $("availability-panel").hidden = rows.length === 0;
+  reconcile($("availability"), stockRows, rows, (row) => row.key, newStockRow, updateStockRow);
+}
+
+// Until the event's availability first answers, its panel says so, never shows another event's.
+function showAvailabilityPending(event) {
+  if (!event) {
+    showAvailability(null, "");
+    return;
+  }
+  availabilityOf = "";
+  $("availability-scope").textContent = `event ${event}`;
+  const hint = $("availability-hint");
+  hint.textContent = LOADING;
+  hint.classList.remove("bad");
+  hint.hidden = false;
+  $("availability-panel").hidden = true;
+}
+
+function showAvailabilityUnknown(reason) {
+  const hint = $("availability-hint");
+  hint.textContent = `Could not load the availability (${reason ? reason.message || reason : "no answer"}); retrying…`;
+  hint.classList.add("bad");
+  hint.hidden = false;
+  $("availability-panel").hidden = true;
+}
+
+function limitsText(limits) {
+  const parts = [];
+  if (limits.per_holder !== null) parts.push(`${limits.per_holder} per holder`);
+  if (limits.per_hold !== null) parts.push(`${limits.per_hold} per hold`);
+  return parts.length ? `Limits: ${parts.join(" · ")}.` : "No limit per holder or per hold.";
+}
+
+function newStockRow(row) {
+  const node = document.createElement("li");
+  if (row.poolId === undefined) node.dataset.row = row.key;
+  else node.dataset.poolId = row.poolId;
+  const head = document.createElement("div");
+  head.className = "stock-head";
+  const name = document.createElement("b");
+  name.textContent = row.name;
+  const total = document.createElement("b");
+  total.dataset.count = "total";
+  head.append(name, " ", total, ` ${row.unit}`);
+  // The bar is a picture of the numbers below it, which screen readers read instead.
+  const bar = document.createElement("span");
+  bar.className = "stack";
+  bar.setAttribute("aria-hidden", "true");
+  const counts = document.createElement("p");
+  counts.className = "counts";
+  const parts = new Map();
+  for (const [part] of row.parts) {
+    const segment = document.createElement("span");
+    segment.dataset.part = part;
+    bar.append(segment);
+    const count = document.createElement("b");
+    count.dataset.count = part;
+    if (parts.size) counts.append(" · ");
+    counts.append(count, ` ${part}`);
+    parts.set(part, { segment, count });
+  }
+  const release = document.createElement("span");
+  release.className = "release";
+  const time = document.createElement("time");
+  const inText = document.createElement("span");
+  release.append(" · next release ", time, inText);
+  counts.append(release);
+  node.append(head, bar, counts);
+  return { node, total, parts, release, time, inText };
+}
+
+function updateStockRow(entry, row) {
+  entry.total.textContent = row.total;
+  for (const [part, count] of row.parts) {
+    const { segment, count: cell } = entry.parts.get(part);
+    cell.textContent = count;
+    // Set through the CSSOM, which the CSP allows (a style attribute in markup it would refuse).
+    segment.style.width = `${row.total > 0 ? ((100 * count) / row.total).toFixed(1) : 0}%`;
+  }
+  entry.release.hidden = row.release === null;
+  if (row.release) {
+    entry.time.dateTime = row.release.at;
+    entry.time.textContent = clock(new Date(row.release.at));
+    entry.inText.textContent = row.release.inMs > 0 ? ` (in ${roughDuration(row.release.inMs)})` : " (due)";
+  }
+}
+
+// Whole seconds, then minutes and hours: how far off a release is, not a stopwatch.
+function roughDuration(ms) {
+  const s = Math.ceil(ms / 1000);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
 }
 
 // ---- seat map ----
@@ -370,6 +537,7 @@ function applyFilters() {
   const typed = $("holder").value;
   const holder = typed.trim() ? typed : "";
   if (event === filters.event && holder === filters.holder) return;
+  if (event !== filters.event) showAvailabilityPending(event);
   filters.event = event;
   filters.holder = holder;
   generation += 1;
@@ -387,7 +555,33 @@ function debounce(fn, ms) {
   };
 }
 
+// The cells whose list the gateway gives: a state or a reason it adds shows up here without a page change.
+function buildFromFormats() {
+  const legend = $("legend");
+  for (const state of FORMATS.slot_states) {
+    const item = document.createElement("li");
+    item.dataset.state = state;
+    const count = document.createElement("span");
+    count.id = `count-${state}`;
+    count.textContent = "0";
+    item.append(`${state} `, count);
+    legend.append(item);
+  }
+  const rejections = $("rejection-rates");
+  for (const [reason, field] of Object.entries(FORMATS.rejection_counters)) {
+    const cell = document.createElement("div");
+    const label = document.createElement("dt");
+    label.textContent = `Rejected: ${reason.replaceAll("_", " ")}`;
+    const rate = document.createElement("dd");
+    rate.id = `rate-${field}`;
+    rate.textContent = "–";
+    cell.append(label, rate);
+    rejections.append(cell);
+  }
+}
+
 function start() {
+  buildFromFormats();
   readFilters();
   const onInput = debounce(applyFilters, FILTER_DEBOUNCE_MS);
   $("event").addEventListener("input", onInput);
