@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import redis.asyncio as redis
 import uvicorn
 
@@ -230,3 +231,34 @@ async def hold_on_slot(gateway: Gateway, event_id: str, slot_id: str) -> str | N
             hold_id: str = slot["hold_id"]
             return hold_id
     return None
+
+
+# --- general admission, until its API is merged --------------------------------------------------------
+
+
+class InventoryApiMissing(Exception):
+    """The gateway has no inventory API (PUT /v1/events/{e}/inventory answers 404 or 405): the
+    general-admission pools are not in this tree yet."""
+
+
+async def require_inventory_api(gateway: Gateway) -> None:
+    """Raise InventoryApiMissing unless the gateway serves PUT /v1/events/{e}/inventory (every field of its
+    body is optional: an empty one sets up an event with nothing on sale)."""
+    headers = {}
+    if gateway.settings.ops_token:
+        headers["Authorization"] = f"Bearer {gateway.settings.ops_token}"
+    response = await gateway.client.put("/v1/events/inventory-probe/inventory", json={}, headers=headers)
+    if response.status_code in (404, 405):
+        raise InventoryApiMissing(f"PUT /v1/events/{{e}}/inventory answered {response.status_code}")
+
+
+# The tests written against the inventory API's contract before it was merged (test_loadtests.py's
+# test_ga_sale_end_to_end, test_bench.py's test_smoke_run_reports_the_general_admission_sections). Each
+# first calls require_inventory_api: without the API they stop there, as this expected failure; any other
+# failure still fails the suite. Strict: once the API is merged and they pass, the mark itself fails the
+# suite (XPASS), so it cannot outlive its reason. Un-gate them by deleting the mark's uses and this.
+needs_inventory_api = pytest.mark.xfail(
+    raises=InventoryApiMissing,
+    strict=True,
+    reason="needs the inventory API (general admission); remove this mark once it is merged",
+)
