@@ -9,6 +9,7 @@ Name one scenario by its user class (or select it by tag, `-T flash-sale`); with
     HoldMixUser          mix          hold / confirm / cancel / read / expire at a steady rate
     ConfirmVsExpiryUser  edge         confirms sent at the instant of expiry, against a rival: one outcome
     DegradedStormUser    degraded     the storm against a gateway whose Redis is down (db-only)
+    GaSaleUser           ga-sale      general admission: pools of two events sold out, limits per holder
 
 When the test stops each prints a summary (answers by status, latency percentiles, a PASS or FAIL verdict) and
 a breach makes locust exit with 1. Settings come from environment variables named in each scenario's module.
@@ -26,10 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtests.scenarios.confirm_vs_expiry import ConfirmVsExpiryUser
 from loadtests.scenarios.flash_sale import FlashSaleUser
+from loadtests.scenarios.ga_sale import GaSaleUser
 from loadtests.scenarios.mix import HoldMixUser
 from loadtests.scenarios.storm import DegradedStormUser, StormUser
 
-__all__ = ["ConfirmVsExpiryUser", "DegradedStormUser", "FlashSaleUser", "HoldMixUser", "StormUser"]
+__all__ = [
+    "ConfirmVsExpiryUser",
+    "DegradedStormUser",
+    "FlashSaleUser",
+    "GaSaleUser",
+    "HoldMixUser",
+    "StormUser",
+]
 
 
 def _tags(user_class: type[User]) -> set[str]:

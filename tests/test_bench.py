@@ -13,9 +13,25 @@ import msgspec
 import pytest
 
 from loadtests.bench import naive, wrk
+from loadtests.bench import report as markdown_report
 from loadtests.bench.client import Connection
-from loadtests.bench.results import BARE, DB_ONLY, NAIVE, REDIS_FRONT, REDIS_FRONT_LOGGED, Report
-from loadtests.bench.stack import REPO_ROOT, Server, Stack, bare_server, naive_server
+from loadtests.bench.results import (
+    BARE,
+    DB_ONLY,
+    NAIVE,
+    POOLS,
+    REDIS_FRONT,
+    REDIS_FRONT_LOGGED,
+    Cost,
+    GaOnSale,
+    Machine,
+    Plan,
+    Report,
+    Run,
+)
+from loadtests.bench.stack import REPO_ROOT, Flushed, Server, Stack, bare_server, naive_server
+from loadtests.bench.verdicts import ga_onsale_ok, transactions_per_request
+from tests.support import Gateway
 
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
   2 threads and 4 connections
@@ -53,6 +69,15 @@ def test_wrk_result_line_is_parsed_with_its_units() -> None:
     assert result.socket_errors == wrk.SocketErrors(connect=0, read=1, write=0, timeout=3)
     assert result.other_than(409) == 2 + 4  # two 503s and four requests lost to socket errors
     assert result.cores_used == 0.25
+
+
+def test_wrk_result_line_carries_the_scripts_own_counters() -> None:
+    with_counters = WRK_OUTPUT.replace('"timeout":3}}', '"timeout":3},"counters":{"units":2470}}')
+
+    assert wrk.parse_output(with_counters, wrk_cpu_s=0, wall_s=1, connections=4, threads=2).counters == {
+        "units": 2470
+    }
+    assert wrk.parse_output(WRK_OUTPUT, wrk_cpu_s=0, wall_s=1, connections=4, threads=2).counters == {}
 
 
 def test_wrk_output_without_a_result_line_is_an_error() -> None:
@@ -94,6 +119,26 @@ async def test_onsale_script_sends_exactly_its_requests_and_stops_early(bare: Se
     )
 
     assert result.statuses == {409: 301}  # bare answers 409 to everything: here only the count matters
+    assert time.monotonic() - started < 10
+
+
+async def test_ga_onsale_script_sends_exactly_its_requests_and_stops_early(bare: Server) -> None:
+    """The general-admission on-sale shares the on-sale's quota (quota.lua): the same share, no more."""
+    started = time.monotonic()
+    result = await asyncio.to_thread(
+        wrk.run,
+        bare.url,
+        "ga_onsale.lua",
+        args=["ga-onsale", "ga", "301", "2"],
+        threads=2,
+        connections=64,
+        duration_s=30,
+        until_threads_done=True,
+    )
+
+    # Bare answers 409, or 422 while its request Struct has no `items`: here only the count matters.
+    assert sum(result.statuses.values()) == result.requests == 301
+    assert result.counters == {}  # units are counted from 201s only
     assert time.monotonic() - started < 10
 
 
@@ -188,7 +233,19 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
     started = time.monotonic()
     finished = subprocess.run(
-        [sys.executable, "-m", "loadtests.bench", "--smoke", "--out", str(out), "--json", str(raw)],
+        # The seat paths; general admission has its own test below.
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--smoke",
+            "--only",
+            "seats",
+            "--out",
+            str(out),
+            "--json",
+            str(raw),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -227,3 +284,178 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
     assert scaled == list(report.plan.concurrency)
     assert [run.target for run in report.scaling_concurrency if run.target != REDIS_FRONT] == [BARE]
     assert len(report.targets) == 7
+    assert "## 7. General admission" not in text  # --only seats
+
+
+def _run(target: str, statuses: dict[int, int], *, transactions: int | None = None) -> Run:
+    requests = sum(statuses.values())
+    return Run(
+        target=target,
+        workers=2,
+        wrk=wrk.WrkResult(
+            requests=requests,
+            duration_s=2.0,
+            rps=requests / 2,
+            latency=wrk.Latency(p50_us=900, p90_us=1500, p99_us=4000, max_us=9000, mean_us=1000),
+            statuses=statuses,
+            socket_errors=wrk.SocketErrors(connect=0, read=0, write=0, timeout=0),
+            wrk_cpu_s=0.5,
+            wall_s=3.0,
+            connections=64,
+            threads=2,
+        ),
+        cost=Cost(server_cpu_s=1.0, postgres_cpu_s=0.1, redis_cpu_s=0.05),
+        started_at_unix_s=1_700_000_000.0,
+        transactions=None
+        if transactions is None
+        else Flushed(transactions=transactions, waited_s=2, settled=True),
+        transactions_before_run=None if transactions is None else 0,
+    )
+
+
+def _pools_report(sales: list[GaOnSale]) -> Report:
+    machine = Machine(
+        cpus=2,
+        cpu_model="test",
+        memory_gib=1,
+        kernel="k",
+        python="3",
+        postgres="15",
+        redis="7",
+        wrk="wrk",
+        date="today",
+        commit="abc",
+        dirty=False,
+        load_before=(0, 0, 0),
+    )
+    plan = Plan(
+        name="smoke",
+        workers=2,
+        run_s=1,
+        side_run_s=1,
+        short_run_s=1,
+        warmup_s=1,
+        concurrency=(64,),
+        onsale_requests=10,
+        onsale_seats=5,
+        bulkhead_s=1,
+        ga_capacity=50,
+        ga_requests=200,
+    )
+    return Report(
+        plan=plan,
+        machine=machine,
+        sections=(POOLS,),
+        rejection=[_run(BARE, {409: 10_000})],
+        pool_rejection=[_run(REDIS_FRONT, {409: 8_000}, transactions=4), _run(DB_ONLY, {409: 6_000})],
+        ga_onsale=sales,
+        availability=[_run(REDIS_FRONT, {200: 20_000}, transactions=10)],
+    )
+
+
+def test_report_renders_general_admission_and_says_when_a_pool_was_not_sold_exactly() -> None:
+    run = _run(REDIS_FRONT, {201: 20, 409: 180}, transactions=230)
+    sold = GaOnSale(
+        target=REDIS_FRONT,
+        run=run,
+        capacity=50,
+        units_granted=50,
+        units_in_gateway=50,
+        holds_in_gateway=20,
+        sold_out_s=0.8,
+    )
+    oversold = GaOnSale(
+        target=DB_ONLY,
+        run=run,
+        capacity=50,
+        units_granted=50,
+        units_in_gateway=51,  # one unit more in the gateway than its answers granted
+        holds_in_gateway=21,
+        sold_out_s=1.6,
+    )
+
+    good = markdown_report.markdown(_pools_report([sold]))
+    bad = markdown_report.markdown(_pools_report([sold, oversold]))
+
+    assert ga_onsale_ok(sold)
+    assert not ga_onsale_ok(oversold)
+    assert transactions_per_request(run) == 230 / 200
+    for heading in (
+        "### Rejection storm on a sold-out pool",
+        "### On-sale of one pool",
+        "### Availability reads",
+    ):
+        assert heading in good
+    assert "## 1. Rejection path" not in good  # --only pools: no seat sections
+    assert "| a. gateway, Redis in front | sold-out pool | 4,000 |" in good
+    assert "| d. bare Litestar (no I/O) | no I/O | 5,000 |" in good
+    assert "Redis in front, sold-out pool ÷ held seat: n/a; sold-out pool ÷ bare Litestar: 80.0%." in good
+    assert "| 50 / 50 ok | 50 | 20 / 20 |" in good
+    assert "| a. gateway, Redis in front | 10,000 | 0.9 | 4.0 | 0 | 10 | 0.00050 |" in good
+    assert "FAILED" not in good
+    assert (
+        "**FAILED: GA on-sale on b. gateway, db-only sold 50 units by its 201s (20 holds) and 51 per the "
+        "holds listing (21 holds), not 50.**"
+    ) in bad
+    assert "Time to sell out, db-only ÷ Redis in front: 2.00x (1.60 s vs 0.80 s)." in bad
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_smoke_run_reports_the_general_admission_sections(gateway: Gateway, tmp_path: Path) -> None:
+    """Section 7 end to end: a sold-out pool storm, a GA on-sale and availability reads, each on Redis in
+    front and db-only, measured by the benchmark's own gateways."""
+    out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    started = time.monotonic()
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--smoke",
+            "--only",
+            "pools",
+            "--out",
+            str(out),
+            "--json",
+            str(raw),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    elapsed_s = time.monotonic() - started
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert elapsed_s < 90
+    text = out.read_text()
+    for heading in (
+        "## 7. General admission",
+        "### Rejection storm on a sold-out pool",
+        "### On-sale of one pool",
+    ):
+        assert heading in text
+    assert "### Availability reads" in text
+    assert "FAILED" not in text
+    report = msgspec.json.decode(raw.read_bytes(), type=Report)
+    assert report.errors == []
+    assert report.sections == (POOLS,)
+    assert {run.target for run in report.pool_rejection} == {REDIS_FRONT, DB_ONLY}
+    for run in report.pool_rejection:
+        assert run.wrk.requests > 0, run.target
+        assert run.wrk.other_than(409) == 0, run.target
+    storm = report.find(report.pool_rejection, REDIS_FRONT)
+    assert storm is not None
+    assert transactions_per_request(storm) is not None
+    assert {sale.target for sale in report.ga_onsale} == {REDIS_FRONT, DB_ONLY}
+    for sale in report.ga_onsale:
+        assert ga_onsale_ok(sale), sale
+        assert sale.units_granted == report.plan.ga_capacity, sale.target
+    assert {run.target for run in report.availability} == {REDIS_FRONT, DB_ONLY}
+    for run in report.availability:
+        assert run.wrk.requests > 0, run.target
+        assert run.wrk.other_than(200) == 0, run.target
+        assert transactions_per_request(run) is not None, run.target

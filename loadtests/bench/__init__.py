@@ -1,6 +1,7 @@
 """The gateway's benchmark: one command that starts its own stack and measures every target side by side.
 
-    python -m loadtests.bench [--quick | --smoke] [--workers 2] [--out report.md] [--json report.json]
+    python -m loadtests.bench [--quick | --smoke] [--only seats|pools] [--workers 2] [--out report.md]
+                              [--json report.json]
 
 It starts a PostgreSQL and a Redis of its own (free ports, a temporary directory; never the machine's), then,
 one at a time and each on a database of its own, the targets, all on uvicorn with the same workers:
@@ -11,10 +12,12 @@ c. a naive baseline (naive.py): one `SELECT ... FOR UPDATE` transaction per hold
 d. bare Litestar (bare.py): the same request decoded, a 409 answered, no I/O: the framework's ceiling.
 
 and measures them with wrk (scripts in wrk/): the rejection path, a contended on-sale, the commit path,
-scaling with workers and connections, Postgres's work per rejection, and confirms during a rejection storm.
+scaling with workers and connections, Postgres's work per rejection, and confirms during a rejection storm;
+and, for general admission (pools, through the inventory API), a rejection storm on a sold-out pool, the
+on-sale of a pool, and availability reads.
 
 Modules: stack.py (servers, CPU and transaction counters), naive.py and bare.py (targets), wrk.py (run and
 parse wrk), client.py (a keep-alive HTTP client and the confirm stream), scenarios.py (the measurements),
-results.py (what they produce), verdicts.py (the targets, met or not), report.py (Markdown), __main__.py
-(the command).
+ga.py (those of general admission), results.py (what they produce), verdicts.py (the targets, met or not),
+report.py (Markdown), __main__.py (the command).
 """

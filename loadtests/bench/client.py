@@ -32,16 +32,19 @@ class Connection:
         return cls(reader, writer, f"{host}:{port}")
 
     async def post(self, path: str, body: object) -> tuple[int, bytes]:
-        payload = json.dumps(body).encode()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n"
-        )
-        self._writer.write(head.encode() + payload)
+        return await self.request("POST", path, body)
+
+    async def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+        """One request (a JSON body unless None); the status and the body of the answer."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        self._writer.write(head.encode() + b"\r\n" + payload)
         try:
             header = await self._reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
-            raise HttpError(f"POST {path}: connection closed") from exc
+            raise HttpError(f"{method} {path}: connection closed") from exc
         lines = header.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         length = next(
@@ -49,7 +52,7 @@ class Connection:
             None,
         )
         if length is None:
-            raise HttpError(f"POST {path}: no Content-Length in the answer")
+            raise HttpError(f"{method} {path}: no Content-Length in the answer")
         return status, await self._reader.readexactly(length)
 
     async def close(self) -> None:

@@ -2,8 +2,20 @@
 
 from collections.abc import Iterable
 
-from loadtests.bench.results import BARE, DB_ONLY, NAIVE, REDIS_FRONT, TARGET_NAMES, Report, Run
+from loadtests.bench.ga import STORM_CAPACITY
+from loadtests.bench.results import (
+    BARE,
+    DB_ONLY,
+    NAIVE,
+    POOLS,
+    REDIS_FRONT,
+    SEATS,
+    TARGET_NAMES,
+    Report,
+    Run,
+)
 from loadtests.bench.verdicts import (
+    ga_onsale_ok,
     holds_per_s,
     ms,
     onsale_ok,
@@ -55,7 +67,6 @@ def _name(target: str) -> str:
 
 def markdown(report: Report) -> str:
     plan, machine, cpus = report.plan, report.machine, report.machine.cpus
-    find = report.find
     lines = [f"# Reservation gateway benchmark ({plan.name})", ""]
     if report.errors:
         lines += ["**FAILED: some measurements could not be made:**", ""]
@@ -65,6 +76,13 @@ def markdown(report: Report) -> str:
         lines += [
             f"**FAILED: on-sale on {_name(sale.target)} sold {sale.run.wrk.count(201)} seats by its 201s and "
             f"{sale.sold_in_database} in its database, not {sale.seats}.**",
+            "",
+        ]
+    for ga_sale in (sale for sale in report.ga_onsale if not ga_onsale_ok(sale)):
+        lines += [
+            f"**FAILED: GA on-sale on {_name(ga_sale.target)} sold {ga_sale.units_granted} units by its 201s "
+            f"({ga_sale.run.wrk.count(201)} holds) and {ga_sale.units_in_gateway} per the holds listing "
+            f"({ga_sale.holds_in_gateway} holds), not {ga_sale.capacity}.**",
             "",
         ]
     lines += [
@@ -101,8 +119,18 @@ def markdown(report: Report) -> str:
         align="ll",
     )
     lines += _noise(report)
+    if SEATS in report.sections:
+        lines += _seat_sections(report, cpus)
+    if POOLS in report.sections:
+        lines += _ga_section(report, cpus)
+    lines += _method_notes()
+    return "\n".join(lines).rstrip() + "\n"
 
-    lines += ["## Targets", ""]
+
+def _seat_sections(report: Report, cpus: int) -> list[str]:
+    """Targets, Ratios and sections 1-6: the seat paths."""
+    find = report.find
+    lines = ["## Targets", ""]
     marks = {True: "yes", False: "**no**", None: "n/a"}
     lines += _table(
         ["Target", "Measured", "Met?"],
@@ -172,8 +200,7 @@ def markdown(report: Report) -> str:
     lines += _scaling_section(report, cpus)
     lines += _postgres_section(report)
     lines += _bulkhead_section(report, cpus)
-    lines += _method_notes()
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def _all_runs(report: Report) -> list[Run]:
@@ -185,6 +212,9 @@ def _all_runs(report: Report) -> list[Run]:
         *report.scaling_workers,
         *report.scaling_concurrency,
         *(item.storm_run for item in report.bulkhead),
+        *report.pool_rejection,
+        *(sale.run for sale in report.ga_onsale),
+        *report.availability,
     ]
 
 
@@ -482,6 +512,189 @@ def _bulkhead_section(report: Report, cpus: int) -> list[str]:
             "non-200 confirms",
             "storm req/s",
             "client CPU s (quiet / storm)",
+            "wrk took (cores)",
+        ],
+        rows,
+    )
+
+
+def _ga_section(report: Report, cpus: int) -> list[str]:
+    """Section 7: general admission (pools)."""
+    plan = report.plan
+    lines = [
+        "## 7. General admission (pools)",
+        "",
+        "### Rejection storm on a sold-out pool",
+        "",
+        f"Every request asks for one unit of a pool sold out beforehand (one hold took its {STORM_CAPACITY} "
+        "units), each as a new holder: the seat storm of section 1 for general admission, with the same "
+        f"methodology (wrk -t{plan.threads} -c{plan.storm_connections}, {plan.run_s} s, after a warm-up with "
+        "the same script, each target fresh). Beside it, the held-seat storm and bare Litestar of section 1 "
+        "when this report has them (measured in other target processes of the same run). Postgres "
+        "transactions are counted with Redis in front, as in section 5.",
+        "",
+    ]
+    rows = []
+    for key, seat, pool in (
+        (
+            REDIS_FRONT,
+            report.find(report.rejection, REDIS_FRONT),
+            report.find(report.pool_rejection, REDIS_FRONT),
+        ),
+        (DB_ONLY, report.find(report.rejection, DB_ONLY), report.find(report.pool_rejection, DB_ONLY)),
+        (BARE, report.find(report.rejection, BARE), None),
+    ):
+        for what, run in (("held seat", seat), ("sold-out pool", pool)):
+            if run is not None:
+                rows.append(_storm_row(_name(key), "no I/O" if key == BARE else what, run, cpus))
+    lines += _table(
+        [
+            "Target",
+            "refused",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "non-409",
+            "target CPU µs/req",
+            "PG transactions / request",
+            "Postgres CPU s",
+            "Redis CPU s",
+            "wrk took (cores)",
+        ],
+        rows,
+        align="llrrrrrrrrr",
+    )
+    a_pool = report.find(report.pool_rejection, REDIS_FRONT)
+    a_seat, bare = report.find(report.rejection, REDIS_FRONT), report.find(report.rejection, BARE)
+    if a_pool is not None:
+        lines += [
+            "Redis in front, sold-out pool ÷ held seat: "
+            f"{_ratio(a_pool.wrk.rps, a_seat.wrk.rps if a_seat else None)}; sold-out pool ÷ bare Litestar: "
+            f"{_pct(a_pool.wrk.rps, bare.wrk.rps if bare else None)}.",
+            "",
+        ]
+    lines += _ga_onsale_table(report, cpus)
+    lines += _availability_table(report, cpus)
+    return lines
+
+
+def _storm_row(name: str, what: str, run: Run, cpus: int) -> list[str]:
+    per_request = transactions_per_request(run)
+    return [
+        name,
+        what,
+        thousands(run.wrk.rps),
+        ms(run.wrk.latency.p50_us),
+        ms(run.wrk.latency.p99_us),
+        thousands(run.wrk.other_than(409)),
+        _per_request_us(run.cost.server_cpu_s, run),
+        f"{per_request:.5f}" if per_request is not None else "—",
+        f"{run.cost.postgres_cpu_s:.2f}",
+        f"{run.cost.redis_cpu_s:.2f}",
+        _wrk_cores(run, cpus),
+    ]
+
+
+def _ga_onsale_table(report: Report, cpus: int) -> list[str]:
+    plan = report.plan
+    lines = [
+        "### On-sale of one pool",
+        "",
+        f"{plan.ga_requests:,} hold requests for 1 to 4 units (uniformly) of one pool of "
+        f"{plan.ga_capacity:,} units, from {plan.onsale_connections} connections, unique holders, each "
+        "target fresh; demand is about twice the supply. Sold out after: the last live hold's `created_at` "
+        "minus the moment wrk was started. Units by 201s: summed by wrk from the answers; in the gateway: "
+        "held + confirmed units of the pool per the holds listing, read from the target started again once "
+        "its Postgres transactions were counted (as in section 2).",
+        "",
+    ]
+    rows = []
+    for sale in report.ga_onsale:
+        run, flushed = sale.run, sale.run.transactions
+        per_request = transactions_per_request(run)
+        rows.append(
+            [
+                _name(sale.target),
+                thousands(run.wrk.rps),
+                f"{sale.sold_out_s:.2f}" if sale.sold_out_s is not None else "n/a",
+                ms(run.wrk.latency.p99_us),
+                f"{sale.units_granted:,} / {sale.capacity:,} {'ok' if ga_onsale_ok(sale) else '**FAILED**'}",
+                f"{sale.units_in_gateway:,}",
+                f"{run.wrk.count(201):,} / {sale.holds_in_gateway:,}",
+                f"{per_request:.3f}" if per_request is not None else "n/a",
+                _settled(flushed.settled, flushed.waited_s) if flushed else "n/a",
+                _wrk_cores(run, cpus),
+            ]
+        )
+    lines += _table(
+        [
+            "Target",
+            "req/s",
+            "sold out after s",
+            "p99 ms",
+            "units by 201s / capacity",
+            "units in gateway",
+            "holds: 201s / listed",
+            "PG transactions / request",
+            "statistics",
+            "wrk took (cores)",
+        ],
+        rows,
+    )
+    sales = {sale.target: sale for sale in report.ga_onsale}
+    a, b = sales.get(REDIS_FRONT), sales.get(DB_ONLY)
+    if a and b and a.sold_out_s and b.sold_out_s:
+        lines += [
+            f"Time to sell out, db-only ÷ Redis in front: {b.sold_out_s / a.sold_out_s:.2f}x "
+            f"({b.sold_out_s:.2f} s vs {a.sold_out_s:.2f} s).",
+            "",
+        ]
+    return lines
+
+
+def _availability_table(report: Report, cpus: int) -> list[str]:
+    plan = report.plan
+    lines = [
+        "### Availability reads",
+        "",
+        f"`GET /v1/events/{{e}}/availability` of an event with two pools and 100 seats, some held and some "
+        f"confirmed (wrk -t{plan.threads} -c{plan.storm_connections}, {plan.run_s} s, after a warm-up that "
+        "reaches neither Redis nor Postgres). Postgres transactions: counted in the target's database over "
+        "the run as in section 5, the sweeper's and the few of the event's set-up not yet flushed included. "
+        "A transaction runs one statement or more, so statements per read are at least the transactions "
+        "per read.",
+        "",
+    ]
+    rows = []
+    for run in report.availability:
+        count, per_read = transactions(run), transactions_per_request(run)
+        rows.append(
+            [
+                _name(run.target),
+                thousands(run.wrk.rps),
+                ms(run.wrk.latency.p50_us),
+                ms(run.wrk.latency.p99_us),
+                thousands(run.wrk.other_than(200)),
+                str(count) if count is not None else "—",
+                f"{per_read:.5f}" if per_read is not None else "—",
+                _settled(run.transactions.settled, run.transactions.waited_s) if run.transactions else "—",
+                _per_request_us(run.cost.server_cpu_s, run),
+                f"{run.cost.postgres_cpu_s:.2f}",
+                _wrk_cores(run, cpus),
+            ]
+        )
+    return lines + _table(
+        [
+            "Target",
+            "reads/s",
+            "p50 ms",
+            "p99 ms",
+            "non-200",
+            "PG transactions",
+            "per read",
+            "statistics",
+            "target CPU µs/read",
+            "Postgres CPU s",
             "wrk took (cores)",
         ],
         rows,

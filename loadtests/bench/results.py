@@ -13,6 +13,9 @@ DB_ONLY = "db-only"
 NAIVE = "naive"
 BARE = "bare"
 ORDER = (REDIS_FRONT, REDIS_FRONT_LOGGED, DB_ONLY, NAIVE, BARE)  # of the rows of every table
+# What a run measures (--only): the seat paths (sections 1-6 of the report), general admission (section 7).
+SEATS, POOLS = "seats", "pools"
+SECTIONS = (SEATS, POOLS)
 TARGET_NAMES = {
     REDIS_FRONT: "a. gateway, Redis in front",
     REDIS_FRONT_LOGGED: "a. gateway, Redis in front, access log on (INFO)",
@@ -41,6 +44,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     bulkhead_rate_per_s: int = 50
     flush_quiet_s: float = 2.0  # pg_stat_database: "settled" once unchanged this long...
     flush_max_s: float = 15.0  # ...or after this long at most
+    ga_capacity: int = 5_000  # units of the general-admission on-sale's pool
+    ga_requests: int = 10_000  # hold requests of 1 to 4 units for it (2.5 on average: twice the supply)
 
 
 class Cost(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +77,18 @@ class OnSale(msgspec.Struct, frozen=True, kw_only=True):
     seats: int
     sold_in_database: int  # live holds of the event, read from the target's own tables afterwards
     sold_out_s: float | None  # last successful hold's created_at minus the run's start (wall clock)
+
+
+class GaOnSale(msgspec.Struct, frozen=True, kw_only=True):
+    """A general-admission on-sale: one pool sold to unique holders asking 1 to 4 units each."""
+
+    target: str
+    run: Run
+    capacity: int
+    units_granted: int  # the 201s' units, summed by wrk
+    units_in_gateway: int  # held + confirmed units of the pool per the holds listing, read afterwards
+    holds_in_gateway: int  # live holds on the pool per the same listing
+    sold_out_s: float | None  # last live hold's created_at minus the run's start (wall clock)
 
 
 class Bulkhead(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,6 +134,11 @@ class Report(msgspec.Struct, kw_only=True):
     scaling_workers: list[Run] = msgspec.field(default_factory=list)
     scaling_concurrency: list[Run] = msgspec.field(default_factory=list)
     bulkhead: list[Bulkhead] = msgspec.field(default_factory=list)
+    # General admission (pools): the rejection storm on a sold-out pool, the on-sale, availability reads.
+    pool_rejection: list[Run] = msgspec.field(default_factory=list)
+    ga_onsale: list[GaOnSale] = msgspec.field(default_factory=list)
+    availability: list[Run] = msgspec.field(default_factory=list)
+    sections: tuple[str, ...] = SECTIONS  # what was measured (python -m loadtests.bench --only)
     targets: list[Verdict] = msgspec.field(default_factory=list)
     duration_s: float = 0.0
     errors: list[str] = msgspec.field(default_factory=list)  # measurements that could not be made
@@ -126,7 +148,16 @@ class Report(msgspec.Struct, kw_only=True):
 
     def sort(self) -> None:
         """Rows in ORDER, whatever order they were measured (or recorded) in."""
-        for rows in (self.rejection, self.onsale, self.commit, self.hold_confirm, self.bulkhead):
+        for rows in (
+            self.rejection,
+            self.onsale,
+            self.commit,
+            self.hold_confirm,
+            self.bulkhead,
+            self.pool_rejection,
+            self.ga_onsale,
+            self.availability,
+        ):
             rows.sort(key=lambda row: ORDER.index(row.target))
 
 

@@ -1,6 +1,17 @@
 """The verdict on each target of the benchmark, and the measures derived from the raw runs."""
 
-from loadtests.bench.results import BARE, DB_ONLY, NAIVE, REDIS_FRONT, Bulkhead, OnSale, Report, Run, Verdict
+from loadtests.bench.results import (
+    BARE,
+    DB_ONLY,
+    NAIVE,
+    REDIS_FRONT,
+    Bulkhead,
+    GaOnSale,
+    OnSale,
+    Report,
+    Run,
+    Verdict,
+)
 
 # "0 Postgres statements per rejection" as a number: a rejection that reached Postgres would cost at least
 # one transaction, so a rate a hundred times lower can only be background work (the gateway's sweeper).
@@ -31,6 +42,14 @@ def transactions_per_request(run: Run) -> float | None:
 
 def onsale_ok(onsale: OnSale) -> bool:
     return onsale.run.wrk.count(201) == onsale.seats and onsale.sold_in_database == onsale.seats
+
+
+def ga_onsale_ok(sale: GaOnSale) -> bool:
+    """Sold out exactly, by the 201s and by the holds listing, one listed hold per 201."""
+    return (
+        sale.units_granted == sale.capacity == sale.units_in_gateway
+        and sale.holds_in_gateway == sale.run.wrk.count(201)
+    )
 
 
 # --- verdicts ---------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class WrkResult(msgspec.Struct, frozen=True, kw_only=True):
     wall_s: float  # from spawn to exit, warm-up of its connections included
     connections: int
     threads: int
+    counters: dict[str, int] = msgspec.field(default_factory=dict)  # the script's own, summed (stats.lua)
 
     def count(self, status: int) -> int:
         return self.statuses.get(status, 0)
@@ -85,6 +86,7 @@ class _DoneLine(msgspec.Struct, frozen=True):
     latency_us: dict[str, float]
     statuses: dict[int, int]
     errors: dict[str, int]
+    counters: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def wrk_binary() -> str:
@@ -143,6 +145,7 @@ def parse_output(
         wall_s=wall_s,
         connections=connections,
         threads=threads,
+        counters=done.counters,
     )
 
 

@@ -96,6 +96,12 @@ def ops_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def client_headers() -> dict[str, str]:
+    """Once any client key exists, the hold routes need one: LOADTEST_CLIENT_KEY, when set."""
+    key = os.environ.get("LOADTEST_CLIENT_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 # --- answers ----------------------------------------------------------------------------------------------
 
 
@@ -381,6 +387,21 @@ class GatewayReads:
         return list(
             self._pages("/v1/holds", {"event_id": event, "limit": HOLDS_PAGE_LIMIT}, "holds", ops=True)
         )
+
+    def holder_holds(self, holder: str) -> list[dict[str, Any]]:
+        """Every hold of one holder, whatever its events (a hold on several events has no event_id, so the
+        event filter cannot be what finds it), from the operations listing."""
+        return [
+            hold
+            for hold, _ in self._pages(
+                "/v1/holds", {"holder": holder, "limit": HOLDS_PAGE_LIMIT}, "holds", ops=True
+            )
+        ]
+
+    def holders_holds(self, holders: Iterable[str]) -> list[dict[str, Any]]:
+        """holder_holds for each holder, a few at a time."""
+        pages = gevent.pool.Pool(READ_CONCURRENCY).map(self.holder_holds, list(holders))
+        return [hold for holds in pages for hold in holds]
 
     def holds(self, hold_ids: Iterable[str]) -> dict[str, Read]:
         """GET /v1/holds/{id} for each id, a few at a time."""
