@@ -97,6 +97,8 @@ class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 # A hold's items: at most this many per hold.
 MAX_ITEMS_PER_HOLD = 20
+# A pool's capacity, a quantity and a limit: at most this many units (Postgres counts them in integers).
+MAX_UNITS = 10_000_000
 
 
 class HoldItem(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -105,7 +107,7 @@ class HoldItem(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
     event_id: Identifier
     slots: Annotated[list[Identifier], Meta(min_length=1)] | None = None
     pool_id: Identifier | None = None
-    quantity: Annotated[int, Meta(ge=1)] | None = None
+    quantity: Annotated[int, Meta(ge=1, le=MAX_UNITS)] | None = None
 
     def __post_init__(self) -> None:
         if self.slots is not None:
@@ -324,14 +326,14 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
 
 class PoolDefinition(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pool_id: Identifier
-    capacity: Annotated[int, Meta(ge=0, le=10_000_000)]
+    capacity: Annotated[int, Meta(ge=0, le=MAX_UNITS)]
 
 
 class Limits(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # A holder's live units (held and not lapsed, or confirmed) in the event, at most; null: no limit.
-    per_holder: Annotated[int, Meta(ge=1)] | None = None
+    per_holder: Annotated[int, Meta(ge=1, le=MAX_UNITS)] | None = None
     # Units of the event in one hold, at most; null: only max_slots_per_hold.
-    per_hold: Annotated[int, Meta(ge=1)] | None = None
+    per_hold: Annotated[int, Meta(ge=1, le=MAX_UNITS)] | None = None
 
 
 # Per event, at most.

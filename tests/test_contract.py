@@ -23,6 +23,7 @@ HOLD_FIELDS = {
     "ttl_ms",
     "confirmed_at",
     "cancelled_at",
+    "items",
 }
 
 

@@ -338,12 +338,11 @@ function showAvailability(answer, event) {
         name: "Seats",
         total: seats.total,
         unit: "seats",
-        parts: [
-          ["confirmed", seats.confirmed],
-          ["held", seats.held],
-          ["blocked", seats.blocked],
-          ["free", seats.free],
-        ],
+        // The answer's own counts, in its order reversed (taken ones first, what is free last): the page
+        // keeps no list of states of its own.
+        parts: Object.entries(seats)
+          .filter(([name]) => name !== "total")
+          .reverse(),
         release: null,
       });
     }
@@ -354,11 +353,9 @@ function showAvailability(answer, event) {
         name: pool.pool_id,
         total: pool.capacity,
         unit: "units",
-        parts: [
-          ["confirmed", pool.confirmed],
-          ["held", pool.held],
-          ["available", pool.available],
-        ],
+        parts: Object.entries(pool)
+          .filter(([name]) => !POOL_FIELDS_NOT_COUNTS.has(name))
+          .reverse(),
         // In how long, by the database's clock (the answer's as_of): the browser's clock may disagree.
         release: pool.next_release_at && {
           at: pool.next_release_at,
@@ -556,6 +553,9 @@ function debounce(fn, ms) {
 }
 
 // The cells whose list the gateway gives: a state or a reason it adds shows up here without a page change.
+// A pool's fields in the availability answer that are not unit counts.
+const POOL_FIELDS_NOT_COUNTS = new Set(["pool_id", "capacity", "next_release_at"]);
+
 function buildFromFormats() {
   const legend = $("legend");
   for (const state of FORMATS.slot_states) {
