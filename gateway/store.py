@@ -440,13 +440,13 @@ class Store:
                     ):
                         # One statement is atomic on its own: it claims the seat and inserts the hold, or
                         # neither.
-                        result = _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
+                        plain_claim = _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
                     else:
-                        result = await _claim_in_transaction(
+                        plain_claim = await _claim_in_transaction(
                             conn, args, keyed=request.idempotency_key is not None
                         )
-                    if not result.inventory_defined:
-                        return result.result
+                    if not plain_claim.inventory_defined:
+                        return plain_claim.result
                     self._note_inventory_event(request.parts[0].event_id)
                 return await _claim_items(conn, request)
             except asyncpg.UniqueViolationError as exc:
