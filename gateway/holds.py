@@ -308,7 +308,7 @@ class HoldService:
         await self._release_all(leases)
         if result.refusal is not None:
             metrics.HOLDS_REJECTED_BY_POSTGRES.inc()
-            raise await self._refused(result.refusal, had_leases=bool(leases))
+            raise self._refused(result.refusal, had_leases=bool(leases))
         if not taken:
             # Every seat was claimed, yet no hold was inserted: the token names an older hold (its unique
             # key), one whose Idempotency-Key record is gone but whose token the purge has not retired yet.
@@ -330,7 +330,7 @@ class HoldService:
         metrics.HOLDS_REJECTED_BY_POSTGRES.inc()
         raise _unavailable(None, taken_pairs=taken)
 
-    async def _refused(self, refusal: InventoryRefusal, *, had_leases: bool) -> GatewayError:
+    def _refused(self, refusal: InventoryRefusal, *, had_leases: bool) -> GatewayError:
         """The error for what the inventories refused. A refusal Redis should have made itself (its units or
         blocks were out of date) has the events synchronized again, so that the next request stops there."""
         if refusal.unknown_seats or refusal.unknown_pools:
@@ -350,7 +350,7 @@ class HoldService:
             return HolderLimitExceeded(over.event_id, over.limit, over.held, over.requested)
         if had_leases and self.lease_sync is not None:
             stale = {e for e, _ in refusal.blocked_seats} | {p.event_id for p in refusal.short_pools}
-            await self.lease_sync.resynchronize(sorted(stale))
+            self.lease_sync.resynchronize(sorted(stale))
         return _unavailable(
             None,
             blocked_pairs=refusal.blocked_seats,

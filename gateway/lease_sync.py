@@ -20,7 +20,7 @@ Postgres a statement each). What can break that, and what brings it back:
   Postgres (the inventory outbox) and its route asks Redis at once to forget the event's synchronization
   (`inventory_changed`); the sweeper drains the flags too, whatever happened between. The next request for the
   event synchronizes it, pools and blocked seats included. A refusal by Postgres that Redis should have made
-  (a pool short, a seat blocked) has the event synchronized again the same way (`resynchronize`).
+  (a pool short, a seat blocked) has the event synchronized again, in the background (`resynchronize`).
 
 Pool counters are rebuilt whole from Postgres (capacity, every live hold's units, a confirmed hold's for
 good), keeping the entries of requests in flight; blocked seats are made exactly Postgres's.
@@ -57,7 +57,7 @@ EVENT_BATCH = 100
 # Events whose last synchronization time a worker remembers, at most.
 SYNCHRONIZED_EVENTS_KEPT = 10_000
 # An event whose Redis state a refusal found out of date is synchronized again at most this often per worker.
-RESYNC_INTERVAL_S = 1.0
+RESYNC_INTERVAL_S = 2.0
 # The member standing for confirmed units whose holds retention moved out: counted, never released.
 RETIRED_UNITS_MEMBER = "retired"
 
@@ -77,8 +77,10 @@ class LeaseSync:
         self.inventories = InventoryStore(store)
         self.front = front
         self.settings = settings
-        # When each event was last resynchronized because Postgres refused what Redis let through.
+        # When each event was last resynchronized because Postgres refused what Redis let through, and the
+        # resynchronizations under way.
         self._resynchronized_at: dict[str, float] = {}
+        self._resyncs: set[asyncio.Task[bool]] = set()
         # How far back a lease may still live: a confirmed hold's, or a held hold's longest life.
         self._window_ms = max(settings.confirmed_lease_ms, settings.max_ttl_s * 1000)
         # One synchronization per event at a time in this worker; requests for the event wait on it.
@@ -242,16 +244,24 @@ class LeaseSync:
         effort; the inventory outbox does it otherwise)."""
         await self.front.invalidate(event_id)
 
-    async def resynchronize(self, event_ids: Sequence[str]) -> None:
+    def resynchronize(self, event_ids: Sequence[str]) -> None:
         """Postgres refused what Redis let through for these events (a pool short, a seat blocked): Redis's
-        state of them is out of date, so it forgets their synchronization (at most once a second each)."""
+        counters or blocks of them may be out of date (a confirm's stretch that never reached Redis leaves a
+        confirmed hold's units to lapse there). Synchronize them again in the background, the marker left
+        as it is (requests go on being judged meanwhile): at most once per RESYNC_INTERVAL_S per event, since
+        a refusal can also be a hold's last LEASE_EARLY_END_MS, when Redis has let its units go already."""
         now = time.monotonic()
         for event_id in event_ids:
-            if now - self._resynchronized_at.get(event_id, -RESYNC_INTERVAL_S) >= RESYNC_INTERVAL_S:
-                if len(self._resynchronized_at) >= SYNCHRONIZED_EVENTS_KEPT:
-                    self._resynchronized_at.clear()
-                self._resynchronized_at[event_id] = now
-                await self.front.invalidate(event_id)
+            if now - self._resynchronized_at.get(event_id, -RESYNC_INTERVAL_S) < RESYNC_INTERVAL_S:
+                continue
+            if len(self._resynchronized_at) >= SYNCHRONIZED_EVENTS_KEPT:
+                self._resynchronized_at.clear()
+            self._resynchronized_at[event_id] = now
+            task = asyncio.get_running_loop().create_task(
+                self.synchronize_event(event_id, now), name=f"resync-{event_id}"
+            )
+            self._resyncs.add(task)  # a reference until it ends: the loop keeps only weak ones
+            task.add_done_callback(self._resyncs.discard)
 
     async def drain_inventory_changes(self) -> int:
         """Drain the inventory outbox: have Redis forget the synchronization of every event whose inventory

@@ -2,13 +2,15 @@
 in line with Postgres after a flush or a restart; an inventory change reaches Redis before the next request.
 Every loser that Redis can judge is judged there (counted, not assumed)."""
 
+import asyncio
 import signal
+import time
 
 import redis.asyncio as redis
 
 from gateway import keys
 from gateway.embedded import LocalRedis
-from tests.support import Gateway, counters, released_together, statuses, trusted_again
+from tests.support import Gateway, counters, released_together, statuses, token_of, trusted_again
 from tests.test_inventory import hold_items, live_pool_units, pool, put_inventory
 
 
@@ -137,3 +139,38 @@ async def test_blocked_seat_and_pool_keys_stay_under_their_events_hash_tag(
     tagged = [key for key in found if key != keys.instance_key(prefix)]
     assert tagged
     assert all(key.split(":", 2)[1] in ("{day-1}", "{day-2}") for key in tagged), tagged
+
+
+async def test_units_redis_lost_are_taught_back_by_the_first_refusal_postgres_makes(
+    own_gateway: Gateway, direct: redis.Redis
+) -> None:
+    """A confirmed hold's entry gone from Redis (its confirm's stretch never arrived, and the pending entry
+    lapsed): Redis thinks the units free and lets the next request through; Postgres refuses it, and has the
+    event synchronized again, after which Redis refuses on its own."""
+    gateway = own_gateway
+    assert (
+        await put_inventory(gateway, "ga", {"pools": [{"pool_id": "floor", "capacity": 2}]})
+    ).status_code == 200
+    hold = (await hold_items(gateway, [pool("ga", "floor", 2)])).json()
+    assert (await gateway.post(f"/v1/holds/{hold['id']}/confirm", {"holder": "alice"})).status_code == 200
+    prefix = gateway.settings.redis_key_prefix
+    front = gateway.service.front
+    assert front is not None
+    lease = front.lease("ga", [], await token_of(gateway, hold["id"]), "alice", [("floor", 2)])
+    assert await front.release(lease) == 1  # as if the entry had lapsed: Redis counts the units free
+    assert await pool_in_redis(direct, gateway, "ga", "floor") == (2, 0)
+
+    assert await rejected_by(gateway, hold_items(gateway, [pool("ga", "floor", 1)], holder="bob")) == (
+        409,
+        0,
+        1,
+    )
+    deadline = time.monotonic() + 30
+    while await pool_in_redis(direct, gateway, "ga", "floor") != (2, 2):
+        assert time.monotonic() < deadline, await direct.hgetall(keys.pool_key(prefix, "ga", "floor"))
+        await asyncio.sleep(0.05)
+    assert await rejected_by(gateway, hold_items(gateway, [pool("ga", "floor", 1)], holder="carol")) == (
+        409,
+        1,
+        0,
+    )
