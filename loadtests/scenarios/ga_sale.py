@@ -12,8 +12,10 @@ for it:
 
 Each hold won is then confirmed (GA_CONFIRM_SHARE), cancelled (GA_CANCEL_SHARE: its units go back on sale, for
 the users still shopping), or left held for GA_TTL_S (600: none lapses during the run). A 409 slot-unavailable
-says how many units each pool it names has left; a pool counts as sold out once such a 409, sent after the
-last cancel was answered, says 0. A user leaves when every pool is sold out, when it is at its limit in every
+says how many units each pool it names has left, as Redis counts them (with the pending units of requests
+in flight, which come back when Postgres refuses those): a user asks what it last saw left. A pool counts as
+sold out once an availability read, sent a second or more after the last cancel was answered, says 0 (users
+read it every few refusals). A user leaves when every pool is sold out, when it is at its limit in every
 event that still has units, or after GA_GIVE_UP_AFTER refusals in a row.
 
 Checked when the test stops, by the rules of ga_rules.py: every answer is one the API allows for what the
@@ -114,6 +116,7 @@ GIVE_UP_AFTER = env_int("GA_GIVE_UP_AFTER", 20)
 MAX_SINGLE_ASK = 4  # units of one pool in a single ask
 MAX_MULTI_ASK = 2  # units of each event's pool in a multi-event ask
 REREAD_EVERY = 3  # refusals in a row after which a user reads availability again
+AVAILABILITY_LAG_S = 1.0  # how far availability may lag the holds (the gateway's contract)
 AVAILABILITY_WAIT_S = 2.5  # availability may lag commits by up to 1 s (its cache)
 AVAILABILITY_POLL_S = 0.25
 
@@ -152,7 +155,9 @@ class GaSale(Scenario):
         self.aborted = False
         self.left: Counter[str] = Counter()
         self.last_sale_at: float | None = None
-        # What says a pool is sold out: a 409 that saw it empty, sent after the last cancel was answered.
+        # What says a pool is sold out: the availability read empty, sent AVAILABILITY_LAG_S or more after the
+        # last cancel was answered. (Not a 409's count: Redis counts the pending units of requests in flight,
+        # which come back when Postgres refuses them, at the holder's limit or in another event.)
         self.empty_seen_at: dict[PoolKey, float] = {}
         self.last_release_at = -math.inf
         self.cancels_in_flight = 0
@@ -209,7 +214,8 @@ class GaSale(Scenario):
     # --- what the users learn -------------------------------------------------------------------------------
 
     def pool_open(self, key: PoolKey) -> bool:
-        """Whether the pool may still have units: no 409 saw it empty since the last cancel."""
+        """Whether the pool may still have units: no availability read found it empty since the last
+        cancel."""
         if self.cancels_in_flight:
             return True
         return self.empty_seen_at.get(key, -math.inf) <= self.last_release_at
@@ -217,10 +223,12 @@ class GaSale(Scenario):
     def learn(self, answer: Answer) -> None:
         if answer.status == 201:
             self.last_sale_at = answer.received_at
-        elif _reply(answer).problem(409, SLOT_UNAVAILABLE):
-            for key, available in unavailable_counts(answer.fields).items():
-                if available == 0:
-                    self.empty_seen_at[key] = max(self.empty_seen_at.get(key, -math.inf), answer.sent_at)
+
+    def learn_availability(self, key: PoolKey, available: int, answer: Answer) -> None:
+        """An availability read: empty, and sent late enough to see every cancel answered before it (it lags
+        the holds by up to AVAILABILITY_LAG_S), it says the pool is sold out."""
+        if available == 0 and answer.sent_at >= self.last_release_at + AVAILABILITY_LAG_S:
+            self.empty_seen_at[key] = max(self.empty_seen_at.get(key, -math.inf), answer.sent_at)
 
     # --- the verdict ----------------------------------------------------------------------------------------
 
@@ -515,7 +523,9 @@ class GaSaleUser(GracefulUser):
             )
             for pool in answer.fields.get("pools") or ():
                 if isinstance(pool, dict) and isinstance(pool.get("available"), int):
-                    self.view[(event, str(pool.get("pool_id")))] = pool["available"]
+                    key = (event, str(pool.get("pool_id")))
+                    self.view[key] = pool["available"]
+                    sale.learn_availability(key, pool["available"], answer)
 
     def leave(self, why: str) -> None:
         sale = self.scenario
