@@ -15,8 +15,12 @@
 WITH requested AS (
     SELECT r.event_id, r.slot_id FROM unnest($10::text[], $11::text[]) AS r (event_id, slot_id)
 ), guard AS (
+    -- A probe of event_inventories' key per requested seat (LATERAL, LIMIT: never a scan of every event's).
     SELECT $14::boolean AND EXISTS (
-        SELECT 1 FROM event_inventories AS i WHERE i.event_id IN (SELECT event_id FROM requested)
+        SELECT 1 FROM requested
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM event_inventories AS i WHERE i.event_id = requested.event_id LIMIT 1
+        ) AS defined
     ) AS inventory_defined
 ), claimed AS (
     INSERT INTO hold_slots AS hs (hold_id, event_id, slot_id, status, expires_at)
@@ -47,14 +51,21 @@ WITH requested AS (
       AND NOT EXISTS (SELECT 1 FROM new_hold)
 ), owners AS (
     -- Our own rows are not in the snapshot, and a lapsed row the claim took over shows its old version.
+    -- LATERAL: one probe of hold_slots_one_active_hold per requested seat, never a scan of the event's live
+    -- rows (a join lets the planner hash them all).
     SELECT hs.event_id AS seat_event_id, hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
            h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, h.items, h.seat_count
     FROM requested
-    JOIN hold_slots AS hs ON hs.event_id = requested.event_id AND hs.slot_id = requested.slot_id
+    CROSS JOIN LATERAL (
+        SELECT live.event_id, live.slot_id, live.hold_id
+        FROM hold_slots AS live
+        WHERE live.event_id = requested.event_id AND live.slot_id = requested.slot_id
+          AND live.status IN ('held', 'confirmed')
+          AND NOT (live.status = 'held' AND live.expires_at <= now())
+        LIMIT 1  -- one live row per seat at most; and a LIMIT keeps the planner from flattening it to a join
+    ) AS hs
     JOIN holds AS h ON h.id = hs.hold_id
     WHERE NOT EXISTS (SELECT 1 FROM new_hold)
-      AND hs.status IN ('held', 'confirmed')
-      AND NOT (hs.status = 'held' AND hs.expires_at <= now())
 )
 SELECT
     new_hold.id IS NOT NULL AS created,
@@ -101,11 +112,17 @@ FOR KEY SHARE;
 WITH seats AS (
     SELECT r.event_id, r.seat_id FROM unnest($1::text[], $2::text[]) AS r (event_id, seat_id)
 ), known AS (
-    SELECT s.event_id, s.seat_id, s.blocked_reason
-    FROM inventory_seats AS s
-    JOIN seats ON seats.event_id = s.event_id AND seats.seat_id = s.seat_id
-    ORDER BY s.event_id, s.seat_id
-    FOR KEY SHARE OF s
+    -- One probe of the primary key per requested seat (LATERAL), each row locked as it is found, in seat
+    -- order: never a scan of an inventory of 100,000 seats.
+    SELECT k.event_id, k.seat_id, k.blocked_reason
+    FROM (SELECT * FROM seats ORDER BY event_id, seat_id) AS ordered
+    CROSS JOIN LATERAL (
+        SELECT s.event_id, s.seat_id, s.blocked_reason
+        FROM inventory_seats AS s
+        WHERE s.event_id = ordered.event_id AND s.seat_id = ordered.seat_id
+        LIMIT 1
+        FOR KEY SHARE
+    ) AS k
 ), live_holds AS (
     SELECT h.id FROM holds AS h
     WHERE cardinality($5::text[]) > 0 AND h.client_key_id = $6 AND h.holder = $7
@@ -195,10 +212,14 @@ SELECT hs.event_id AS seat_event_id, hs.slot_id, h.id, h.token, h.event_id, h.ho
        h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, h.items, h.seat_count,
        now() AS db_now
 FROM unnest($1::text[], $2::text[]) AS requested (event_id, slot_id)
-JOIN hold_slots AS hs ON hs.event_id = requested.event_id AND hs.slot_id = requested.slot_id
-JOIN holds AS h ON h.id = hs.hold_id
-WHERE hs.status IN ('held', 'confirmed')
-  AND NOT (hs.status = 'held' AND hs.expires_at <= now());
+CROSS JOIN LATERAL (  -- one index probe per seat, as in claim_hold
+    SELECT live.event_id, live.slot_id, live.hold_id
+    FROM hold_slots AS live
+    WHERE live.event_id = requested.event_id AND live.slot_id = requested.slot_id
+      AND live.status IN ('held', 'confirmed') AND NOT (live.status = 'held' AND live.expires_at <= now())
+    LIMIT 1
+) AS hs
+JOIN holds AS h ON h.id = hs.hold_id;
 
 -- get_hold --
 -- One hold by id. $1 hold id.

@@ -8,8 +8,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from gateway import sql
 from gateway.migrations import MIGRATION_NAME, MigrationError, load_migrations, migrate
 from gateway.resources import resource_dir
+from tests.support import claim_args
 
 # The bookkeeping table as runners before checksums created it.
 OLD_BOOKKEEPING_TABLE = (
@@ -257,3 +259,42 @@ async def test_a_refused_first_run_leaves_an_old_bookkeeping_table_as_it_was(
         await migrate(conn)
 
     assert await columns_of(conn, "schema_migrations") == {"version", "name", "applied_at"}
+
+
+async def test_holds_made_before_inventories_migrate_forward_in_place(
+    empty_database: asyncpg.Connection,
+) -> None:
+    """A database at 0005 with live holds (one held, one confirmed) moves to inventories in place: the holds
+    keep their seats, read as their one event's items, and confirm and cancel as before."""
+    conn = empty_database
+    before_inventories = [m for m in load_migrations() if m.version <= 5]
+    await migrate(conn, before_inventories)
+    await conn.execute(
+        """
+        INSERT INTO holds (id, token, event_id, holder, slots, status, expires_at, client_key_id)
+        VALUES ('old-held', 't1', 'show-1', 'alice', '{A-1,A-2}', 'held', now() + interval '1 hour', ''),
+               ('old-confirmed', 't2', 'show-1', 'bob', '{B-1}', 'confirmed', now() + interval '1 hour', '');
+        INSERT INTO hold_slots (hold_id, event_id, slot_id, status, expires_at)
+        SELECT id, event_id, unnest(slots), status, expires_at FROM holds;
+        """
+    )
+
+    applied = await migrate(conn)
+    rows = await conn.fetch("SELECT id, event_id, slots, items, seat_count FROM holds ORDER BY id")
+    confirmed = await conn.fetchrow(sql.CONFIRM_HOLD, "old-held", "alice", "")
+    cancelled = await conn.fetchrow(sql.CANCEL_HOLD, "old-confirmed", "bob", False, "")
+    rival = await conn.fetchrow(
+        sql.CLAIM_HOLD, *claim_args("new", "t3", "show-1", "carol", ["B-1"], 60_000, None, None, "")
+    )
+
+    assert [m.name for m in load_migrations() if m.version > 5] == applied
+    assert [(r["id"], r["event_id"], list(r["slots"]), r["items"], r["seat_count"]) for r in rows] == [
+        ("old-confirmed", "show-1", ["B-1"], None, None),
+        ("old-held", "show-1", ["A-1", "A-2"], None, None),
+    ]
+    assert confirmed is not None
+    assert (confirmed["changed"], confirmed["status"]) == (True, "confirmed")
+    assert cancelled is not None
+    assert (cancelled["changed"], cancelled["status"]) == (True, "cancelled")
+    assert rival is not None
+    assert rival["created"]

@@ -115,6 +115,47 @@ async def test_claim_and_the_loser_path_go_through_the_partial_unique_index(
     assert accesses(state, "hold_slots") == {sql.ONE_ACTIVE_HOLD_PER_SLOT}, json.dumps(state, indent=1)
 
 
+@pytest.mark.parametrize("mode", PLAN_CACHE_MODES)
+async def test_a_claim_reads_its_own_seats_only_however_many_are_live(database_url: str, mode: str) -> None:
+    """Regression: the claim's owners lookup (and the open-event guard) joined the requested seats to the
+    event's live rows, and a generic plan hashed them all: every claim read every live seat of its event
+    (5,000 rows, 2 ms, half the commit rate with 5,000 holds live). Each requested seat is now one probe, for
+    a winner and for a loser alike."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await claim_holds(conn, 3000)
+        # Other events' inventories, so that a scan of them would cost something; no ANALYZE (a new database).
+        await conn.execute(
+            "INSERT INTO event_inventories (event_id, seats_total)"
+            " SELECT 'other-' || i, 0 FROM generate_series(1, 2000) AS i"
+        )
+        winner = await plan_of(
+            conn,
+            "claim_hold",
+            claim_args(f"w-{mode}", f"tw-{mode}", "show-42", "y", [f"B-{mode}"], 600_000, None, None, ""),
+            mode,
+            analyze=True,
+        )
+        loser = await plan_of(
+            conn,
+            "claim_hold",
+            claim_args(f"l-{mode}", f"tl-{mode}", "show-42", "y", ["A-7"], 600_000, None, None, ""),
+            mode,
+            analyze=True,
+        )
+        owners = await plan_of(
+            conn, "slot_owners", (["show-42", "show-42"], ["A-12", "A-13"]), mode, analyze=True
+        )
+    finally:
+        await conn.close()
+
+    for name, plan in (("winner", winner), ("loser", loser), ("owners", owners)):
+        for node in nodes(plan):
+            if node.get("Relation Name") in ("hold_slots", "event_inventories", "holds"):
+                assert node["Node Type"] != "Seq Scan", f"{name}:\n{json.dumps(plan, indent=1)}"
+                assert node.get("Actual Rows", 0) <= 2, f"{name}:\n{json.dumps(plan, indent=1)}"
+
+
 async def test_confirm_cancel_and_expire_find_slot_rows_by_primary_key(database_url: str) -> None:
     """Regression: on a new database (no statistics yet), confirm read the whole of the partial unique
     index for every call, so confirms slowed down as live holds piled up."""
