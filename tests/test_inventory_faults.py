@@ -3,20 +3,32 @@ in line with Postgres after a flush or a restart; an inventory change reaches Re
 Every loser that Redis can judge is judged there (counted, not assumed)."""
 
 import asyncio
+import os
 import signal
 import time
 
+import httpx
+import pytest
 import redis.asyncio as redis
 
 from gateway import keys
+from gateway.chaos.proxy import FaultProxy
 from gateway.embedded import LocalRedis
-from tests.support import Gateway, counters, released_together, statuses, token_of, trusted_again
+from tests.conftest import make_settings
+from tests.support import (
+    Gateway,
+    counters,
+    released_together,
+    running_gateway,
+    statuses,
+    token_of,
+    trusted_again,
+)
+from tests.test_faults_postgres import doomed_gateway, fetch
 from tests.test_inventory import hold_items, live_pool_units, pool, put_inventory
 
 
-async def pool_in_redis(
-    direct: redis.Redis, gateway: Gateway, event_id: str, pool_id: str
-) -> tuple[int, int]:
+async def pool_in_redis(gateway: Gateway, event_id: str, pool_id: str) -> tuple[int, int]:
     """(capacity, used) of a pool's counter in Redis."""
     front = gateway.service.front
     assert front is not None
@@ -56,7 +68,7 @@ async def test_flushall_mid_sale_never_oversells_and_redis_counts_again(
 
     assert statuses(second) == {201: 5, 409: 35}
     assert (await live_pool_units(gateway.settings.database_url or ""))[("ga", "floor")] == 20
-    assert await pool_in_redis(direct, gateway, "ga", "floor") == (20, 20)
+    assert await pool_in_redis(gateway, "ga", "floor") == (20, 20)
     assert await rejected_by(gateway, hold_items(gateway, [pool("ga", "floor", 1)], holder="late")) == (
         409,
         1,
@@ -90,7 +102,7 @@ async def test_redis_restarted_empty_mid_sale_rebuilds_pools_and_blocks(
         0,
     )
     assert await rejected_by(gateway, gateway.hold("gig", ["A-1"], holder="erin")) == (409, 1, 0)
-    assert await pool_in_redis(direct, gateway, "gig", "floor") == (4, 4)
+    assert await pool_in_redis(gateway, "gig", "floor") == (4, 4)
     assert (await gateway.hold("gig", ["A-2"], holder="erin")).status_code == 201
 
 
@@ -158,7 +170,7 @@ async def test_units_redis_lost_are_taught_back_by_the_first_refusal_postgres_ma
     assert front is not None
     lease = front.lease("ga", [], await token_of(gateway, hold["id"]), "alice", [("floor", 2)])
     assert await front.release(lease) == 1  # as if the entry had lapsed: Redis counts the units free
-    assert await pool_in_redis(direct, gateway, "ga", "floor") == (2, 0)
+    assert await pool_in_redis(gateway, "ga", "floor") == (2, 0)
 
     assert await rejected_by(gateway, hold_items(gateway, [pool("ga", "floor", 1)], holder="bob")) == (
         409,
@@ -166,7 +178,7 @@ async def test_units_redis_lost_are_taught_back_by_the_first_refusal_postgres_ma
         1,
     )
     deadline = time.monotonic() + 30
-    while await pool_in_redis(direct, gateway, "ga", "floor") != (2, 2):
+    while await pool_in_redis(gateway, "ga", "floor") != (2, 2):
         assert time.monotonic() < deadline, await direct.hgetall(keys.pool_key(prefix, "ga", "floor"))
         await asyncio.sleep(0.05)
     assert await rejected_by(gateway, hold_items(gateway, [pool("ga", "floor", 1)], holder="carol")) == (
@@ -174,3 +186,72 @@ async def test_units_redis_lost_are_taught_back_by_the_first_refusal_postgres_ma
         1,
         0,
     )
+
+
+async def test_a_frozen_redis_mid_sale_never_oversells(
+    proxied_gateway: Gateway, redis_proxy: FaultProxy
+) -> None:
+    """Redis stops answering in time mid-sale: Postgres decides alone, the pool is sold exactly, and once
+    Redis answers again it refuses the sold-out pool's losers by itself."""
+    gateway = proxied_gateway
+    assert (
+        await put_inventory(gateway, "ga", {"pools": [{"pool_id": "floor", "capacity": 10}]})
+    ).status_code == 200
+    first = await released_together(
+        6, lambda i: hold_items(gateway, [pool("ga", "floor", 1)], holder=f"a{i}")
+    )
+    redis_proxy.latency(gateway.settings.redis_timeout_s * 1000 * 3)
+    frozen = await released_together(
+        30, lambda i: hold_items(gateway, [pool("ga", "floor", 1)], holder=f"b{i}")
+    )
+    redis_proxy.heal()
+    await trusted_again(gateway)
+
+    assert statuses(first) == {201: 6}
+    assert statuses(frozen) == {201: 4, 409: 26}
+    assert (await live_pool_units(gateway.settings.database_url or ""))[("ga", "floor")] == 10
+    deadline = time.monotonic() + 30
+    while (
+        status := await rejected_by(gateway, hold_items(gateway, [pool("ga", "floor", 1)], holder="c"))
+    ) != (409, 1, 0):
+        assert status[0] == 409, status
+        assert time.monotonic() < deadline, status  # a refusal by Postgres resynchronizes the pool in Redis
+        await asyncio.sleep(0.1)
+
+
+async def test_a_worker_killed_after_taking_units_leaves_none_behind(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """The gateway dies after Redis gave it a pool's pending units, before its claim: no hold exists, the
+    units come back when the pending entry lapses, and a rival then gets the whole pool."""
+    pending_ms = 1000
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= {
+        "GATEWAY_DATABASE_URL": database_url,
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_KEY_PREFIX": key_prefix,
+        "GATEWAY_LEASE_PENDING_MS": str(pending_ms),
+        "GATEWAY_TEST_FAULT_POINTS": "after_redis_acquire=kill",
+    }
+    settings = make_settings(database_url, redis_url, key_prefix, lease_pending_ms=pending_ms)
+    async with running_gateway(settings) as gateway:
+        assert (
+            await put_inventory(gateway, "ga", {"pools": [{"pool_id": "floor", "capacity": 3}]})
+        ).status_code == 200
+        assert (await hold_items(gateway, [pool("ga", "floor", 1)], holder="first")).status_code == 201
+        async with doomed_gateway(env) as url, httpx.AsyncClient(timeout=10) as client:
+            body = {"holder": "alice", "items": [pool("ga", "floor", 2)]}
+            with pytest.raises(httpx.TransportError):
+                await client.post(f"{url}/v1/holds", json=body)
+        taken_by_the_dead = await pool_in_redis(gateway, "ga", "floor")
+        deadline = time.monotonic() + 30
+        while await pool_in_redis(gateway, "ga", "floor") != (3, 1):
+            assert time.monotonic() < deadline, "the dead request's pending units never came back"
+            await asyncio.sleep(0.05)
+        rival = await hold_items(gateway, [pool("ga", "floor", 2)], holder="bob")
+
+    assert taken_by_the_dead == (3, 3)
+    assert rival.status_code == 201, rival.text
+    rows = await fetch(database_url, "SELECT holder FROM holds ORDER BY holder")
+    assert [r["holder"] for r in rows] == ["bob", "first"]
+    assert (await live_pool_units(database_url))[("ga", "floor")] == 3
