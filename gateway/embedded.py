@@ -251,10 +251,25 @@ def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:
             os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
+# How long a start waits for its port to be released before calling it taken.
+PORT_RELEASE_WAIT_S = 5.0
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _port_still_in_use(port: int, deadline: float) -> bool:
+    """Whether the port stays in use until `deadline` (monotonic). After a server of ours was killed, what it
+    left (a PostgreSQL child that has not yet noticed its postmaster died, on a busy machine) holds the port
+    for a moment: that is waited out; a port someone else holds stays in use, and is refused."""
+    while _port_in_use(port):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _log_tail(log_path: Path, since: int = 0) -> str:
@@ -435,7 +450,7 @@ class LocalPostgres(_ChildServer):
             self.bin_dir = find_postgres_bin_dir(self.data_dir)
         if not _is_postgres_bin_dir(self.bin_dir):
             raise EmbeddedServerError(f"{self.bin_dir} holds no postgres and initdb")
-        if _port_in_use(self._port):
+        if _port_still_in_use(self._port, min(deadline, time.monotonic() + PORT_RELEASE_WAIT_S)):
             raise EmbeddedServerError(f"cannot start PostgreSQL: 127.0.0.1:{self._port} is already in use")
         user = _server_os_user()
         self._prepare_dirs(user)
@@ -607,7 +622,7 @@ class LocalRedis(_ChildServer):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.persistent:
             self._check_version()
-        if _port_in_use(self._port):
+        if _port_still_in_use(self._port, min(deadline, time.monotonic() + PORT_RELEASE_WAIT_S)):
             raise EmbeddedServerError(f"cannot start Redis: 127.0.0.1:{self._port} is already in use")
         argv = [str(self.redis_server), "--port", str(self._port), "--bind", "127.0.0.1", "--daemonize", "no"]
         argv += ["--dir", str(self.data_dir), "--logfile", str(self.log_path), "--save", ""]
