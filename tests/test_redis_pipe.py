@@ -13,11 +13,14 @@ from gateway.embedded import LocalRedis
 from gateway.redis_pipe import PipelinedRedis, run_id_of
 
 
-def pipe_to(url: str, timeout_s: float = 0.3) -> PipelinedRedis:
+def pipe_to(url: str, timeout_s: float = 10.0) -> PipelinedRedis:
+    """A pipe whose budget no busy machine's event-loop lag reaches, unless a test is about the budget."""
     return PipelinedRedis(url, timeout_s=timeout_s, connect_timeout_s=1.0)
 
 
 async def test_concurrent_calls_each_get_their_own_reply(own_redis: LocalRedis) -> None:
+    """Which reply goes to which call, not how fast (500 calls in one flush once outlasted a 0.3 s budget
+    under stress-ng)."""
     pipe = pipe_to(own_redis.url)
     try:
         await asyncio.gather(*(pipe.execute("SET", f"k{i}", f"v{i}") for i in range(500)))
