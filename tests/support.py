@@ -260,3 +260,15 @@ def claim_args(  # noqa: PLR0917 - claim_hold's own parameters, in its order
         None,
         True,
     )
+
+
+async def rejected_by(gateway: Gateway, request: Awaitable[httpx.Response]) -> tuple[int, int, int]:
+    """A request's status, and how many rejections Redis and Postgres counted for it."""
+    before = await counters(gateway)
+    response = await request
+    after = await counters(gateway)
+    return (
+        response.status_code,
+        after["rejected_by_redis"] - before["rejected_by_redis"],
+        after["rejected_by_postgres"] - before["rejected_by_postgres"],
+    )

@@ -665,6 +665,19 @@ async def test_refusing_postgres_sees_one_probe_per_retry_interval(
 # 8. The gateway killed between the Redis acquire and the Postgres commit.
 
 
+def doomed_env(database_url: str, redis_url: str, key_prefix: str, pending_ms: int) -> dict[str, str]:
+    """The environment of a `gateway serve` that kills itself right after its first Redis acquire, whose
+    pending leases live `pending_ms`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return env | {
+        "GATEWAY_DATABASE_URL": database_url,
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_KEY_PREFIX": key_prefix,
+        "GATEWAY_LEASE_PENDING_MS": str(pending_ms),
+        "GATEWAY_TEST_FAULT_POINTS": "after_redis_acquire=kill",
+    }
+
+
 @asynccontextmanager
 async def doomed_gateway(env: dict[str, str]) -> AsyncIterator[str]:
     """`gateway serve` in a process of its own, which kills itself right after its first Redis acquire."""
@@ -706,14 +719,7 @@ async def test_gateway_killed_between_redis_acquire_and_commit(
     no hold exists, and the lease lapses within lease_pending_ms, so a rival then gets the slot. With an
     Idempotency-Key, the client's retry on a healthy gateway reclaims its own lease at once (201, not 409)."""
     pending_ms = 1000
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env |= {
-        "GATEWAY_DATABASE_URL": database_url,
-        "GATEWAY_REDIS_URL": redis_url,
-        "GATEWAY_REDIS_KEY_PREFIX": key_prefix,
-        "GATEWAY_LEASE_PENDING_MS": str(pending_ms),
-        "GATEWAY_TEST_FAULT_POINTS": "after_redis_acquire=kill",
-    }
+    env = doomed_env(database_url, redis_url, key_prefix, pending_ms)
     headers = {"Idempotency-Key": key} if key else {}
     body = {"event_id": "show", "slots": ["A-1"], "holder": "alice"}
     settings = make_settings(database_url, redis_url, key_prefix, lease_pending_ms=pending_ms)

@@ -3,7 +3,6 @@ in line with Postgres after a flush or a restart; an inventory change reaches Re
 Every loser that Redis can judge is judged there (counted, not assumed)."""
 
 import asyncio
-import os
 import signal
 import time
 
@@ -17,14 +16,14 @@ from gateway.embedded import LocalRedis
 from tests.conftest import make_settings
 from tests.support import (
     Gateway,
-    counters,
+    rejected_by,
     released_together,
     running_gateway,
     statuses,
     token_of,
     trusted_again,
 )
-from tests.test_faults_postgres import doomed_gateway, fetch
+from tests.test_faults_postgres import doomed_env, doomed_gateway, fetch
 from tests.test_inventory import hold_items, live_pool_units, pool, put_inventory
 
 
@@ -35,18 +34,6 @@ async def pool_in_redis(gateway: Gateway, event_id: str, pool_id: str) -> tuple[
     state = await front.pool_state(event_id, pool_id)
     assert state is not None
     return state
-
-
-async def rejected_by(gateway: Gateway, request: object) -> tuple[int, int, int]:
-    """A request's status, and how many rejections Redis and Postgres counted for it."""
-    before = await counters(gateway)
-    response = await request  # type: ignore[misc]
-    after = await counters(gateway)
-    return (
-        response.status_code,
-        after["rejected_by_redis"] - before["rejected_by_redis"],
-        after["rejected_by_postgres"] - before["rejected_by_postgres"],
-    )
 
 
 async def test_flushall_mid_sale_never_oversells_and_redis_counts_again(
@@ -225,14 +212,7 @@ async def test_a_worker_killed_after_taking_units_leaves_none_behind(
     """The gateway dies after Redis gave it a pool's pending units, before its claim: no hold exists, the
     units come back when the pending entry lapses, and a rival then gets the whole pool."""
     pending_ms = 1000
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env |= {
-        "GATEWAY_DATABASE_URL": database_url,
-        "GATEWAY_REDIS_URL": redis_url,
-        "GATEWAY_REDIS_KEY_PREFIX": key_prefix,
-        "GATEWAY_LEASE_PENDING_MS": str(pending_ms),
-        "GATEWAY_TEST_FAULT_POINTS": "after_redis_acquire=kill",
-    }
+    env = doomed_env(database_url, redis_url, key_prefix, pending_ms)
     settings = make_settings(database_url, redis_url, key_prefix, lease_pending_ms=pending_ms)
     async with running_gateway(settings) as gateway:
         assert (

@@ -16,8 +16,8 @@ from gateway.redis_front import SCRIPT_NAMES
 from tests.conftest import make_settings
 from tests.support import (
     Gateway,
-    counters,
     lease_of,
+    rejected_by,
     running_gateway,
     token_of,
     trusted_again,
@@ -44,14 +44,7 @@ async def refused_by_redis(
     gateway: Gateway, event_id: str, slot_id: str, holder: str
 ) -> tuple[int, int, int]:
     """A rival's request: its status, and how many rejections Redis and Postgres counted for it."""
-    before = await counters(gateway)
-    response = await gateway.hold(event_id, [slot_id], holder=holder)
-    after = await counters(gateway)
-    return (
-        response.status_code,
-        after["rejected_by_redis"] - before["rejected_by_redis"],
-        after["rejected_by_postgres"] - before["rejected_by_postgres"],
-    )
+    return await rejected_by(gateway, gateway.hold(event_id, [slot_id], holder=holder))
 
 
 # SCRIPT FLUSH, at every entry point
