@@ -55,7 +55,8 @@ def create_app(settings: Settings) -> Litestar:
             await client_keys.refresh()
         app.state.client_keys = client_keys
         app.state.holds = service
-        app.state.availability = AvailabilityCache(InventoryStore(store))
+        app.state.inventories = InventoryStore(store)
+        app.state.availability = AvailabilityCache(app.state.inventories)
         app.state.ops = OpsService(service)
         if settings.ops_token is None:
             log.warning(

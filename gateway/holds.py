@@ -83,7 +83,7 @@ class HoldRequest:
 
     @property
     def seat_pairs(self) -> list[tuple[str, str]]:
-        return [(part.event_id, seat) for part in self.parts for seat in part.seats]
+        return items.seat_pairs(self.parts)
 
 
 def new_hold_id() -> str:

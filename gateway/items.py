@@ -62,6 +62,16 @@ def parts_from_request(items: Sequence[HoldItem]) -> list[EventPart]:
     ]
 
 
+def seat_pairs(parts: Sequence[EventPart]) -> list[tuple[str, str]]:
+    """Every (event id, seat id) the parts take, in canonical order."""
+    return [(part.event_id, seat) for part in parts for seat in part.seats]
+
+
+def pool_triples(parts: Sequence[EventPart]) -> list[tuple[str, str, int]]:
+    """Every (event id, pool id, quantity) the parts take, in canonical order."""
+    return [(part.event_id, pool, quantity) for part in parts for pool, quantity in part.pools]
+
+
 def is_plain(parts: Sequence[EventPart]) -> bool:
     """One event's seats only: stored as event_id and slots, with no items."""
     return len(parts) == 1 and not parts[0].pools

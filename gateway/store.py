@@ -200,11 +200,11 @@ class ClaimRequest:
 
     @property
     def seat_pairs(self) -> list[tuple[str, str]]:
-        return [(part.event_id, seat) for part in self.parts for seat in part.seats]
+        return items.seat_pairs(self.parts)
 
     @property
     def pool_triples(self) -> list[tuple[str, str, int]]:
-        return [(part.event_id, pool, quantity) for part in self.parts for pool, quantity in part.pools]
+        return items.pool_triples(self.parts)
 
     def claim_hold_args(self, *, open_events_only: bool) -> tuple[object, ...]:
         """claim_hold's parameters (see queries.sql)."""

@@ -22,8 +22,8 @@ INVENTORY_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _inventories(state: State) -> InventoryStore:
-    service: HoldService = state.holds
-    return InventoryStore(service.store)
+    inventories: InventoryStore = state.inventories
+    return inventories
 
 
 async def _changed(state: State, event_id: str) -> None:
