@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from gateway import background, metrics
 from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
+from gateway.api.hold_events import HoldEventsController
 from gateway.api.holds import HoldsController
 from gateway.api.inventory import InventoryController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
@@ -23,6 +24,7 @@ from gateway.availability import AvailabilityCache
 from gateway.client_keys import ClientKeys
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable, GatewayError
+from gateway.hold_events import HoldEventFeed
 from gateway.holds import HoldService
 from gateway.inventory_store import InventoryStore
 from gateway.logs import install_request_id_factory
@@ -58,6 +60,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.inventories = InventoryStore(store)
         app.state.availability = AvailabilityCache(app.state.inventories)
         app.state.ops = OpsService(service)
+        feed = HoldEventFeed(store, settings.hold_events_interval_s)
+        app.state.hold_events = feed
         if settings.ops_token is None:
             log.warning(
                 "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "
@@ -68,6 +72,7 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(run_sweeper(service), name="sweeper"),
             asyncio.create_task(watch_loop_lag(), name="loop-lag"),
             asyncio.create_task(client_keys.keep_fresh(), name="client-keys"),
+            asyncio.create_task(feed.run(), name="hold-events"),
         ]
         try:
             yield
@@ -86,6 +91,7 @@ def create_app(settings: Settings) -> Litestar:
             SlotsController,
             InventoryController,
             ClientKeysController,
+            HoldEventsController,
             OpsController,
             health,
             ready,

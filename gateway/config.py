@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     min_ttl_s: PositiveInt = 5
     max_ttl_s: PositiveInt = 3600
     max_slots_per_hold: Annotated[int, Meta(ge=1, le=1000)] = 10
+    # No extension moves a hold's expiry past created_at + this (2 hours, as seats.io caps hold tokens).
+    max_hold_lifetime_s: PositiveInt = 7_200
     # Largest request body accepted; larger gets 413 before any work.
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 65_536
 
@@ -103,6 +105,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sweep_interval_s: PositiveFloat = 1.0
     sweep_batch_size: PositiveInt = 1_000
 
+    # Hold events (GET /v1/hold-events, webhooks, live streams). Each worker learns the feed's head this often
+    # (and numbers committed events, if it is the sequencer): the lag from a commit to its event being read.
+    hold_events_interval_s: Annotated[float, Meta(gt=0, le=5)] = 0.1
+    # Events are kept at least this long (7 days), then purged by the sweeper.
+    hold_events_retention_s: Annotated[int, Meta(ge=3_600)] = 604_800
+
     # HTTP keep-alive for idle client connections. uvicorn's 5 s is shorter than what load balancers and
     # clients assume (often 60 s or more): a request sent as the server closes an idle connection is lost.
     http_keep_alive_s: PositiveInt = 75
@@ -134,12 +142,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError("default_ttl_s must lie between min_ttl_s and max_ttl_s")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("db_pool_min_size must not exceed db_pool_max_size")
+        if self.max_hold_lifetime_s < self.max_ttl_s:
+            raise ValueError("max_hold_lifetime_s must be at least max_ttl_s")
         # The longest a lease carries a hold's token, from the hold's creation: a confirm at the end of its
-        # longest TTL, that lease's life, and one more from a rebuild just before it lapsed (lease_sync).
-        lease_life_s = self.max_ttl_s + 2 * -(-self.confirmed_lease_ms // 1000)
+        # longest life (extensions included), that lease's life, and one more from a rebuild just before it
+        # lapsed (lease_sync).
+        lease_life_s = self.max_hold_lifetime_s + 2 * -(-self.confirmed_lease_ms // 1000)
         if self.idempotency_retention_s <= lease_life_s:
             raise ValueError(
-                f"idempotency_retention_s must exceed the longest life of a lease, max_ttl_s + 2 x "
+                f"idempotency_retention_s must exceed the longest life of a lease, max_hold_lifetime_s + 2 x "
                 f"confirmed_lease_ms ({lease_life_s} s): purging a record retires its hold's lease token"
             )
         if self.retention_terminal_s < self.idempotency_retention_s:

@@ -172,6 +172,26 @@ class Hold(msgspec.Struct, frozen=True, kw_only=True):
     ttl_ms: int | None
     confirmed_at: datetime | None
     cancelled_at: datetime | None
+    extensions: int  # times its expiry was moved (POST /v1/holds/{id}/extend)
+
+
+HoldEventType = Literal["hold.created", "hold.extended", "hold.confirmed", "hold.cancelled", "hold.expired"]
+HOLD_EVENT_TYPES: tuple[HoldEventType, ...] = get_args(HoldEventType)
+
+
+class HoldEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A state change of a hold: the feed's items and a webhook's body."""
+
+    id: int  # its position in the feed: ids increase in commit order
+    type: HoldEventType
+    occurred_at: datetime
+    hold: Hold  # as GET /v1/holds/{id} showed it just after the change (ttl_ms as of occurred_at)
+
+
+class HoldEventPage(msgspec.Struct, frozen=True, kw_only=True):
+    events: list[HoldEvent]
+    # Pass as `after` for the next page (the last event's id; `after` itself when there was none).
+    next_cursor: str
 
 
 class SlotState(msgspec.Struct, frozen=True, kw_only=True):

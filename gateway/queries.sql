@@ -6,6 +6,8 @@
 -- claim, sorted (none for a pool-only hold), $12 its items (null: the items are ($3, $5)), $13 its seat count
 -- (null: cardinality($5)), $14 true to claim only events without an inventory (`inventory_defined` then says
 -- the claim must take the inventory path instead; it claimed nothing).
+-- A created hold writes `hold.created`, after `hold.expired` of each lapsed hold whose seats it took over (the
+-- sweeper may write that too: the sequencer numbers only the first committed).
 -- Run alone for one seat without a key (atomic); otherwise inside a transaction that the caller rolls back
 -- unless `created` and, with a key, `idempotency_recorded` (and, on the inventory path, the pools were taken).
 -- One row, or one per live hold owning a seat the claim did not get (`owner_*`): a lost claim is answered
@@ -38,7 +40,32 @@ WITH requested AS (
     WHERE (SELECT count(*) FROM claimed) = (SELECT count(*) FROM requested)
       AND NOT (SELECT inventory_defined FROM guard)
     ON CONFLICT (token) DO NOTHING
-    RETURNING id, created_at, expires_at
+    RETURNING *
+), lapsed_owners AS (
+    -- The holds whose lapsed seat rows `claimed` took over, as the snapshot saw each seat's live row: a row the
+    -- claim could take over had lapsed by now(), and a lapsed hold cannot be extended, confirmed or cancelled,
+    -- so no other hold can have been on it since. One probe per seat, as in `owners`.
+    SELECT DISTINCT old.hold_id
+    FROM claimed
+    CROSS JOIN LATERAL (
+        SELECT live.hold_id FROM hold_slots AS live
+        WHERE live.event_id = claimed.event_id AND live.slot_id = claimed.slot_id
+          AND live.status IN ('held', 'confirmed') AND live.status = 'held' AND live.expires_at <= now()
+        LIMIT 1
+    ) AS old
+    WHERE EXISTS (SELECT 1 FROM new_hold)
+), events AS (
+    -- One statement, so that the entries are drawn in this order.
+    INSERT INTO hold_events (type, hold_id, occurred_at, hold)
+    SELECT e.type, e.hold_id, e.occurred_at, e.hold
+    FROM (
+        SELECT 1 AS rank, 'hold.expired' AS type, h.id AS hold_id, clock_timestamp() AS occurred_at,
+               jsonb_set(to_jsonb(h) - 'token', '{status}', '"expired"') AS hold
+        FROM holds AS h WHERE h.id IN (SELECT hold_id FROM lapsed_owners)
+        UNION ALL
+        SELECT 2, 'hold.created', n.id, n.created_at, to_jsonb(n) - 'token' FROM new_hold AS n
+    ) AS e
+    ORDER BY e.rank, e.hold_id
 ), idempotency AS (
     INSERT INTO idempotency_keys (client_key_id, holder, key, request_hash, hold_id, status_code)
     SELECT $9, $4, $7, $8, new_hold.id, 201 FROM new_hold WHERE $7::text IS NOT NULL
@@ -54,7 +81,8 @@ WITH requested AS (
     -- LATERAL: one probe of hold_slots_one_active_hold per requested seat, never a scan of the event's live
     -- rows (a join lets the planner hash them all).
     SELECT hs.event_id AS seat_event_id, hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
-           h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, h.items, h.seat_count
+           h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, h.items, h.seat_count,
+           h.extensions
     FROM requested
     CROSS JOIN LATERAL (
         SELECT live.event_id, live.slot_id, live.hold_id
@@ -83,7 +111,8 @@ SELECT
     o.holder AS owner_holder, o.slots AS owner_slots, o.status AS owner_status,
     o.created_at AS owner_created_at, o.expires_at AS owner_expires_at,
     o.confirmed_at AS owner_confirmed_at, o.cancelled_at AS owner_cancelled_at,
-    o.client_key_id AS owner_client_key_id, o.items AS owner_items, o.seat_count AS owner_seat_count
+    o.client_key_id AS owner_client_key_id, o.items AS owner_items, o.seat_count AS owner_seat_count,
+    o.extensions AS owner_extensions
 FROM (SELECT) AS one
 LEFT JOIN new_hold ON true
 LEFT JOIN prior_record AS prior ON true
@@ -151,8 +180,8 @@ FROM unnest($5::text[]) AS e (event_id);
 
 -- claim_pools --
 -- Take the quantities of a new hold from its pools, under each pool row's lock (in event, pool order), or
--- report how many units each had left. The pool's lapsed units go back first (their rows marked expired): a
--- lapsed hold's units are free at expires_at, sweeper or not. Run in the claim's transaction after claim_hold,
+-- report how many units each had left. The pool's lapsed units go back first (their rows marked expired, and
+-- their holds' `hold.expired` written): a lapsed hold's units are free at expires_at, sweeper or not. Run in the claim's transaction after claim_hold,
 -- which the caller rolls back unless every pool had enough. $1 hold id, $2, $3, $4 the (event id, pool id,
 -- quantity) triples, sorted, $5 ttl ms. One row per pool: its units available before this claim, and
 -- whether it had enough.
@@ -171,7 +200,13 @@ WITH requested AS (
     FROM locked
     WHERE hp.event_id = locked.event_id AND hp.pool_id = locked.pool_id
       AND hp.status = 'held' AND hp.expires_at <= now()
-    RETURNING hp.event_id, hp.pool_id, hp.quantity
+    RETURNING hp.hold_id, hp.event_id, hp.pool_id, hp.quantity
+), lapsed_events AS (
+    -- The holds whose units went back: their `hold.expired` (the sequencer keeps the first committed).
+    INSERT INTO hold_events (type, hold_id, hold)
+    SELECT 'hold.expired', h.id, jsonb_set(to_jsonb(h) - 'token', '{status}', '"expired"')
+    FROM holds AS h WHERE h.id IN (SELECT hold_id FROM lapsed)
+    ORDER BY h.id
 ), lapsed_units AS (
     SELECT event_id, pool_id, sum(quantity)::integer AS units FROM lapsed GROUP BY event_id, pool_id
 ), judged AS (
@@ -202,7 +237,7 @@ ORDER BY r.event_id, r.pool_id;
 -- The hold with this lease token, if any: after a lost reply to a claim, finding it means the claim won.
 -- $1 token.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       client_key_id, items, seat_count, now() AS db_now
+       client_key_id, items, seat_count, extensions, now() AS db_now
 FROM holds
 WHERE token = $1;
 
@@ -210,7 +245,7 @@ WHERE token = $1;
 -- The live holds that own any of the given seats. $1, $2 the (event id, seat id) pairs.
 SELECT hs.event_id AS seat_event_id, hs.slot_id, h.id, h.token, h.event_id, h.holder, h.slots, h.status,
        h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id, h.items, h.seat_count,
-       now() AS db_now
+       h.extensions, now() AS db_now
 FROM unnest($1::text[], $2::text[]) AS requested (event_id, slot_id)
 CROSS JOIN LATERAL (  -- one index probe per seat, as in claim_hold
     SELECT live.event_id, live.slot_id, live.hold_id
@@ -224,7 +259,7 @@ JOIN holds AS h ON h.id = hs.hold_id;
 -- get_hold --
 -- One hold by id. $1 hold id.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       client_key_id, items, seat_count, now() AS db_now
+       client_key_id, items, seat_count, extensions, now() AS db_now
 FROM holds
 WHERE id = $1;
 
@@ -245,7 +280,7 @@ WHERE client_key_id = $1 AND holder = $2 AND key = $3;
 -- Returns no row for an unknown id; `changed` says whether this call confirmed it.
 WITH target AS (
     SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-           client_key_id, items, seat_count
+           client_key_id, items, seat_count, extensions
     FROM holds
     WHERE id = $1 AND client_key_id = $3
     FOR UPDATE
@@ -300,14 +335,18 @@ WITH target AS (
 ), confirmed AS (
     UPDATE holds SET status = 'confirmed', confirmed_at = (SELECT at FROM locked)
     WHERE id IN (SELECT id FROM allowed)
-    RETURNING id, status, confirmed_at
+    RETURNING *
+), event AS (
+    INSERT INTO hold_events (type, hold_id, occurred_at, hold)
+    SELECT 'hold.confirmed', c.id, c.confirmed_at, to_jsonb(c) - 'token' FROM confirmed AS c
 )
 -- `target` is the row as locked (its latest version); the statement's snapshot may be older.
 SELECT t.id, t.token, t.event_id, t.holder, t.slots,
        coalesce(confirmed.status, t.status) AS status,
        t.created_at, t.expires_at,
        coalesce(confirmed.confirmed_at, t.confirmed_at) AS confirmed_at,
-       t.cancelled_at, t.client_key_id, t.items, t.seat_count, (SELECT at FROM locked) AS db_now,
+       t.cancelled_at, t.client_key_id, t.items, t.seat_count, t.extensions,
+       (SELECT at FROM locked) AS db_now,
        confirmed.id IS NOT NULL AS changed
 FROM target AS t
 LEFT JOIN confirmed ON confirmed.id = t.id;
@@ -321,7 +360,7 @@ LEFT JOIN confirmed ON confirmed.id = t.id;
 -- says whether this call cancelled it.
 WITH target AS (
     SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-           client_key_id, items, seat_count
+           client_key_id, items, seat_count, extensions
     FROM holds
     WHERE id = $1 AND client_key_id = $4
     FOR UPDATE
@@ -373,13 +412,16 @@ WITH target AS (
     UPDATE holds AS h SET status = 'cancelled', cancelled_at = allowed.at, lease_release_due = $3
     FROM allowed
     WHERE h.id = allowed.id
-    RETURNING h.id, h.status, h.cancelled_at
+    RETURNING h.*
+), event AS (
+    INSERT INTO hold_events (type, hold_id, occurred_at, hold)
+    SELECT 'hold.cancelled', c.id, c.cancelled_at, to_jsonb(c) - 'token' FROM cancelled AS c
 )
 SELECT j.id, j.token, j.event_id, j.holder, j.slots,
        coalesce(cancelled.status, j.status) AS status,
        j.created_at, j.expires_at, j.confirmed_at,
        coalesce(cancelled.cancelled_at, j.cancelled_at) AS cancelled_at,
-       j.client_key_id, j.items, j.seat_count, j.at AS db_now,
+       j.client_key_id, j.items, j.seat_count, j.extensions, j.at AS db_now,
        cancelled.id IS NOT NULL AS changed
 FROM judged AS j
 LEFT JOIN cancelled ON cancelled.id = j.id;
@@ -400,8 +442,8 @@ LEFT JOIN inventory_seats AS s ON s.event_id = $1 AND s.seat_id = $2;
 -- expire_holds --
 -- Mark up to $1 lapsed held holds and their seat and pool rows as expired, giving their units back. Locks hold
 -- rows (skipping any a confirm or cancel holds), then their seat rows in seat order, then their pools' rows,
--- then their pool rows, like confirm and cancel. A pool row a claim already gave back is left alone. Returns
--- the lifetime in seconds of each hold it expired.
+-- then their pool rows, like confirm and cancel. A pool row a claim already gave back is left alone. Writes
+-- each hold's `hold.expired`. Returns the lifetime in seconds of each hold it expired.
 WITH due AS (
     SELECT id
     FROM holds
@@ -448,9 +490,14 @@ WITH due AS (
 ), expired AS (
     UPDATE holds SET status = 'expired'
     WHERE id IN (SELECT id FROM due)
-    RETURNING extract(epoch FROM expires_at - created_at)::float8 AS lifetime_s
+    RETURNING *
+), events AS (
+    -- A claim that took over the hold's seats or units may have written it too (the sequencer keeps one).
+    INSERT INTO hold_events (type, hold_id, hold)
+    SELECT 'hold.expired', e.id, to_jsonb(e) - 'token' FROM expired AS e ORDER BY e.expires_at, e.id
 )
-SELECT coalesce(array_agg(lifetime_s), '{}') AS lifetimes_s FROM expired;
+SELECT coalesce(array_agg(extract(epoch FROM expires_at - created_at)::float8), '{}') AS lifetimes_s
+FROM expired;
 
 -- purge_idempotency_keys --
 -- Delete up to $2 idempotency records older than $1 seconds, and retire the lease token of each one's hold in
@@ -558,7 +605,7 @@ SELECT (SELECT count(*) FROM holds_moved) AS holds, (SELECT count(*) FROM slots_
 -- held hold is 'expired'), $4 expiring within ms (live held holds only), $5 and $6 the cursor's expires_at
 -- and id, $7 limit. Every filter may be null.
 SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
-       client_key_id, items, seat_count, now() AS db_now
+       client_key_id, items, seat_count, extensions, now() AS db_now
 FROM holds
 WHERE ($1::text IS NULL OR event_id = $1
        OR (event_id IS NULL AND items @> jsonb_build_array(jsonb_build_object('event_id', $1::text))))
@@ -882,3 +929,63 @@ DELETE FROM client_keys WHERE id = $1 RETURNING id;
 -- ping --
 -- A round trip to the database.
 SELECT 1;
+
+-- try_sequencer_lock --
+-- Whether this transaction may number hold events: one sequencer at a time per database, whichever worker or
+-- replica gets there first (held until the transaction ends). Its own statement, before number_hold_events, so
+-- that statement's snapshot sees what the previous sequencer committed. $1 the lock's key.
+SELECT pg_try_advisory_xact_lock($1) AS locked;
+
+-- number_hold_events --
+-- Give up to $1 committed events not yet numbered their feed ids, in the order they were written, after the
+-- highest id given so far. A hold's `hold.expired` may have been written twice (by the sweeper and by a claim
+-- that took over its seats or units; neither waits for the other): the first committed is numbered, a later
+-- copy deleted. Only under the sequencer's lock (try_sequencer_lock). Returns the feed's head afterwards (0:
+-- no event yet) and how many were numbered.
+WITH head AS (
+    SELECT coalesce(max(id), 0) AS id FROM hold_events WHERE id IS NOT NULL
+), batch AS (
+    SELECT entry_id, type, hold_id FROM hold_events WHERE id IS NULL ORDER BY entry_id LIMIT $1
+), copies AS (
+    DELETE FROM hold_events AS e
+    USING batch AS b
+    WHERE e.entry_id = b.entry_id AND b.type = 'hold.expired'
+      AND (EXISTS (SELECT 1 FROM hold_events AS first
+                   WHERE first.hold_id = b.hold_id AND first.type = 'hold.expired' AND first.id IS NOT NULL)
+           OR EXISTS (SELECT 1 FROM batch AS first
+                      WHERE first.hold_id = b.hold_id AND first.type = 'hold.expired'
+                        AND first.entry_id < b.entry_id))
+    RETURNING e.entry_id
+), next AS (
+    SELECT entry_id, row_number() OVER (ORDER BY entry_id) AS n
+    FROM batch WHERE entry_id NOT IN (SELECT entry_id FROM copies)
+), numbered AS (
+    UPDATE hold_events AS e SET id = head.id + next.n
+    FROM head, next
+    WHERE e.entry_id = next.entry_id
+    RETURNING e.id
+)
+SELECT (SELECT id FROM head) + (SELECT count(*) FROM numbered) AS head, (SELECT count(*) FROM numbered) AS numbered;
+
+-- hold_events_head --
+-- The feed's head: the highest id numbered (0: no event yet).
+SELECT coalesce(max(id), 0) AS head FROM hold_events WHERE id IS NOT NULL;
+
+-- hold_events_after --
+-- Up to $2 numbered events after feed id $1, in feed order.
+SELECT id, type, hold_id, occurred_at, hold
+FROM hold_events
+WHERE id IS NOT NULL AND id > $1
+ORDER BY id
+LIMIT $2;
+
+-- purge_hold_events --
+-- Delete up to $2 numbered events older than $1 seconds, oldest first. Returns the count.
+WITH oldest AS (
+    SELECT entry_id, occurred_at FROM hold_events WHERE id IS NOT NULL ORDER BY id LIMIT $2
+), purged AS (
+    DELETE FROM hold_events
+    WHERE entry_id IN (SELECT entry_id FROM oldest WHERE occurred_at < now() - $1 * interval '1 second')
+    RETURNING 1
+)
+SELECT count(*) FROM purged;

@@ -67,6 +67,14 @@ LIVE_SEATS: Final = QUERIES["live_seats"]
 SET_BLOCKED: Final = QUERIES["set_blocked"]
 TAKE_DUE_INVENTORY_SYNCS: Final = QUERIES["take_due_inventory_syncs"]
 EVENT_AVAILABILITY: Final = QUERIES["event_availability"]
+TRY_SEQUENCER_LOCK: Final = QUERIES["try_sequencer_lock"]
+NUMBER_HOLD_EVENTS: Final = QUERIES["number_hold_events"]
+HOLD_EVENTS_HEAD: Final = QUERIES["hold_events_head"]
+HOLD_EVENTS_AFTER: Final = QUERIES["hold_events_after"]
+PURGE_HOLD_EVENTS: Final = QUERIES["purge_hold_events"]
 
 # Constraint names the store compares driver errors with (see db/migrations).
 ONE_ACTIVE_HOLD_PER_SLOT: Final = "hold_slots_one_active_hold"
+
+# The key of the advisory lock that makes one hold-event sequencer at a time per database.
+SEQUENCER_LOCK_KEY: Final = 0x67770001_686F6C64

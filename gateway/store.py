@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -67,6 +68,7 @@ class HoldRow:
     client_key_id: str  # the client key it belongs to; '' if made while the gateway was open
     db_now: datetime
     stored_items: object = None  # holds.items (see gateway.items); None for one event's seats
+    extensions: int = 0  # times its expiry was moved by an extension
 
     @classmethod
     def from_record(cls, record: asyncpg.Record, prefix: str = "") -> "HoldRow":
@@ -85,6 +87,33 @@ class HoldRow:
             client_key_id=record[prefix + "client_key_id"],
             db_now=record["db_now"],
             stored_items=record[prefix + "items"],
+            extensions=record[prefix + "extensions"],
+        )
+
+    @classmethod
+    def from_event(cls, stored: dict[str, Any], occurred_at: datetime) -> "HoldRow":
+        """From a hold event's copy of the holds row (hold_events.hold: to_jsonb, so timestamps are ISO 8601
+        text), as it read when the event occurred."""
+
+        def at(name: str) -> datetime | None:
+            value = stored.get(name)
+            return None if value is None else datetime.fromisoformat(value)
+
+        return cls(
+            id=stored["id"],
+            token="",
+            event_id=stored["event_id"],
+            holder=stored["holder"],
+            slots=list(stored["slots"]),
+            status=stored["status"],
+            created_at=datetime.fromisoformat(stored["created_at"]),
+            expires_at=datetime.fromisoformat(stored["expires_at"]),
+            confirmed_at=at("confirmed_at"),
+            cancelled_at=at("cancelled_at"),
+            client_key_id=stored["client_key_id"],
+            db_now=occurred_at,
+            stored_items=stored.get("items"),
+            extensions=stored.get("extensions", 0),
         )
 
     @property
@@ -123,6 +152,7 @@ class HoldRow:
             ttl_ms=self.ttl_ms,
             confirmed_at=self.confirmed_at,
             cancelled_at=self.cancelled_at,
+            extensions=self.extensions,
         )
 
 

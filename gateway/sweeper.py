@@ -9,7 +9,7 @@ Several workers sweep side by side; FOR UPDATE SKIP LOCKED keeps them off each o
 import asyncio
 import logging
 
-from gateway import metrics
+from gateway import hold_events, metrics
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
 from gateway.holds import HoldService
@@ -37,6 +37,7 @@ async def sweep_once(store: Store, settings: Settings) -> int:
         if len(lifetimes_s) < settings.sweep_batch_size:
             break
     await store.purge_idempotency_keys(settings.idempotency_retention_s, settings.sweep_batch_size)
+    await hold_events.purge(store, settings.hold_events_retention_s, settings.sweep_batch_size)
     if total:
         log.info("expired %d holds", total, extra={"expired": total})
     await retain(store, settings)

@@ -14,6 +14,7 @@ from tests.support import Gateway, running_gateway
 RFC3339_UTC = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\Z")
 HOLD_FIELDS = {
     "id",
+    "extensions",
     "event_id",
     "slots",
     "holder",

@@ -137,6 +137,7 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
             "client_key_id",
             "items",
             "seat_count",
+            "extensions",
         },
         "hold_slots": {"hold_id", "event_id", "slot_id", "status", "expires_at"},
         "idempotency_keys": {
@@ -160,6 +161,7 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
         "inventory_seats": {"event_id", "seat_id", "blocked_reason", "blocked_at"},
         "inventory_pools": {"event_id", "pool_id", "capacity", "position", "held_units", "confirmed_units"},
         "hold_pools": {"hold_id", "event_id", "pool_id", "quantity", "status", "expires_at"},
+        "hold_events": {"entry_id", "id", "type", "hold_id", "occurred_at", "hold"},
     }
     assert (
         "WHERE (status = ANY (ARRAY['held'::text, 'confirmed'::text]))"
@@ -169,6 +171,8 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
     assert {"holds_token_key", "hold_slots_hold_id_fkey", "hold_slots_one_active_hold"} - constraints == {
         "hold_slots_one_active_hold"  # a unique index, not a constraint
     }
+    # How the sequencer finds a second copy of a hold's hold.expired.
+    assert "WHERE (type = 'hold.expired'::text)" in indexes["hold_events_expired_hold_idx"]
     # What keeps a pool from being oversold whatever a statement does.
     assert "inventory_pools_not_oversold" in constraints
 

@@ -1,0 +1,111 @@
+"""The hold event feed: every state change of a hold, durably, in commit order.
+
+The statements that change a hold write its event in the same transaction (queries.sql). Here: the
+sequencer that numbers committed events (one at a time per database: whichever worker takes the advisory
+lock), each worker's knowledge of the feed's head (so that long polls, webhook delivery and live streams wait
+on memory, not on a query each), and reads of the feed.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway import sql
+from gateway.errors import BackendUnavailable
+from gateway.models import HoldEvent, HoldEventType
+from gateway.store import HoldRow, Store
+
+log = logging.getLogger(__name__)
+
+# Events numbered per statement, at most: a backlog is worked off over several passes.
+NUMBER_BATCH_SIZE = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class HoldEventRow:
+    id: int  # the feed position
+    type: HoldEventType
+    hold_id: str
+    occurred_at: datetime
+    hold: HoldRow  # as it was after the change
+
+    def to_model(self) -> HoldEvent:
+        return HoldEvent(id=self.id, type=self.type, occurred_at=self.occurred_at, hold=self.hold.to_model())
+
+
+async def read_after(store: Store, after: int, limit: int) -> list[HoldEventRow]:
+    """Up to `limit` events after feed position `after`, in order."""
+    async with store.connection("hold_events_after") as conn:
+        records = await conn.fetch(sql.HOLD_EVENTS_AFTER, after, limit)
+    return [
+        HoldEventRow(r["id"], r["type"], r["hold_id"], r["occurred_at"], _hold(r["hold"], r["occurred_at"]))
+        for r in records
+    ]
+
+
+def _hold(stored: dict[str, Any], occurred_at: datetime) -> HoldRow:
+    return HoldRow.from_event(stored, occurred_at)
+
+
+async def purge(store: Store, older_than_s: int, batch_size: int) -> int:
+    """Delete up to `batch_size` events older than `older_than_s`; how many were deleted."""
+    async with store.connection("purge_hold_events") as conn:
+        purged: int = await conn.fetchval(sql.PURGE_HOLD_EVENTS, older_than_s, batch_size)
+    return purged
+
+
+class HoldEventFeed:
+    """A worker's view of the feed: it numbers events when it holds the sequencer's lock, learns the head
+    every `interval_s`, and wakes whoever waits for an event past some position."""
+
+    def __init__(self, store: Store, interval_s: float) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self.head = 0  # the highest feed position this worker has seen numbered
+        self._advanced = asyncio.Event()  # set, and replaced, whenever `head` moves
+
+    async def advance(self) -> int:
+        """One pass: number what is committed (if this worker is the sequencer now), then read the head."""
+        store = self._store
+        async with store.connection("number_hold_events") as conn, conn.transaction():
+            if await conn.fetchval(sql.TRY_SEQUENCER_LOCK, sql.SEQUENCER_LOCK_KEY):
+                record = await conn.fetchrow(sql.NUMBER_HOLD_EVENTS, NUMBER_BATCH_SIZE)
+                assert record is not None
+                head: int = record["head"]
+            else:
+                head = await conn.fetchval(sql.HOLD_EVENTS_HEAD)
+        self._moved_to(head)
+        return head
+
+    def _moved_to(self, head: int) -> None:
+        if head > self.head:
+            self.head = head
+            self._advanced.set()
+            self._advanced = asyncio.Event()
+
+    async def wait_past(self, position: int, timeout_s: float) -> bool:
+        """Wait until the head is past `position`, at most `timeout_s`; whether it is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.head <= position:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except TimeoutError:
+                return self.head > position
+        return True
+
+    async def run(self) -> None:
+        """Advance every `interval_s` until cancelled; an outage only delays the next pass."""
+        while True:
+            try:
+                await self.advance()
+            except BackendUnavailable as exc:
+                log.debug("hold event feed: database unavailable (%s)", exc.__cause__)
+            except Exception:  # anything else must not end the feed for the life of the worker
+                log.exception("hold event feed pass failed")
+            await asyncio.sleep(self._interval_s)
