@@ -1,5 +1,6 @@
 """The arguments of the operator commands: `holds`, `slot`, `stats` and `availability` read a running gateway;
-`inventory`, `block` and `unblock` read or change an event's inventory. No HTTP client, so that the `gateway`
+`inventory`, `block` and `unblock` read or change an event's inventory; `events` reads (or tails) the hold
+event feed. No HTTP client, so that the `gateway`
 command builds its parser without loading the commands' client (ops_cli), whose dependencies are the `cli`
 extra; the status list comes from gateway.models (msgspec only)."""
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 from gateway.models import HOLD_STATUSES
 
-COMMANDS = frozenset({"holds", "slot", "stats", "availability", "inventory", "block", "unblock"})
+COMMANDS = frozenset({"holds", "slot", "stats", "availability", "inventory", "block", "unblock", "events"})
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_EXPIRING_S = 86_400  # the gateway takes expiring_within_seconds up to a day
 _DURATION = re.compile(r"\A(\d+)([smh]?)\Z")
@@ -116,3 +117,22 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     unblock = commands.add_parser("unblock", parents=[common], help="unblock seats (all or none)")
     unblock.add_argument("event_id", metavar="EVENT")
     unblock.add_argument("seats", metavar="SEAT", nargs="+")
+
+    events = commands.add_parser(
+        "events", parents=[common], help="the hold event feed: every state change of every hold, in order"
+    )
+    events.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="events after CURSOR, an event id or `latest` (default: the oldest kept; --follow: `latest`)",
+    )
+    events.add_argument(
+        "--follow", action="store_true", help="keep printing events as they happen, until Ctrl-C (as tail -f)"
+    )
+    events.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive(int),
+        default=100,
+        help="without --follow: at most N (default 100)",
+    )

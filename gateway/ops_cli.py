@@ -1,8 +1,8 @@
 """Operator commands that talk to a running gateway over HTTP: `holds`, `slot`, `stats` and `availability`
-read it; `inventory` reads or replaces an event's inventory, `block` and `unblock` change its seats (their
-arguments are in ops_args). They need none of the server's settings and import neither Litestar nor
-Prometheus, so they run from any machine that reaches it; they do need the `cli` extra (httpx, tabulate),
-which serving does not."""
+read it; `inventory` reads or replaces an event's inventory, `block` and `unblock` change its seats; `events`
+reads or tails the hold event feed (their arguments are in ops_args). They need none of the server's settings
+and import neither Litestar nor Prometheus, so they run from any machine that reaches it; they do need the
+`cli` extra (httpx, tabulate), which serving does not."""
 
 import argparse
 import json
@@ -19,7 +19,11 @@ from tabulate import tabulate
 
 from gateway.ops_args import DEFAULT_URL
 
-MAX_PAGE = 1000  # the gateway's largest page of /v1/holds
+MAX_PAGE = 1000  # the gateway's largest page of /v1/holds and /v1/hold-events
+# How long one request of `events --follow` waits for an event (the gateway allows up to 30 s).
+FOLLOW_WAIT_S = 25
+# After a failed request of `events --follow` (the gateway restarting), ask again this much later.
+FOLLOW_RETRY_S = 1.0
 SLOTS_WIDTH = 32  # characters of the slots column before it is cut
 HOLDER_WIDTH = 24
 CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase display
@@ -285,6 +289,59 @@ _HANDLERS: dict[str, tuple[Fetch, Callable[[Json], str]]] = {
 }
 
 
+def event_line(event: Json) -> str:
+    """One event as a line: feed id, time, type, hold, what it holds, holder, status and time left."""
+    hold = event["hold"]
+    what = hold["event_id"] or "(several)"
+    taken = [
+        f"{item['event_id']}:{item['pool_id']}x{item['quantity']}" if "pool_id" in item else item["event_id"]
+        for item in hold["items"]
+        if hold["event_id"] is None or "pool_id" in item
+    ]
+    held = slots_text(hold["slots"] + taken)
+    fields = [
+        str(event["id"]),
+        clock(event["occurred_at"]),
+        f"{event['type']:<14}",
+        hold["id"],
+        what,
+        held,
+        _cut(hold["holder"], HOLDER_WIDTH),
+        f"ttl {human_ttl(hold['ttl_ms'])}" if hold["ttl_ms"] is not None else "",
+    ]
+    return "  ".join(fields).rstrip()
+
+
+def show_events(client: httpx.Client, args: argparse.Namespace) -> int:
+    """Print events after --after, up to --limit (following pages); or, with --follow, as they happen."""
+    cursor = args.after or ("latest" if args.follow else "0")
+    printed = 0
+    while args.follow or printed < args.limit:
+        limit = MAX_PAGE if args.follow else min(args.limit - printed, MAX_PAGE)
+        params: dict[str, str | int] = {"after": cursor, "limit": limit}
+        if args.follow:
+            params["wait_seconds"] = FOLLOW_WAIT_S
+        try:
+            page = _answer(
+                client.get("/v1/hold-events", params=params, timeout=args.timeout_s + FOLLOW_WAIT_S)
+            )
+        except (Problem, httpx.TransportError) as exc:
+            if not args.follow or (isinstance(exc, Problem) and exc.status < 500):
+                raise
+            print(f"gateway: {_error(exc, str(client.base_url))}", file=sys.stderr, flush=True)
+            time.sleep(FOLLOW_RETRY_S)
+            continue
+        for event in page["events"]:
+            print(json.dumps(event, ensure_ascii=False) if args.json else event_line(event), flush=True)
+        printed += len(page["events"])
+        cursor = page["next_cursor"]
+        if not page["events"] and not args.follow:
+            break
+    if not args.follow and not args.json:
+        print(f"{printed} event{'' if printed == 1 else 's'}; next: gateway events --after {cursor}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one of the ops_args commands. Every failure is one line on stderr and exit 1, no traceback."""
     url = (args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/")
@@ -296,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         with httpx.Client(base_url=url, headers=headers, timeout=args.timeout_s) as client:
+            if args.command == "events":
+                return show_events(client, args)
             if watch_s is None:
                 print(_frame(client, args, indent=2), flush=True)  # a closed pipe fails here, in the handler
                 return 0
@@ -304,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gateway: {_error(exc, url)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 0 if watch_s is not None else 130
+        return 0 if watch_s is not None or getattr(args, "follow", False) else 130
     except BrokenPipeError:
         # The reader went away (`| head`): point stdout at nothing so the flush at exit does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,6 +1,6 @@
-"""`gateway holds | slot | stats | availability | inventory | block | unblock` against a real gateway. main()
-runs in a worker thread: the gateway serves from this test's event loop, so a blocking client on the loop
-would wait for itself forever."""
+"""`gateway holds | slot | stats | availability | inventory | block | unblock | events` against a real
+gateway. main() runs in a worker thread: the gateway serves from this test's event loop, so a blocking client
+on the loop would wait for itself forever."""
 
 import asyncio
 import json
@@ -346,6 +346,66 @@ async def test_ctrl_c_ends_watch_with_exit_0_and_no_traceback(gateway: Gateway) 
     assert hold["id"].encode() in first_frame[3]
     assert first_frame[4] == b"1 hold\n"
     assert (code, await process.stderr.read()) == (0, b"")
+
+
+async def test_events_prints_the_feed_a_line_per_event_and_the_next_cursor(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = await create(gateway, "show-1", ["A-1", "A-2"], holder="alice")
+    second = await create(gateway, "show-1", ["A-3"], holder="bob")
+    assert (await gateway.post(f"/v1/holds/{first['id']}/confirm", {"holder": "alice"})).status_code == 200
+    await wait_for_feed(gateway, 3)
+
+    code, out, _ = await gateway_command(capsys, "events", "--url", gateway.url)
+    limited = await gateway_command(capsys, "events", "--url", gateway.url, "--limit", "1")
+    as_json = await gateway_command(capsys, "events", "--url", gateway.url, "--json", "--after", "1")
+
+    lines = out.splitlines()
+    assert code == 0
+    assert [line.split()[2] for line in lines[:3]] == ["hold.created", "hold.created", "hold.confirmed"]
+    assert [line.split()[3] for line in lines[:3]] == [first["id"], second["id"], first["id"]]
+    assert "A-1,A-2" in lines[0]
+    assert "alice" in lines[0]
+    assert lines[3] == "3 events; next: gateway events --after 3"
+    assert limited[1].splitlines()[-1] == "1 event; next: gateway events --after 1"
+    assert [json.loads(line)["id"] for line in as_json[1].splitlines()] == [2, 3]
+
+
+async def test_events_follow_prints_new_events_as_they_happen_until_ctrl_c(gateway: Gateway) -> None:
+    await create(gateway, "show-1", ["A-1"])  # before the command starts: --follow begins at the latest
+    await wait_for_feed(gateway, 1)
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "gateway.cli", "events", "--url", gateway.url, "--follow"],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    # The command's first long poll may start after the next hold: hold until a line comes, each a new hold.
+    made: list[str] = []
+    line = b""
+    deadline = time.monotonic() + 30
+    while not line:
+        made.append((await create(gateway, "show-1", [f"B-{len(made)}"]))["id"])
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=1)
+        except TimeoutError:
+            assert time.monotonic() < deadline, "events --follow printed nothing"
+
+    process.send_signal(signal.SIGINT)
+    code = await asyncio.wait_for(process.wait(), timeout=10)
+
+    assert line.split()[2] == b"hold.created"
+    assert line.split()[3].decode() in made  # a hold made after the command started, none before
+    assert (code, await process.stderr.read()) == (0, b"")
+
+
+async def wait_for_feed(gateway: Gateway, count: int) -> None:
+    """Until the feed has numbered `count` events."""
+    deadline = time.monotonic() + 30
+    while len((await gateway.client.get("/v1/hold-events")).json()["events"]) < count:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
 
 
 def test_count_without_watch_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
