@@ -333,11 +333,11 @@ class GatewayReads:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def get(self, path: str, *, ops: bool = False) -> Read:
+    def get(self, path: str, *, ops: bool = False, timeout_s: float = READ_TIMEOUT_S) -> Read:
         url = self.base + path
         sent_at = time.perf_counter()
         try:
-            response = self.session.get(url, headers=ops_headers() if ops else None, timeout=READ_TIMEOUT_S)
+            response = self.session.get(url, headers=ops_headers() if ops else None, timeout=timeout_s)
         except requests.RequestException as exc:
             raise ReadFailed(f"GET {path}: {exc}") from exc
         received_at = time.perf_counter()
@@ -427,6 +427,56 @@ class GatewayReads:
             cursor = read.body.get("next_cursor")
             if not cursor:
                 return
+
+
+# --- the hold event feed, followed as a consumer would ---------------------------------------------------
+
+FEED_WAIT_S = 5  # each long poll of GET /v1/hold-events waits up to this for an event
+FEED_PAGE_LIMIT = 1000
+
+
+class FeedFollower:
+    """Follows GET /v1/hold-events from the feed's head when it starts, in a greenlet, as a consumer of the
+    feed would, keeping the events of one event id (multi-event holds included) by hold."""
+
+    def __init__(self, host: str | None, event: str) -> None:
+        self.reads = GatewayReads(host)
+        self.event = event
+        self.events: dict[str, list[dict[str, Any]]] = {}  # hold id -> its events, in feed order
+        self.failure: str | None = None
+        start = self.reads.get("/v1/hold-events?after=latest", ops=True)
+        self.cursor = str(start.body["next_cursor"])
+        self.greenlet = gevent.spawn(self._follow)
+
+    def _follow(self) -> None:
+        while True:
+            query = urlencode({"after": self.cursor, "limit": FEED_PAGE_LIMIT, "wait_seconds": FEED_WAIT_S})
+            try:
+                page = self.reads.get(
+                    f"/v1/hold-events?{query}", ops=True, timeout_s=READ_TIMEOUT_S + FEED_WAIT_S
+                )
+            except ReadFailed as exc:
+                self.failure = str(exc)
+                return
+            for event in page.body["events"]:
+                hold = event["hold"]
+                if hold["event_id"] == self.event or any(i["event_id"] == self.event for i in hold["items"]):
+                    self.events.setdefault(hold["id"], []).append(event)
+            self.cursor = str(page.body["next_cursor"])
+
+    def types(self, hold_id: str) -> list[str]:
+        return [event["type"] for event in self.events.get(hold_id, [])]
+
+    def wait_for(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Until `done()` holds (the sweeper's hold.expired may lag its hold's expiry by a sweep), at most
+        `timeout_s`; whether it does."""
+        deadline = time.monotonic() + timeout_s
+        while not done() and self.failure is None and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        return done()
+
+    def stop(self) -> None:
+        self.greenlet.kill()
 
 
 # --- scenarios, summaries, verdicts -----------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Hold / confirm / cancel mix: the steady traffic of a live sale, at a target rate.
 
 Each task is one action, picked by weight: create a hold on 1 to 3 random slots out of MIX_SLOTS (4),
-confirm one of the user's held holds (2), cancel one of its held or confirmed holds (1), read the state of a
-slot (2); holds nobody confirms or cancels expire (ttl_seconds MIX_TTL_S, the gateway's minimum by default).
+confirm one of the user's held holds (2), extend one (1; a buyer asking for more time to pay), cancel one of
+its held or confirmed holds (1), read the state of a slot (2); holds nobody confirms or cancels expire
+(ttl_seconds MIX_TTL_S, the gateway's minimum by default). A consumer follows the hold event feed
+(GET /v1/hold-events, long polls) all along.
 A share of the creates (MIX_KEYED_SHARE) carries an Idempotency-Key and a deliberate duplicate: half re-sent
 as the user's next action (a retry after a lost answer), half sent twice at once. Users pace themselves with
 constant_throughput so that together they send about MIX_RPS requests a second.
@@ -13,7 +15,9 @@ confirmed with its id; ...); a keyed duplicate replays the same hold. Checked wh
 GET /v1/holds/{id} for every hold: each is in the state its last successful transition implies (held past
 its expires_at reads expired); the event's seat map agrees (a confirmed hold's slots are confirmed with its
 id, a cancelled or expired hold owns none); the event's holds (the operations listing) are exactly those
-created.
+created; and the feed has, for every hold, one hold.created, one hold.extended per extension its read shows,
+and exactly one final event of the type of the state it ended in (none while it is held), and no event of a
+hold no answer named.
 
 Settings: MIX_EVENT_ID (default: a new event per run), MIX_RPS (100, all users together), MIX_SLOTS (1000),
 MIX_TTL_S (5), MIX_KEYED_SHARE (0.3).
@@ -38,9 +42,11 @@ from loadtests.scenarios.common import (
     Answer,
     Check,
     ExpiryWindow,
+    FeedFollower,
     GatewayReads,
     GracefulUser,
     Read,
+    ReadFailed,
     Report,
     Scenario,
     env_float,
@@ -53,11 +59,23 @@ RPS = env_float("MIX_RPS", 100, minimum=0.1)
 SLOTS = env_int("MIX_SLOTS", 1000)
 TTL_S = env_int("MIX_TTL_S", 5)
 KEYED_SHARE = env_float("MIX_KEYED_SHARE", 0.3, maximum=1)
-ACTIONS = ("create", "confirm", "cancel", "read")
-WEIGHTS = (4, 2, 1, 2)
+ACTIONS = ("create", "confirm", "extend", "cancel", "read")
+WEIGHTS = (4, 2, 1, 1, 2)
 MAX_SLOTS_PER_CREATE = 3
 RECENT_HOLDS = 3  # a user confirms or cancels one of its latest holds
 ENDED = ("confirmed", "cancelled", "expired")
+LIFETIME_EXCEEDED = "/lifetime-exceeded"  # how the type URI of an extension past the hold's lifetime ends
+# The final events a hold read in each status may have, in feed order (a hold read held may expire as the
+# verdict waits for the feed).
+FINAL_EVENTS: dict[str, tuple[list[str], ...]] = {
+    "held": ([], ["hold.expired"]),
+    "confirmed": (["hold.confirmed"],),
+    "cancelled": (["hold.cancelled"], ["hold.confirmed", "hold.cancelled"]),
+    "expired": (["hold.expired"],),
+}
+# After the run, how long the verdict waits for the feed to show every ended hold's final event (an expired
+# hold's comes with the sweeper's next pass).
+FEED_CATCH_UP_S = 20.0
 
 
 @dataclass
@@ -68,6 +86,7 @@ class MixHold:
     slots: frozenset[str]
     window: ExpiryWindow
     last: str = "held"  # held (nothing since the create), confirmed, cancelled, or expired (a 409 said so)
+    extensions: int = 0  # extensions answered 200
 
     def allowed(self, sent_at: float, received_at: float) -> set[str]:
         """The statuses a read sent and answered at these times may show."""
@@ -96,12 +115,17 @@ class Mix(Scenario):
         self.actions: Counter[str] = Counter()  # "create 201", "confirm 409", ...
         self.duplicates: Counter[str] = Counter()  # "sequential" / "concurrent" pairs sent
         self.breaches: list[str] = []  # found while running
+        self.feed: FeedFollower | None = None
 
     def headline(self) -> str:
         return f"event {self.event_id!r}  {RPS:g} req/s target  {SLOTS} slots  ttl {TTL_S} s"
 
     def start(self, environment: Environment) -> None:
         self.reset()
+        try:
+            self.feed = FeedFollower(environment.host, self.event_id)
+        except ReadFailed as exc:
+            self.breach(f"could not start following the hold event feed: {exc}")
 
     def breach(self, line: str) -> None:
         self.breaches.append(line)
@@ -154,6 +178,30 @@ class Mix(Scenario):
                         return "the hold was called expired before its expires_at could have passed"
                     return None
                 return f"a 409 saying {current!r} for a hold last known {hold.last}"
+            return "expected 200 or 409 invalid-transition"
+
+        return check
+
+    def extend_check(self, hold: MixHold) -> Check:
+        def check(answer: Answer) -> str | None:
+            fields = answer.fields
+            if answer.status == 200:
+                if fields.get("id") != hold.id or fields.get("status") != "held":
+                    return "a 200 that is not the hold, held"
+                if fields.get("extensions") != hold.extensions + 1:
+                    return f"a 200 with extensions {fields.get('extensions')!r} after {hold.extensions}"
+                if hold.window.surely_expired(answer.sent_at):
+                    return "extend succeeded on a hold that had surely expired"
+                return None
+            if answer.problem(409, INVALID_TRANSITION):
+                current = fields.get("current_status")
+                if current == "expired" and hold.window.surely_live(answer.received_at):
+                    return "the hold was called expired before its expires_at could have passed"
+                if current not in ("expired", hold.last):
+                    return f"a 409 saying {current!r} for a hold last known {hold.last}"
+                return None
+            if answer.problem(409, LIFETIME_EXCEEDED):
+                return f"a {TTL_S} s extension refused as past the hold's lifetime"
             return "expected 200 or 409 invalid-transition"
 
         return check
@@ -228,11 +276,51 @@ class Mix(Scenario):
         report.breaches += self._hold_breaches(hold_reads, report)
         report.breaches += self._seat_map_breaches(slots)
         report.breaches += self._listing_breaches(listing)
+        report.breaches += self._feed_breaches(hold_reads, report)
         report.passed = (
             f"{len(self.holds)} holds each in the state its last transition implies, keyed duplicates "
-            "replayed one hold, the seat map agrees"
+            "replayed one hold, the seat map agrees, the event feed has each change once"
         )
         return report
+
+    def _feed_breaches(self, hold_reads: dict[str, Read], report: Report) -> list[str]:
+        """Every hold has its hold.created, its extensions and, once ended, exactly one final event of the
+        type of its end; the feed names no other hold of the event."""
+        feed = self.feed
+        if feed is None:
+            return []  # already a breach: the follower never started
+        final_event = {status: f"hold.{status}" for status in ENDED}
+        ended = {
+            hold_id: final_event[read.body["status"]]
+            for hold_id, read in hold_reads.items()
+            if read.body.get("status") in final_event
+        }
+        feed.wait_for(
+            lambda: all(event in feed.types(hold_id) for hold_id, event in ended.items()), FEED_CATCH_UP_S
+        )
+        feed.stop()
+        breaches = [f"the hold event feed failed: {feed.failure}"] if feed.failure else []
+        seen: Counter[str] = Counter()
+        for hold_id, read in hold_reads.items():
+            types = feed.types(hold_id)
+            seen.update(types)
+            extensions = read.body.get("extensions")
+            finals = [t for t in types if t in final_event.values()]
+            status = read.body.get("status")
+            if types.count("hold.created") != 1 or types[:1] != ["hold.created"]:
+                breaches.append(f"hold {hold_id}'s events do not start with one hold.created: {types}")
+            elif types.count("hold.extended") != extensions:
+                breaches.append(f"hold {hold_id} shows {extensions} extensions, the feed {types}")
+            elif finals not in FINAL_EVENTS.get(str(status), ([],)):
+                breaches.append(f"hold {hold_id} is {status}, but its events are {types}")
+        phantoms = sorted(set(feed.events) - set(self.holds))
+        if phantoms:
+            breaches.append(f"the feed has events of {len(phantoms)} holds no answer named: {phantoms[:5]}")
+        report.lines.append(
+            "event feed               "
+            + ", ".join(f"{t.removeprefix('hold.')} {seen[t]}" for t in sorted(seen, key=_feed_order))
+        )
+        return breaches
 
     def _answers_to(self, action: str) -> str:
         """`201: 80, 409: 12` for one action."""
@@ -316,6 +404,12 @@ class Mix(Scenario):
         return breaches
 
 
+def _feed_order(event_type: str) -> int:
+    return ("hold.created", "hold.extended", "hold.confirmed", "hold.cancelled", "hold.expired").index(
+        event_type
+    )
+
+
 def _either(statuses: set[str]) -> str:
     return " or ".join(sorted(statuses))
 
@@ -359,6 +453,11 @@ class HoldMixUser(GracefulUser):
             live = [hold for hold in recent if hold.last in ("held", "confirmed")]
             if live:
                 self.transition(random.choice(live), "cancel")
+                return
+        elif action == "extend":
+            held = [hold for hold in recent if hold.last == "held"]
+            if held:
+                self.extend(random.choice(held))
                 return
         elif action == "read":
             self.read_slot()
@@ -431,6 +530,24 @@ class HoldMixUser(GracefulUser):
         self.scenario.actions[f"{action} {answer.status}"] += 1
         if answer.status == 200 and answer.fields.get("status") in ENDED:
             hold.last = answer.fields["status"]
+        elif answer.status == 409 and answer.fields.get("current_status") in ENDED:
+            hold.last = answer.fields["current_status"]
+
+    def extend(self, hold: MixHold) -> None:
+        """More time to pay: the hold's expiry moves to TTL_S from now."""
+        answer = send(
+            self,
+            self.scenario.tally,
+            "POST",
+            f"/v1/holds/{hold.id}/extend",
+            name="POST /v1/holds/{id}/extend",
+            body={"holder": self.holder, "ttl_seconds": TTL_S},
+            check=self.scenario.extend_check(hold),
+        )
+        self.scenario.actions[f"extend {answer.status}"] += 1
+        if answer.status == 200 and answer.fields.get("extensions") == hold.extensions + 1:
+            hold.extensions += 1
+            hold.window = ExpiryWindow.of(answer, TTL_S)
         elif answer.status == 409 and answer.fields.get("current_status") in ENDED:
             hold.last = answer.fields["current_status"]
 
