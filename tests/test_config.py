@@ -1,8 +1,11 @@
 """Settings from GATEWAY_* variables: typed, checked, and clear about what is wrong."""
 
+import re
+from pathlib import Path
+
 import pytest
 
-from gateway.config import ConfigError, settings_from_env
+from gateway.config import ConfigError, Settings, settings_from_env
 from gateway.sql import parse_queries
 
 
@@ -52,6 +55,9 @@ def test_retention_settings_that_keep_what_the_gateway_reads_are_accepted() -> N
         ({"GATEWAY_RETENTION_TERMINAL_S": "3600"}, "retention_terminal_s must be at least"),
         ({"GATEWAY_RETENTION_CONFIRMED_S": "3600"}, "retention_confirmed_s must be 0"),
         ({"GATEWAY_RETENTION_ARCHIVE": "maybe"}, "GATEWAY_RETENTION_ARCHIVE"),
+        # A hold's creation may not ask for more life than an extension may give it.
+        ({"GATEWAY_MAX_HOLD_LIFETIME_S": "600"}, "max_hold_lifetime_s must be at least max_ttl_s"),
+        ({"GATEWAY_HOLD_EVENTS_RETENTION_S": "60"}, "GATEWAY_HOLD_EVENTS_RETENTION_S"),
     ],
 )
 def test_bad_configuration_fails_with_a_clear_message(environ: dict[str, str], message: str) -> None:
@@ -64,3 +70,19 @@ def test_queries_file_parses_into_named_statements_without_their_descriptions() 
     assert queries == {"one": "SELECT 1;", "two": "SELECT 2;"}
     with pytest.raises(ValueError, match="twice"):
         parse_queries("-- one --\nSELECT 1;\n-- one --\nSELECT 2;\n")
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """The configuration table names each setting. A row may name several: `GATEWAY_DB_POOL_MIN_SIZE` /
+    `_MAX_SIZE` is DB_POOL_MIN_SIZE and DB_POOL_MAX_SIZE (a suffix replaces as many words of the first)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented: set[str] = set()
+    for row in re.findall(r"^\| (`GATEWAY_[^|]+)\|", readme, flags=re.MULTILINE):
+        first, *suffixes = re.findall(r"`(_?[A-Z0-9_]+)`", row)
+        words = first.removeprefix("GATEWAY_").split("_")
+        documented.add("_".join(words))
+        for suffix in suffixes:
+            replacing = suffix.removeprefix("_").split("_")
+            documented.add("_".join(words[: len(words) - len(replacing)] + replacing))
+    missing = {name.upper() for name in Settings.__struct_fields__} - documented
+    assert not missing, f"settings missing from the README's configuration table: {sorted(missing)}"
