@@ -51,6 +51,7 @@ OPERATIONS = [
     ("POST", "/v1/client-keys"),
     ("GET", "/v1/client-keys"),
     ("DELETE", "/v1/client-keys/{key_id}"),
+    ("GET", "/v1/hold-events"),
     ("GET", "/health"),
     ("HEAD", "/health"),
     ("GET", "/ready"),
@@ -102,6 +103,7 @@ def cases_to_run() -> list[Any]:
         ("POST", "/v1/holds/{hold_id}/cancel"),
         ("GET", "/v1/events/{event_id}/slots"),
         ("POST", "/v1/client-keys"),
+        ("GET", "/v1/hold-events"),
     }
     params = []
     for method, path in OPERATIONS:
@@ -124,5 +126,11 @@ async def test_operation_answers_as_documented(
         assert created.status_code == 201
         real = operation.as_strategy(generation_mode=mode, path_parameters={"hold_id": created.json()["id"]})
         strategy = st.one_of(strategy, real)
+
+    if path == "/v1/hold-events":
+        # Long polls waited out would only make the run long (their waiting is tested in test_hold_events).
+        created = await gateway.hold("show-1", ["A-1"], holder="alice")
+        assert created.status_code == 201
+        strategy = operation.as_strategy(generation_mode=mode, query={"wait_seconds": "0"})
 
     await asyncio.to_thread(run_cases, strategy, gateway.url)
