@@ -20,6 +20,7 @@ from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_
 from gateway.api.problems import framework_error, gateway_error, internal_error
 from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
+from gateway.api.streams import event_stream
 from gateway.availability import AvailabilityCache
 from gateway.client_keys import ClientKeys
 from gateway.config import Settings
@@ -33,6 +34,7 @@ from gateway.observability import ObservedLitestar
 from gateway.ops import OpsService
 from gateway.redis_front import REDIS_FAILURES, RedisFront, RedisUnavailable
 from gateway.store import Store
+from gateway.streams import StreamHub
 from gateway.sweeper import run_sweeper
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.ops = OpsService(service)
         feed = HoldEventFeed(store, settings.hold_events_interval_s)
         app.state.hold_events = feed
+        streams = StreamHub(store, feed, app.state.availability, app.state.inventories, settings)
+        app.state.streams = streams
         if settings.ops_token is None:
             log.warning(
                 "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "
@@ -73,11 +77,13 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(watch_loop_lag(), name="loop-lag"),
             asyncio.create_task(client_keys.keep_fresh(), name="client-keys"),
             asyncio.create_task(feed.run(), name="hold-events"),
+            asyncio.create_task(streams.run(), name="streams"),
         ]
         try:
             yield
         finally:
             metrics.worker_stopped()
+            await streams.close()
             for task in tasks:
                 await background.stop(task)
             if front is not None:
@@ -92,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
             InventoryController,
             ClientKeysController,
             HoldEventsController,
+            event_stream,
             OpsController,
             health,
             ready,

@@ -111,6 +111,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Events are kept at least this long (7 days), then purged by the sweeper.
     hold_events_retention_s: Annotated[int, Meta(ge=3_600)] = 604_800
 
+    # Live availability streams (GET /v1/events/{event_id}/stream). Open streams per worker, at most: past
+    # it, 503. Each costs a socket and a small task; none costs a query per change.
+    stream_max_subscribers: PositiveInt = 10_000
+    # An event's changes are sent at most once per this long (the first after a quiet spell at once): a
+    # burst of holds reaches a seat map as a few messages a second.
+    stream_flush_interval_s: Annotated[float, Meta(gt=0, le=10)] = 0.5
+    # A comment line on an idle stream this often, so that proxies do not close it.
+    stream_heartbeat_s: Annotated[float, Meta(gt=0, le=300)] = 15.0
+    # How often a worker asks whether the inventories of the events it streams changed (blocked seats,
+    # a replacement): one statement for all of them; a change sends their subscribers a fresh snapshot.
+    stream_inventory_check_s: Annotated[float, Meta(gt=0, le=300)] = 2.0
+
     # HTTP keep-alive for idle client connections. uvicorn's 5 s is shorter than what load balancers and
     # clients assume (often 60 s or more): a request sent as the server closes an idle connection is lost.
     http_keep_alive_s: PositiveInt = 75

@@ -240,6 +240,13 @@ class OutcomeUnknown(RetryLater):
     title = "Outcome unknown"
 
 
+class TooManyStreams(RetryLater):
+    """This worker serves as many live streams as it may (GATEWAY_STREAM_MAX_SUBSCRIBERS); retry shortly."""
+
+    problem = "too-many-streams"
+    title = "Too many streams"
+
+
 class ClientKeyRequired(GatewayError):
     """This route needs a client key: `Authorization: Bearer <client key>`."""
 

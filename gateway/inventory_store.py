@@ -7,6 +7,7 @@ change waits for the claims under way, and judges live holds only once they comm
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -23,6 +24,7 @@ from gateway.models import (
     PoolCapacity,
     SeatCounts,
     SeatsChanged,
+    SlotStateName,
 )
 from gateway.store import Store
 
@@ -168,6 +170,18 @@ class InventoryStore:
             ],
             limits=_limits(first),
         )
+
+    async def seat_states(self, event_id: str) -> dict[str, SlotStateName]:
+        """The event's seats that are not free (held, confirmed, blocked), by seat id; for anyone to see."""
+        async with self._store.connection("event_seat_states") as conn:
+            records = await conn.fetch(sql.EVENT_SEAT_STATES, event_id)
+        return {r["seat_id"]: r["state"] for r in records}
+
+    async def versions(self, event_ids: Sequence[str]) -> dict[str, datetime]:
+        """When each event's inventory last changed; events without one are left out."""
+        async with self._store.connection("inventory_versions") as conn:
+            records = await conn.fetch(sql.INVENTORY_VERSIONS, list(event_ids))
+        return {r["event_id"]: r["updated_at"] for r in records}
 
     async def redis_state(self, event_ids: Sequence[str]) -> InventoryState:
         """What Redis should hold of these events' inventories: their pools' counters and blocked seats."""

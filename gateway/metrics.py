@@ -123,6 +123,18 @@ EVENT_LOOP_LAG_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 WORKERS = Gauge("gateway_workers", "Worker processes serving.", multiprocess_mode="livesum")
+STREAM_SUBSCRIBERS = Gauge(
+    "gateway_stream_subscribers", "Open live availability streams.", multiprocess_mode="livesum"
+)
+STREAM_MESSAGES = Counter(
+    "gateway_stream_messages", "Messages sent on live availability streams, by type.", ["type"]
+)
+STREAM_RESYNCS = Counter(
+    "gateway_stream_resyncs",
+    "Fresh snapshots sent to a stream already open, by why: it fell behind, the event's inventory changed, "
+    "or the worker skipped part of the hold event feed.",
+    ["reason"],
+)
 
 
 class _HttpSeries:

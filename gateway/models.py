@@ -437,3 +437,24 @@ class Availability(msgspec.Struct, frozen=True, kw_only=True):
     seats: SeatCounts
     pools: list[PoolAvailability]
     limits: Limits
+
+
+class StreamSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A live stream's `snapshot` message: the event as it is. The first message of a stream (unless it
+    resumed), and again whenever the stream must start over (it fell behind, or the inventory changed)."""
+
+    event_id: str
+    # As GET /v1/events/{event_id}/availability shows it; null for an event without an inventory.
+    availability: Availability | None
+    # The seats that are not free (held, confirmed, blocked), by seat id; a seat not listed is free.
+    seats: dict[str, SlotStateName]
+
+
+class StreamChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """A live stream's `changes` message: what changed since the message before it."""
+
+    event_id: str
+    # The seats whose state changed, with their state now (`free` included).
+    seats: dict[str, SlotStateName]
+    # Every pool of the event, as the availability shows them, when any pool's counts changed; else [].
+    pools: list[PoolAvailability]

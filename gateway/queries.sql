@@ -989,3 +989,23 @@ WITH oldest AS (
     RETURNING 1
 )
 SELECT count(*) FROM purged;
+
+-- event_seat_states --
+-- The seats of event $1 that are not free, for anyone's seat map (the live stream's snapshot): seat ids and
+-- states only, never a hold id or a holder. Live seats (held and not lapsed, or confirmed) through
+-- hold_slots_one_active_hold, as event_slots reads them, then the inventory's blocked seats through
+-- inventory_seats_blocked_idx. A seat not listed is free.
+SELECT hs.slot_id AS seat_id, hs.status AS state
+FROM hold_slots AS hs
+WHERE hs.event_id = $1
+  AND hs.status IN ('held', 'confirmed')
+  AND NOT (hs.status = 'held' AND hs.expires_at <= now())
+UNION ALL
+SELECT s.seat_id, 'blocked' AS state
+FROM inventory_seats AS s
+WHERE s.event_id = $1 AND s.blocked_reason IS NOT NULL;
+
+-- inventory_versions --
+-- When each of events $1's inventories last changed (seats, pools, limits, blocks); events without one are
+-- left out. The live streams compare it to learn of changes the hold event feed does not carry.
+SELECT event_id, updated_at FROM event_inventories WHERE event_id = ANY($1::text[]);

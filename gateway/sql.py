@@ -72,6 +72,8 @@ NUMBER_HOLD_EVENTS: Final = QUERIES["number_hold_events"]
 HOLD_EVENTS_HEAD: Final = QUERIES["hold_events_head"]
 HOLD_EVENTS_AFTER: Final = QUERIES["hold_events_after"]
 PURGE_HOLD_EVENTS: Final = QUERIES["purge_hold_events"]
+EVENT_SEAT_STATES: Final = QUERIES["event_seat_states"]
+INVENTORY_VERSIONS: Final = QUERIES["inventory_versions"]
 
 # Constraint names the store compares driver errors with (see db/migrations).
 ONE_ACTIVE_HOLD_PER_SLOT: Final = "hold_slots_one_active_hold"
