@@ -44,7 +44,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     # The one place each backend is spoken to.
     ("adapters", {"inventory_store", "redis_front", "store"}),
     # The decisions, with the backends behind them.
-    ("services", {"availability", "client_keys", "lease_sync", "holds", "ops", "sweeper"}),
+    (
+        "services",
+        {"availability", "client_keys", "hold_events", "lease_sync", "holds", "ops", "streams", "sweeper"},
+    ),
     # Routes, problem documents, the request middleware.
     (
         "HTTP",
@@ -59,6 +62,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api.problems",
             "api.schema",
             "api.slots",
+            "api.hold_events",
+            "api.streams",
             "observability",
         },
     ),

@@ -276,3 +276,58 @@ async def test_retention_and_purge_reach_rows_by_index(database_url: str, mode: 
         purge, "idempotency_keys"
     )
     assert accesses(purge, "holds") == {"holds_pkey"}, json.dumps(purge, indent=1)
+
+
+@pytest.mark.parametrize("mode", PLAN_CACHE_MODES)
+async def test_a_stream_snapshot_reads_live_and_blocked_seats_only(database_url: str, mode: str) -> None:
+    """The live stream's snapshot (event_seat_states) reads the event's live seats through
+    hold_slots_one_active_hold, as the seat map does, and its blocked seats through
+    inventory_seats_blocked_idx: neither the event's history nor its sellable seats."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO holds (id, token, event_id, holder, slots, status, created_at, expires_at)
+            SELECT 'old-' || i, 'old-token-' || i, 'show-42', 'h', ARRAY['A-' || (i % 500)], 'expired',
+                   now() - interval '1 day', now() - interval '1 day' + interval '5 minutes'
+            FROM generate_series(1, 20000) AS i
+            """
+        )
+        await conn.execute(
+            "INSERT INTO hold_slots (hold_id, event_id, slot_id, status, expires_at)"
+            " SELECT id, event_id, slots[1], status, expires_at FROM holds"
+        )
+        await conn.executemany(
+            sql.CLAIM_HOLD,
+            [
+                claim_args(f"h{i}", f"t{i}", "show-42", "x", [s], 600_000, None, None, "")
+                for i, s in enumerate(["A-5", "A-6", "A-7"])
+            ],
+        )
+        await conn.execute(sql.CONFIRM_HOLD, "h2", "x", "")
+        # The inventory after the claims: the claims here are the open event's plain ones.
+        await conn.execute("INSERT INTO event_inventories (event_id, seats_total) VALUES ('show-42', 20000)")
+        await conn.execute(
+            "INSERT INTO inventory_seats (event_id, seat_id, blocked_reason, blocked_at)"
+            " SELECT 'show-42', 'A-' || i, CASE WHEN i < 3 THEN 'desk' END, CASE WHEN i < 3 THEN now() END"
+            " FROM generate_series(0, 19999) AS i"
+        )
+        await conn.execute("ANALYZE")
+        plan = await plan_of(conn, "event_seat_states", ("show-42",), mode, analyze=True)
+        states = await conn.fetch(sql.EVENT_SEAT_STATES, "show-42")
+    finally:
+        await conn.close()
+
+    assert accesses(plan, "hold_slots") == {sql.ONE_ACTIVE_HOLD_PER_SLOT}, json.dumps(plan, indent=1)
+    assert accesses(plan, "inventory_seats") == {"inventory_seats_blocked_idx"}, json.dumps(plan, indent=1)
+    for node in nodes(plan):
+        if node.get("Relation Name") in ("hold_slots", "inventory_seats"):
+            assert node["Actual Rows"] == 3, json.dumps(plan, indent=1)
+    assert {(r["seat_id"], r["state"]) for r in states} == {
+        ("A-0", "blocked"),
+        ("A-1", "blocked"),
+        ("A-2", "blocked"),
+        ("A-5", "held"),
+        ("A-6", "held"),
+        ("A-7", "confirmed"),
+    }

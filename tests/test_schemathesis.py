@@ -56,7 +56,11 @@ OPERATIONS = [
     ("HEAD", "/health"),
     ("GET", "/ready"),
     ("HEAD", "/ready"),
+    ("GET", "/v1/hold-events"),
 ]
+# Documented but not fuzzed: each answer to a valid request is a stream that never ends, which a generated
+# case would wait on forever. tests/test_stream.py checks its answers (422, 503, the stream itself).
+NOT_FUZZED = [("GET", "/v1/events/{event_id}/stream")]
 
 # Bounded and derandomized: the same cases on every run, in a few seconds per operation.
 SETTINGS = hypothesis.settings(
@@ -90,7 +94,7 @@ def run_cases(strategy: st.SearchStrategy[Case], base_url: str) -> None:
 async def test_every_served_operation_is_fuzzed(gateway: Gateway) -> None:
     schema = await served_schema(gateway)
     served = {(result.ok().method.upper(), result.ok().path) for result in schema.get_all_operations()}
-    assert served == set(OPERATIONS)
+    assert served == set(OPERATIONS) | set(NOT_FUZZED)
 
 
 def cases_to_run() -> list[Any]:
