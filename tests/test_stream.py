@@ -689,3 +689,33 @@ async def test_httpx_reads_the_stream_too(gateway: Gateway) -> None:
         "seats": {},
     }
     await eventually(lambda: hub_of(gateway).subscribers == 0, "the subscriber removed")
+
+
+async def test_an_id_from_one_worker_resumes_on_another(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """Ids are positions in the one hold event feed, not a worker's counter: a client that lost its stream
+    on one worker resumes on another that watches the event, with the changes it missed."""
+    settings = stream_settings(database_url, redis_url, key_prefix)
+    async with running_gateway(settings) as first, running_gateway(settings) as second:
+        watcher = await SseClient.open(second, "show-12")  # the second worker keeps the event's messages
+        await watcher.wait_for(lambda s: bool(s.events), "snapshot")
+        stream = await SseClient.open(first, "show-12")
+        await stream.wait_for(lambda s: bool(s.events), "snapshot")
+        hold_id = await create_hold(first, {"event_id": "show-12", "slots": ["P-1"], "holder": "wes"})
+        await stream.wait_for(lambda s: s.map.seats == {"P-1": "held"}, "P-1 held")
+        await watcher.wait_for(lambda s: s.map.seats == {"P-1": "held"}, "P-1 held on the second worker")
+        seen = stream.last_id
+        await stream.close()
+
+        await act(first, hold_id, "confirm", "wes")
+        await create_hold(first, {"event_id": "show-12", "slots": ["P-2"], "holder": "wes"})
+        await watcher.wait_for(lambda s: s.map.seats == {"P-1": "confirmed", "P-2": "held"}, "both changes")
+        resumed = await SseClient.open(second, "show-12", last_event_id=str(seen))
+        resumed.map.seats = {"P-1": "held"}
+        await resumed.wait_for(
+            lambda s: s.map.seats == {"P-1": "confirmed", "P-2": "held"}, "the missed changes"
+        )
+        assert [e.type for e in resumed.events] == ["changes"] * len(resumed.events)
+        await resumed.close()
+        await watcher.close()

@@ -121,7 +121,13 @@ class EventStream(Stream):
     description=STREAM_DESCRIPTION,
     tags=["availability"],
     media_type=EVENT_STREAM,
-    responses=problem_specs(422, 503),
+    responses=problem_specs(
+        422,
+        described={
+            503: "too-many-streams: the worker serves as many streams as it may; backend-unavailable: the "
+            "first snapshot could not be read; retry after `Retry-After` seconds"
+        },
+    ),
 )
 async def event_stream(
     state: State,
