@@ -184,7 +184,7 @@ class StreamHub:
         self._channels: dict[str, Channel] = {}
         self._reads = asyncio.Semaphore(READS_AT_ONCE)
         self.position = 0  # the feed position up to which events were applied
-        self._following = False  # position is the feed's (else the hub has not begun: it starts at the head)
+        self._following = False  # whether it has begun (_begin): until then `position` means nothing
         self._subscribers = 0
         self._wanted = asyncio.Event()  # set when someone subscribes
         self._next_inventory_check = 0.0
@@ -342,6 +342,7 @@ class StreamHub:
             self._forget_idle(time.monotonic())
             self._wanted.clear()
             await self._wanted.wait()
+        if not self._following:
             await self._begin()
         if self._feed.head - self.position > CATCH_UP_MAX_EVENTS:
             self._skip_to(self._feed.head)
@@ -359,11 +360,9 @@ class StreamHub:
         self._forget_idle(now)
 
     async def _begin(self) -> None:
-        """Someone subscribed to a hub that was idle. The first time, it starts where its first events began
-        (the head when they were subscribed to); afterwards it reads what it missed, unless that is too much
-        (_pass skips it then)."""
-        if self._following:
-            return
+        """The first subscriber came: the hub starts where its first events began (the head when they were
+        subscribed to). Later, after idle spells, it reads what it missed, unless that is too much (_pass
+        skips it then)."""
         if self._feed.head == 0:
             await self._feed.advance()  # the worker may have just started: learn the head
         begun = [channel.complete_after for channel in self._channels.values()]
