@@ -56,7 +56,6 @@ OPERATIONS = [
     ("HEAD", "/health"),
     ("GET", "/ready"),
     ("HEAD", "/ready"),
-    ("GET", "/v1/hold-events"),
 ]
 # Documented but not fuzzed: each answer to a valid request is a stream that never ends, which a generated
 # case would wait on forever. tests/test_stream.py checks its answers (422, 503, the stream itself).
