@@ -549,6 +549,40 @@ async def test_the_seat_leases_and_pool_entries_follow_each_extension(fronted: G
     assert len(after_later.seat_ends_ms) == len(after_later.pool_scores_ms) == 1
 
 
+async def test_an_extension_never_sets_again_a_lease_or_entry_that_was_released(fronted: Gateway) -> None:
+    """Regression guard for a cancel overtaking an extension between its commit and its Redis step: the cancel
+    releases the lease and the pool entry, and the extension's Redis step must not set them again (a lease
+    of a cancelled hold would turn its seat's next buyers away for the extension's whole life). Here the
+    release runs first, exactly as a cancel's (RedisFront.release); the extension then stretches only what
+    is there: nothing."""
+    gateway = fronted
+    assert (
+        await put_inventory(
+            gateway, "show-1", {"seats": ["A-1"], "pools": [{"pool_id": "floor", "capacity": 5}]}
+        )
+    ).status_code == 200
+    created = await hold_items(
+        gateway, [{"event_id": "show-1", "slots": ["A-1"]}, pool("show-1", "floor", 2)], ttl_seconds=10
+    )
+    assert created.status_code == 201, created.text
+    hold = created.json()
+    front = gateway.service.front
+    assert front is not None
+    lease = front.lease("show-1", ["A-1"], await token_of(gateway, hold["id"]), "alice", [("floor", 2)])
+    view = await RedisView.of(gateway, hold)
+    try:
+        held = await view.expiries()
+        assert await front.release(lease) == 2  # the seat lease and the pool entry
+        extended = await extend(gateway, hold, 50)
+        after = await view.expiries()
+    finally:
+        await view.close()
+
+    assert None not in [*held.seat_ends_ms, *held.pool_scores_ms], held
+    assert extended.status_code == 200, extended.text
+    assert after == RedisExpiries([None], [None])
+
+
 async def test_a_redis_failure_after_the_commit_does_not_fail_the_extension(
     proxied_gateway: Gateway, redis_proxy: FaultProxy
 ) -> None:
