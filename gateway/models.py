@@ -155,7 +155,9 @@ class ExtendHold(HolderAction, frozen=True, kw_only=True, forbid_unknown_fields=
     """An extension: the hold's new expiry is now + `ttl_seconds` (the creation's range), which may be earlier
     than its current one, and never past created_at + max_hold_lifetime_s."""
 
-    ttl_seconds: int
+    ttl_seconds: Annotated[
+        int, Meta(description="seconds from now, by the database's clock (GATEWAY_MIN_TTL_S to _MAX_TTL_S)")
+    ]
 
 
 class HoldItemView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -148,7 +148,8 @@ _EXTEND_RESPONSES = problem_specs(
     503,
     described={
         409: "invalid-transition, with `current_status`, when the hold is not held (expired, confirmed or "
-        "cancelled); lifetime-exceeded, with `max_expires_at`, when the new expiry would pass it"
+        "cancelled); lifetime-exceeded, with `max_expires_at` (its created_at + "
+        "GATEWAY_MAX_HOLD_LIFETIME_S), when now + `ttl_seconds` would pass that"
     },
 )
 
