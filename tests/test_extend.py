@@ -225,7 +225,7 @@ async def test_an_extension_writes_hold_extended_with_the_new_expiry(either: Gat
 
 
 async def test_an_extension_may_move_the_expiry_earlier(either: Gateway) -> None:
-    """now + ttl_seconds, as written: a hold of 60 s extended by 5 s now ends sooner, and its seat goes to a
+    """now + ttl_seconds, as written: a hold of 60 s extended by 2 s now ends sooner, and its seat goes to a
     rival once that earlier expiry has passed."""
     gateway = either
     hold = await create(gateway, ["A-1"], ttl_s=60)
@@ -628,6 +628,7 @@ async def test_an_extended_pool_hold_keeps_its_units_past_the_old_expiry(either:
     extended = await extend(gateway, hold, 6)
     assert extended.status_code == 200, extended.text
     new_expiry = datetime.fromisoformat(extended.json()["expires_at"])
+    assert (await stored(gateway, hold["id"])).pool_expiries == [new_expiry]
 
     await sleep_until(expiry(hold) + timedelta(milliseconds=300))
     clock = await db_clock(gateway)
@@ -751,11 +752,16 @@ async def fx_any_gateway(
         yield gateway
 
 
-ROUNDS = 40
-# Each round fires at its hold's expires_at + its offset. Spread evenly from 400 ms before to 200 ms after: a
-# request that reaches Postgres late (a busy machine) only moves its round's outcome towards the rival, so the
-# earliest rounds still see extensions win and the latest always see rivals win.
-OFFSETS_S = [-0.4 + 0.6 * k / (ROUNDS - 1) for k in range(ROUNDS)]
+def spread(first_s: float, last_s: float, count: int) -> list[float]:
+    return [first_s + (last_s - first_s) * k / (count - 1) for k in range(count)]
+
+
+# Each round fires at its hold's expires_at + its offset: 24 of them within 50 ms of it, 4 ms apart, where
+# the two requests meet at the edge; 8 from 400 ms before and 8 to 200 ms after. A request that reaches
+# Postgres late (a busy machine) only moves its round's outcome towards the rival, so the earliest rounds
+# still see extensions win and the latest always see rivals win.
+OFFSETS_S = [*spread(-0.4, -0.06, 8), *spread(-0.05, 0.05, 24), *spread(0.06, 0.2, 8)]
+ROUNDS = len(OFFSETS_S)
 ROUNDS_PER_S = 10
 # A rival refused at the barrier asks again this long after the old expiry: by then the seat is free unless
 # the extension won, so every round has exactly one winner, not also "both refused" (a rival that asked just
@@ -781,10 +787,10 @@ class Round:
 
 async def test_extend_racing_a_rival_at_expiry_has_exactly_one_winner(any_gateway: Gateway) -> None:
     """40 rounds, each on a seat of its own: a hold of 1 s, then at its expiry (from 400 ms before to 200 ms
-    after) an extension and a rival's claim of the seat released together behind a barrier; a rival refused
-    asks again once the old expiry has passed. In every round exactly one wins: the extension (200, and every
-    rival 409) or the rival (201, and the extension 409 `expired`); never both, never neither. Postgres then
-    shows one live hold per seat, the winner's."""
+    after, most within 50 ms of it) an extension and a rival's claim of the seat released together behind a
+    barrier; a rival refused asks again once the old expiry has passed. In every round exactly one wins: the
+    extension (200, and every rival 409) or the rival (201, and the extension 409 `expired`); never both,
+    never neither. Postgres then shows one live hold per seat, the winner's."""
     gateway = any_gateway
 
     async def one(k: int) -> Round:
