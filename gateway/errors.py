@@ -1,6 +1,7 @@
 """Domain errors. Each knows its HTTP status and problem type; one handler renders them as problem+json."""
 
 import random
+from datetime import datetime
 from typing import ClassVar
 
 PROBLEM_TYPE_BASE = "/problems/"
@@ -193,6 +194,21 @@ class InvalidTransition(GatewayError):
 
     def __init__(self, action: str, current_status: str) -> None:
         super().__init__(f"cannot {action} a hold that is {current_status}", current_status=current_status)
+
+
+class LifetimeExceeded(GatewayError):
+    """The new expiry would pass the longest life of the hold (created_at + max_hold_lifetime_s)."""
+
+    status_code = 409
+    problem = "lifetime-exceeded"
+    title = "Lifetime exceeded"
+
+    def __init__(self, max_expires_at: datetime) -> None:
+        super().__init__(
+            f"a hold lives until {max_expires_at.isoformat()} at the latest (its created_at + the longest "
+            "life of a hold); ask for a shorter ttl_seconds",
+            max_expires_at=max_expires_at,
+        )
 
 
 class IdempotencyKeyReused(GatewayError):

@@ -1,5 +1,5 @@
-"""The hold service: create, confirm, cancel and read. Redis first, then Postgres; Postgres alone when Redis
-is down.
+"""The hold service: create, extend, confirm, cancel and read. Redis first, then Postgres; Postgres alone
+when Redis is down.
 
 Create: validate; take pending leases in Redis (a rival's lease is a 409 with no database work); claim in
 Postgres, whose partial unique index decides. Then one of two stories: won (stretch the leases to the
@@ -29,6 +29,7 @@ from gateway.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
     InvalidTransition,
+    LifetimeExceeded,
     NotHolder,
     OutcomeUnknown,
     RetryLater,
@@ -469,6 +470,60 @@ class HoldService:
                     lease, self.settings.confirmed_lease_ms, set_missing=False, confirmed=True
                 )
         return hold.to_model()
+
+    async def extend(self, hold_id: str, holder: str, ttl_s: int, client_key_id: str = "") -> Hold:
+        """Move a live held hold's expiry to now + `ttl_s` (by Postgres's clock), within the creation's TTL
+        range and never past created_at + max_hold_lifetime_s; then its leases and pool entries in Redis."""
+        settings = self.settings
+        if not settings.min_ttl_s <= ttl_s <= settings.max_ttl_s:
+            raise InvalidRequest(
+                f"`ttl_seconds` must be between {settings.min_ttl_s} and {settings.max_ttl_s}, got {ttl_s}"
+            )
+        note_request(hold_id=hold_id, layer="postgres")
+        sent_at = time.monotonic()
+        extension = await self.store.extend(
+            hold_id,
+            holder,
+            client_key_id,
+            ttl_ms=ttl_s * 1000,
+            max_lifetime_ms=settings.max_hold_lifetime_s * 1000,
+        )
+        if extension is None:
+            raise HoldNotFound()
+        hold = extension.hold
+        if hold.holder != holder:
+            raise NotHolder()
+        if not extension.changed:
+            if extension.live:
+                raise LifetimeExceeded(extension.max_expires_at)
+            # Held by its row yet not live: lapsed (a claim takes a seat or units over only once it has).
+            raise InvalidTransition("extend", "expired" if hold.status == "held" else hold.status)
+        metrics.HOLDS_EXTENDED.inc()
+        log.info(
+            "hold %s extended",
+            hold.id,
+            extra={
+                "hold_id": hold.id,
+                "expires_at": hold.expires_at.isoformat(),
+                "extensions": hold.extensions,
+            },
+        )
+        if self.front is not None:
+            await self._stretch_leases(self.front, hold, sent_at)
+        return hold.to_model()
+
+    async def _stretch_leases(self, front: RedisFront, hold: HoldRow, sent_at: float) -> None:
+        """After an extension's commit: the seat leases and pool entries get the hold's new remaining life.
+        Stretch only (a cancel that overtook this extension has released them, and they must stay released);
+        a lease shorter than its hold only sends a rival on to Postgres, which refuses it. Best effort, as
+        every Redis step after a commit: Postgres has the final word."""
+        leases = self._leases(front, hold)
+        ttl_ms = lease_ttl_ms(hold.remaining_ms, sent_at)
+        if ttl_ms <= 0:
+            await self._release_all(leases)  # over already (a very late answer): no lease at all
+            return
+        for lease in leases:
+            await front.extend(lease, ttl_ms, set_missing=False)
 
     async def cancel(self, hold_id: str, holder: str, client_key_id: str = "") -> Hold:
         hold, changed = await self._transition("cancel", hold_id, holder, client_key_id)

@@ -58,6 +58,7 @@ HOLD_REJECTIONS = Counter(
 )
 HOLDS_CONFIRMED = Counter("gateway_holds_confirmed", "Holds confirmed.")
 HOLDS_CANCELLED = Counter("gateway_holds_cancelled", "Holds cancelled.")
+HOLDS_EXTENDED = Counter("gateway_holds_extended", "Holds extended (each successful extension counts).")
 HOLDS_EXPIRED = Counter("gateway_holds_expired", "Holds marked expired by the sweeper.")
 HOLD_LIFETIME_SECONDS = Histogram(
     "gateway_hold_lifetime_seconds",

@@ -151,6 +151,15 @@ class HolderAction(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
         force_setattr(self, "holder", holder_text(self.holder))
 
 
+class ExtendHold(HolderAction, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An extension: the hold's new expiry is now + `ttl_seconds` (the creation's range), which may be earlier
+    than its current one, and never past created_at + max_hold_lifetime_s."""
+
+    ttl_seconds: Annotated[
+        int, Meta(description="seconds from now, by the database's clock (GATEWAY_MIN_TTL_S to _MAX_TTL_S)")
+    ]
+
+
 class HoldItemView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """An item of a hold as shown: {event_id, slots} or {event_id, pool_id, quantity}."""
 
@@ -247,6 +256,9 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     # that could not be granted
     unavailable: list[dict[str, str | int]] | None = None
     current_status: HoldStatus | None = None  # invalid-transition: the hold's status
+    # lifetime-exceeded: the latest expires_at an extension may give the hold, its created_at +
+    # max_hold_lifetime_s
+    max_expires_at: datetime | None = None
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

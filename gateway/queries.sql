@@ -426,6 +426,92 @@ SELECT j.id, j.token, j.event_id, j.holder, j.slots,
 FROM judged AS j
 LEFT JOIN cancelled ON cancelled.id = j.id;
 
+-- extend_hold --
+-- Move a live held hold's expiry to now + $4 ms (earlier or later than it was), in one statement, unless that
+-- passes its created_at + $5 ms (the lifetime cap). Locks as confirm_hold does: the hold row, then its seat
+-- rows in seat order, then its pools' rows, then its pool rows; and, as confirm_hold, extends only if the hold
+-- still owns every seat and its units once every lock is held, judged by the clock read then (a claim may have
+-- taken over a seat, or given its units back, the instant the hold lapsed). Sets expires_at on the hold, its
+-- live seat rows and its pool rows (claims and the sweeper read theirs), counts the extension, and writes
+-- `hold.extended`. $1 hold id, $2 holder, $3 the caller's client key id (a hold of another client key reads
+-- as unknown), $4 ttl ms, $5 the longest life of a hold, ms.
+-- Returns no row for an unknown id; `changed` says whether this call extended it; if not, `live` says whether
+-- the hold was live and its seats' and units' owner (then the cap refused it; `max_expires_at` is the cap).
+WITH target AS (
+    SELECT id, token, event_id, holder, slots, status, created_at, expires_at, confirmed_at, cancelled_at,
+           client_key_id, items, seat_count, extensions
+    FROM holds
+    WHERE id = $1 AND client_key_id = $3
+    FOR UPDATE
+), owned AS (
+    -- By the primary key's prefix, status tested on the locked rows, as in confirm_hold.
+    SELECT hs.hold_id, hs.event_id, hs.slot_id, hs.status
+    FROM hold_slots AS hs
+    WHERE hs.hold_id = (SELECT id FROM target)
+    ORDER BY hs.event_id, hs.slot_id
+    FOR UPDATE
+), pools AS (
+    SELECT p.event_id, p.pool_id
+    FROM inventory_pools AS p
+    -- After the seat rows (`owned`): every statement locks seats, then pools, then pool rows. A claim gives a
+    -- lapsed hold's units back under the pool row's lock, so it and this extension take turns there.
+    WHERE (SELECT count(*) FROM owned) >= 0 AND (p.event_id, p.pool_id) IN (
+        SELECT hp.event_id, hp.pool_id FROM hold_pools AS hp WHERE hp.hold_id = (SELECT id FROM target)
+    )
+    ORDER BY p.event_id, p.pool_id
+    FOR UPDATE OF p
+), owned_units AS (
+    SELECT hp.hold_id, hp.event_id, hp.pool_id, hp.status
+    FROM hold_pools AS hp
+    WHERE hp.hold_id = (SELECT id FROM target) AND (SELECT count(*) FROM pools) >= 0
+    ORDER BY hp.event_id, hp.pool_id
+    FOR UPDATE
+), locked AS (
+    -- Aggregates over the locked rows: the clock reading comes after the last lock was granted.
+    SELECT (SELECT count(*) FILTER (WHERE status = 'held') FROM owned) AS held_slots,
+           (SELECT count(*) FILTER (WHERE status <> 'held') FROM owned_units) AS units_gone,
+           clock_timestamp() AS at
+), judged AS (
+    SELECT t.id, t.holder = $2 AS by_holder,
+           t.status = 'held' AND t.expires_at > locked.at
+             AND coalesce(t.seat_count, cardinality(t.slots)) = locked.held_slots AND locked.units_gone = 0
+             AS live,
+           locked.at + $4 * interval '1 millisecond' AS new_expires_at,
+           t.created_at + $5 * interval '1 millisecond' AS max_expires_at
+    FROM target AS t, locked
+), allowed AS (
+    SELECT id, new_expires_at FROM judged WHERE by_holder AND live AND new_expires_at <= max_expires_at
+), extended_slots AS (
+    UPDATE hold_slots AS hs SET expires_at = allowed.new_expires_at
+    FROM owned, allowed
+    WHERE hs.hold_id = owned.hold_id AND hs.event_id = owned.event_id AND hs.slot_id = owned.slot_id
+      AND owned.status = 'held' AND owned.hold_id = allowed.id
+), extended_units AS (
+    UPDATE hold_pools AS hp SET expires_at = allowed.new_expires_at
+    FROM owned_units AS u, allowed
+    WHERE hp.hold_id = u.hold_id AND hp.event_id = u.event_id AND hp.pool_id = u.pool_id
+      AND u.hold_id = allowed.id
+), extended AS (
+    UPDATE holds AS h SET expires_at = allowed.new_expires_at, extensions = h.extensions + 1
+    FROM allowed
+    WHERE h.id = allowed.id
+    RETURNING h.*
+), event AS (
+    INSERT INTO hold_events (type, hold_id, occurred_at, hold)
+    SELECT 'hold.extended', e.id, (SELECT at FROM locked), to_jsonb(e) - 'token' FROM extended AS e
+)
+-- `target` is the row as locked (its latest version); the statement's snapshot may be older.
+SELECT t.id, t.token, t.event_id, t.holder, t.slots, t.status, t.created_at,
+       coalesce(extended.expires_at, t.expires_at) AS expires_at,
+       t.confirmed_at, t.cancelled_at, t.client_key_id, t.items, t.seat_count,
+       coalesce(extended.extensions, t.extensions) AS extensions,
+       (SELECT at FROM locked) AS db_now,
+       extended.id IS NOT NULL AS changed,
+       j.live, j.max_expires_at
+FROM target AS t
+JOIN judged AS j ON j.id = t.id
+LEFT JOIN extended ON extended.id = t.id;
+
 -- slot_state --
 -- One seat: the live hold on it, if any, and what the event's inventory says of it (whether the event has
 -- one, and whether it lists and blocks the seat). Always one row. $1 event id, $2 seat id.

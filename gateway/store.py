@@ -266,6 +266,16 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
+class Extension:
+    hold: HoldRow  # afterwards, with the clock read once every lock was held as its db_now
+    changed: bool  # whether this call extended it
+    # Whether the hold was held, not lapsed, and still the owner of its seats and units when judged: if so and
+    # not `changed`, the lifetime cap refused the new expiry (or another holder asked).
+    live: bool
+    max_expires_at: datetime  # created_at + the longest life of a hold
+
+
+@dataclass(frozen=True, slots=True)
 class SlotRow:
     hold_id: str | None  # the live hold on the seat, if any
     status: HoldStatus | None
@@ -528,6 +538,21 @@ class Store:
         release it attempts itself."""
         return await self._transition(
             "cancel_hold", sql.CANCEL_HOLD, hold_id, holder, lease_release_due, client_key_id
+        )
+
+    async def extend(
+        self, hold_id: str, holder: str, client_key_id: str, *, ttl_ms: int, max_lifetime_ms: int
+    ) -> Extension | None:
+        """Move the hold's expiry to now + `ttl_ms`, unless that passes created_at + `max_lifetime_ms`; None
+        if no hold of this client key has this id."""
+        async with self._connection("extend_hold") as conn:
+            record = await conn.fetchrow(
+                sql.EXTEND_HOLD, hold_id, holder, client_key_id, ttl_ms, max_lifetime_ms
+            )
+        if record is None:
+            return None
+        return Extension(
+            HoldRow.from_record(record), record["changed"], record["live"], record["max_expires_at"]
         )
 
     async def _transition(self, name: str, query: str, hold_id: str, *args: object) -> Transition | None:

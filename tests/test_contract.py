@@ -299,6 +299,7 @@ async def test_openapi_schema_is_served(gateway: Gateway) -> None:
     assert {
         "/v1/holds",
         "/v1/holds/{hold_id}",
+        "/v1/holds/{hold_id}/extend",
         "/v1/holds/{hold_id}/confirm",
         "/v1/holds/{hold_id}/cancel",
         "/v1/events/{event_id}/slots/{slot_id}",

@@ -24,6 +24,8 @@ from tests.support import Gateway, redis_keys, row_counts
 
 GOOD: dict[str, Any] = {"event_id": "show-1", "slots": ["A-1"], "holder": "alice"}
 NO_ROWS = {"holds": 0, "hold_slots": 0, "idempotency_keys": 0}
+# What a hold action's body needs besides `holder`, as JSON text to append inside the object.
+EXTRA_FIELDS = {"extend": b', "ttl_seconds": 30', "confirm": b"", "cancel": b""}
 TRICKLE_INTERVAL_S = 0.1  # a byte every 100 ms
 
 
@@ -315,14 +317,14 @@ async def test_a_body_that_is_not_json_by_its_content_type_is_415(
     await assert_nothing_written(gateway)
 
 
-@pytest.mark.parametrize("action", ["confirm", "cancel"])
+@pytest.mark.parametrize("action", ["extend", "confirm", "cancel"])
 async def test_a_transition_body_declared_as_a_form_is_415(gateway: Gateway, action: str) -> None:
     """`curl -d` sends application/x-www-form-urlencoded unless told otherwise."""
     hold = (await gateway.hold("show-1", ["A-1"])).json()
 
     response = await gateway.client.post(
         f"/v1/holds/{hold['id']}/{action}",
-        content=b'{"holder": "alice"}',
+        content=b'{"holder": "alice"' + EXTRA_FIELDS[action] + b"}",
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
 
@@ -425,7 +427,7 @@ async def test_lone_surrogates_and_nul_are_422_naming_the_field(
 
 
 @pytest.mark.parametrize("escape", ["\\ud800", "\\u0000"], ids=["surrogate", "NUL"])
-@pytest.mark.parametrize("action", ["confirm", "cancel"])
+@pytest.mark.parametrize("action", ["extend", "confirm", "cancel"])
 async def test_lone_surrogate_or_nul_in_a_transition_holder_is_422(
     gateway: Gateway, action: str, escape: str
 ) -> None:
@@ -433,7 +435,7 @@ async def test_lone_surrogate_or_nul_in_a_transition_holder_is_422(
 
     response = await gateway.client.post(
         f"/v1/holds/{hold['id']}/{action}",
-        content=f'{{"holder": "alice{escape}"}}'.encode(),
+        content=f'{{"holder": "alice{escape}"'.encode() + EXTRA_FIELDS[action] + b"}",
         headers={"content-type": "application/json"},
     )
 
@@ -616,7 +618,7 @@ def assert_no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.mark.parametrize("where", ["unknown field", "slots"])
-@pytest.mark.parametrize("action", ["create", "confirm", "cancel"])
+@pytest.mark.parametrize("action", ["create", "extend", "confirm", "cancel"])
 async def test_a_body_nested_a_thousand_deep_is_422_and_writes_nothing(
     gateway: Gateway, action: str, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -630,7 +632,7 @@ async def test_a_body_nested_a_thousand_deep_is_422_and_writes_nothing(
     else:
         hold = (await gateway.hold("show-1", ["A-1"])).json()
         path, before = f"/v1/holds/{hold['id']}/{action}", await written(gateway)
-        body = b"{" + deep_field + b', "holder": "alice"}'
+        body = b"{" + deep_field + b', "holder": "alice"' + EXTRA_FIELDS[action] + b"}"
 
     response = await gateway.client.post(path, content=body, headers={"content-type": "application/json"})
 
@@ -689,8 +691,9 @@ async def test_a_holder_that_could_pass_for_another_is_422_naming_holder(
     await assert_nothing_written(gateway)
 
     hold = (await gateway.hold("show-1", ["A-1"])).json()
-    for action in ("confirm", "cancel"):
-        response = await gateway.client.post(f"/v1/holds/{hold['id']}/{action}", json={"holder": holder})
+    for action in ("extend", "confirm", "cancel"):
+        body = {"holder": holder} | ({"ttl_seconds": 30} if action == "extend" else {})
+        response = await gateway.client.post(f"/v1/holds/{hold['id']}/{action}", json=body)
         assert_problem(response, 422, "holder")
     assert (await gateway.client.get(f"/v1/holds/{hold['id']}")).json()["status"] == "held"
     listed = await gateway.client.get("/v1/holds", params={"holder": holder})

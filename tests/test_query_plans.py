@@ -156,7 +156,7 @@ async def test_a_claim_reads_its_own_seats_only_however_many_are_live(database_u
                 assert node.get("Actual Rows", 0) <= 2, f"{name}:\n{json.dumps(plan, indent=1)}"
 
 
-async def test_confirm_cancel_and_expire_find_slot_rows_by_primary_key(database_url: str) -> None:
+async def test_confirm_cancel_extend_and_expire_find_slot_rows_by_primary_key(database_url: str) -> None:
     """Regression: on a new database (no statistics yet), confirm read the whole of the partial unique
     index for every call, so confirms slowed down as live holds piled up."""
     conn = await asyncpg.connect(database_url)
@@ -168,6 +168,7 @@ async def test_confirm_cancel_and_expire_find_slot_rows_by_primary_key(database_
             for name, args in (
                 ("confirm_hold", ("h7", "x", "")),
                 ("cancel_hold", ("h7", "x", True, "")),
+                ("extend_hold", ("h7", "x", "", 60_000, 7_200_000)),
                 ("expire_holds", (100,)),
             )
         }

@@ -37,6 +37,7 @@ OPERATIONS = [
     ("POST", "/v1/holds"),
     ("GET", "/v1/holds"),
     ("GET", "/v1/holds/{hold_id}"),
+    ("POST", "/v1/holds/{hold_id}/extend"),
     ("POST", "/v1/holds/{hold_id}/confirm"),
     ("POST", "/v1/holds/{hold_id}/cancel"),
     ("GET", "/v1/events/{event_id}/slots"),
@@ -102,6 +103,7 @@ def cases_to_run() -> list[Any]:
     negatable = {
         ("POST", "/v1/holds"),
         ("GET", "/v1/holds"),
+        ("POST", "/v1/holds/{hold_id}/extend"),
         ("POST", "/v1/holds/{hold_id}/confirm"),
         ("POST", "/v1/holds/{hold_id}/cancel"),
         ("GET", "/v1/events/{event_id}/slots"),

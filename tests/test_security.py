@@ -48,7 +48,8 @@ async def hold(gateway: Gateway, slot: str, holder: str, headers: dict[str, str]
 
 async def act(gateway: Gateway, hold_id: str, action: str, holder: str, headers: dict[str, str]) -> int:
     path = f"/v1/holds/{hold_id}/{action}"
-    return (await gateway.client.post(path, json={"holder": holder}, headers=headers)).status_code
+    body = {"holder": holder} | ({"ttl_seconds": 60} if action == "extend" else {})
+    return (await gateway.client.post(path, json=body, headers=headers)).status_code
 
 
 async def statuses_in_postgres(gateway: Gateway, hold_ids: list[str]) -> list[str]:
@@ -74,12 +75,14 @@ async def test_strangers_cannot_find_a_hold_to_cancel_without_client_keys(guarde
     slot_reads = [await client.get(f"/v1/events/show-1/slots/A-{i}") for i in range(10)]
     listing = await client.get("/v1/holds?event_id=show-1")
     found = "\n".join(r.text for r in [seat_map, listing, *slot_reads])
-    guessed = [await act(guarded, "A" * 22, action, "victim-0", {}) for action in ("cancel", "confirm")]
+    guessed = [
+        await act(guarded, "A" * 22, action, "victim-0", {}) for action in ("cancel", "confirm", "extend")
+    ]
 
     assert (seat_map.status_code, listing.status_code) == (401, 401)
     assert {r.json()["state"] for r in slot_reads} == {"held", "confirmed"}
     assert not any(v["id"] in found or v["holder"] in found for v in victims)
-    assert guessed == [404, 404]
+    assert guessed == [404, 404, 404]
     expected = ["confirmed"] * 5 + ["held"] * 5
     assert await statuses_in_postgres(guarded, [v["id"] for v in victims]) == expected
 
@@ -97,11 +100,13 @@ async def test_with_client_keys_a_hold_belongs_to_the_key_that_made_it(guarded: 
         (await guarded.client.get(f"/v1/holds/{hold_id}")).status_code,
         await act(guarded, hold_id, "cancel", "alice", {}),
         await act(guarded, hold_id, "cancel", "alice", bearer("gwk_" + "x" * 43)),
+        await act(guarded, hold_id, "extend", "alice", {}),
     ]
     other_key = [
         (await guarded.client.get(f"/v1/holds/{hold_id}", headers=bearer(rival["key"]))).status_code,
         await act(guarded, hold_id, "confirm", "alice", bearer(rival["key"])),
         await act(guarded, hold_id, "cancel", "alice", bearer(rival["key"])),
+        await act(guarded, hold_id, "extend", "alice", bearer(rival["key"])),
         # The same holder and slots with another key is no retry of this hold: 409, and no id in it.
         (await hold(guarded, "A-1", "alice", bearer(rival["key"]))).status_code,
     ]
@@ -109,16 +114,17 @@ async def test_with_client_keys_a_hold_belongs_to_the_key_that_made_it(guarded: 
         (await guarded.client.get(f"/v1/holds/{hold_id}", headers=OPS)).status_code,
         (await hold(guarded, "A-3", "ops", OPS)).status_code,
         await act(guarded, hold_id, "cancel", "alice", OPS),
+        await act(guarded, hold_id, "extend", "alice", OPS),
     ]
     own = (await guarded.client.get(f"/v1/holds/{hold_id}", headers=bearer(shop["key"]))).json()
     problem = (await hold(guarded, "A-2", "mallory", {})).json()
 
     assert created.status_code == 201
-    assert anonymous == [401, 401, 401, 401]
+    assert anonymous == [401, 401, 401, 401, 401]
     assert problem["type"].endswith("/client-key-required")
-    assert other_key == [404, 404, 404, 409]
-    assert ops == [200, 401, 401]
-    assert own["status"] == "held"
+    assert other_key == [404, 404, 404, 404, 409]
+    assert ops == [200, 401, 401, 401]
+    assert (own["status"], own["extensions"]) == ("held", 0)
     assert await statuses_in_postgres(guarded, [hold_id]) == ["held"]
 
 

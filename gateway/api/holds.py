@@ -1,4 +1,5 @@
-"""/v1/holds: create, read, confirm, cancel; and the listing for operations (which needs the ops token)."""
+"""/v1/holds: create, read, extend, confirm, cancel; and the listing for operations (which needs the ops
+token)."""
 
 import itertools
 import operator
@@ -33,6 +34,7 @@ from gateway.models import (
     HOLDER_DESCRIPTION,
     Body,
     CreateHold,
+    ExtendHold,
     Hold,
     HolderAction,
     HoldPage,
@@ -131,6 +133,24 @@ def strict_json_body(model: type[Body]) -> Callable[[AnyRequest], Awaitable[None
 # Confirm and cancel answer these besides 200.
 _TRANSITION_RESPONSES = problem_specs(
     400, 401, 403, 404, 413, 415, 422, 503, described={409: "invalid-transition, with `current_status`"}
+)
+
+
+# Extend answers these besides 200: a transition's, and the lifetime cap's 409.
+_EXTEND_RESPONSES = problem_specs(
+    400,
+    401,
+    403,
+    404,
+    413,
+    415,
+    422,
+    503,
+    described={
+        409: "invalid-transition, with `current_status`, when the hold is not held (expired, confirmed or "
+        "cancelled); lifetime-exceeded, with `max_expires_at` (its created_at + "
+        "GATEWAY_MAX_HOLD_LIFETIME_S), when now + `ttl_seconds` would pass that"
+    },
 )
 
 
@@ -275,6 +295,25 @@ class HoldsController(Controller):
         assert client_key_id is not None  # only a read can be the ops token's
         _check_hold_id(hold_id)
         return await _service(state).confirm(hold_id, data.holder, client_key_id)
+
+    @post(
+        "/{hold_id:str}/extend",
+        status_code=200,
+        summary="Extend a held hold",
+        before_request=strict_json_body(ExtendHold),
+        responses=_EXTEND_RESPONSES,
+        description="Sets the hold's `expires_at` to now + `ttl_seconds` (by the database's clock; the same "
+        "range as at creation), which may be earlier than its current expiry, and counts it in `extensions`. "
+        "Only a held hold that has not lapsed can be extended, and never past its `created_at` + "
+        "GATEWAY_MAX_HOLD_LIFETIME_S: 409 lifetime-exceeded with `max_expires_at`, nothing changed.",
+    )
+    async def extend_hold(
+        self, request: AnyRequest, state: State, hold_id: FromPath[str], data: JSONBody[ExtendHold]
+    ) -> Hold:
+        client_key_id = hold_caller(request)
+        assert client_key_id is not None  # only a read can be the ops token's
+        _check_hold_id(hold_id)
+        return await _service(state).extend(hold_id, data.holder, data.ttl_seconds, client_key_id)
 
     @post(
         "/{hold_id:str}/cancel",
