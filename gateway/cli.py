@@ -1,5 +1,5 @@
 """The `gateway` command: serve (migrating first) and migrate; holds, slot, stats, availability, inventory,
-block and unblock ask a running gateway. Uses argparse: a few flags need no more."""
+block, unblock and webhooks ask a running gateway. Uses argparse: a few flags need no more."""
 
 import argparse
 import asyncio

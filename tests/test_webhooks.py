@@ -6,6 +6,7 @@ to the gateway (a worker killed mid-delivery, two gateways on one database). Rea
 import asyncio
 import base64
 import itertools
+import json
 import re
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from tests.receiver import Answer, Received, Receiver
 from tests.support import Gateway, eventually, released_together, running_gateway, statuses
 from tests.test_cli import clean_env
 from tests.test_faults_postgres import doomed_gateway
+from tests.test_ops_cli import gateway_command
 
 ENDPOINTS = "/v1/webhook-endpoints"
 Json = dict[str, Any]
@@ -587,6 +589,83 @@ async def test_stats_metrics_and_listing_count_deliveries(quick_gateway: Gateway
     assert grew("gateway_webhook_delivery_latency_seconds_count") == 3
     assert metric(after, "gateway_webhook_pending_deliveries") == 0
     assert metric(after, "gateway_webhook_failed_deliveries") == 0
+
+
+# ---- the operator's command ----
+
+
+async def test_the_webhooks_command_adds_lists_redelivers_and_deletes(
+    quick_gateway: Gateway,
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GATEWAY_URL", raising=False)
+    monkeypatch.delenv("GATEWAY_OPS_TOKEN", raising=False)
+    gateway = quick_gateway
+    at = ["--url", gateway.url]
+
+    code, out, err = await gateway_command(capsys, "webhooks", *at, "--add", receiver.url)
+    assert (code, err) == (0, "")
+    added = dict(line.split(None, 1) for line in out.splitlines()[:4])
+    assert added.keys() == {"id", "url", "secret", "created"}
+    assert added["url"] == receiver.url
+    assert added["secret"].startswith("whsec_")
+    assert out.splitlines()[4:] == ["the secret is shown this once: the receiver verifies signatures with it"]
+    endpoint_id = added["id"]
+
+    receiver.secret = added["secret"]
+    receiver.answer = lambda _: Answer(status=500, body=b"nope")
+    await create(gateway, "C-1")
+    await endpoint_when(gateway, lambda e: e["last_error"] is not None)
+    code, out, err = await gateway_command(capsys, "webhooks", *at)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["endpoint", "url", "pending", "delivered", "failed", "last", "error"]
+    row = re.split(r" {2,}", lines[2].strip())
+    assert row[:5] == [endpoint_id, receiver.url, "1", "0", "0"]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d HTTP 500: nope", row[5]), row
+    assert lines[3:] == ["1 webhook endpoint"]
+    code, out, _ = await gateway_command(capsys, "webhooks", *at, "--json")
+    assert [e["id"] for e in json.loads(out)["webhook_endpoints"]] == [endpoint_id]
+
+    # Nothing has failed for good yet, and the one event after 0 is still owed: nothing to do.
+    assert await gateway_command(capsys, "webhooks", *at, "--redeliver", endpoint_id) == (
+        0,
+        "0 deliveries pending again\n",
+        "",
+    )
+    assert await gateway_command(capsys, "webhooks", *at, "--redeliver", endpoint_id, "--after", "0") == (
+        0,
+        "0 deliveries pending again\n",
+        "",
+    )
+    assert await gateway_command(capsys, "webhooks", *at, "--after", "0") == (
+        2,
+        "",
+        "gateway: --after goes with --redeliver\n",
+    )
+    assert await gateway_command(capsys, "webhooks", *at, "--secret", "whsec_x") == (
+        2,
+        "",
+        "gateway: --secret goes with --add\n",
+    )
+    assert await gateway_command(capsys, "webhooks", *at, "--add", "ftp://hooks.example/") == (
+        1,
+        "",
+        "gateway: 422 Invalid request: `url` must be an http or https URL, got scheme 'ftp'\n",
+    )
+    assert await gateway_command(capsys, "webhooks", *at, "--delete", endpoint_id) == (
+        0,
+        f"deleted webhook endpoint {endpoint_id} and the deliveries still owed to it\n",
+        "",
+    )
+    assert await gateway_command(capsys, "webhooks", *at, "--delete", endpoint_id) == (
+        1,
+        "",
+        "gateway: 404 Webhook endpoint not found: No webhook endpoint has this id.\n",
+    )
+    assert await gateway_command(capsys, "webhooks", *at) == (0, "0 webhook endpoints\n", "")
 
 
 # ---- settings ----
