@@ -1063,15 +1063,18 @@ SELECT count(*) FROM made;
 -- endpoint less what this worker has in flight to it ($2 endpoint ids, $3 their counts), so that a hung
 -- endpoint cannot take every slot. Each lease runs $5 seconds, and the attempt is counted (`attempts` is the
 -- lease's token: an outcome is recorded for the attempt that claimed it). Rows another worker is claiming are
--- skipped. Returns each with its endpoint's url and secret and its event (null type: no longer kept).
+-- skipped. Each endpoint's rows are read in its pending index's order, up to its share; the leased rows are
+-- updated by their addresses and their events fetched one probe each (OFFSET 0 keeps that subquery a
+-- per-row probe): a generic plan, which cannot know how few rows $1 asks for, must not hash the whole table.
+-- Returns each with its endpoint's url and secret and its event (null type: no longer kept).
 WITH in_flight AS (
     SELECT * FROM unnest($2::text[], $3::integer[]) AS f (endpoint_id, sending)
 ), due AS (
-    SELECT d.endpoint_id, d.event_id
+    SELECT d.row_id, d.endpoint_id, d.event_id, w.url, w.secret
     FROM webhook_endpoints AS w
     LEFT JOIN in_flight AS f ON f.endpoint_id = w.id
     CROSS JOIN LATERAL (
-        SELECT d.endpoint_id, d.event_id, d.next_attempt_at
+        SELECT d.ctid AS row_id, d.endpoint_id, d.event_id, d.next_attempt_at
         FROM webhook_deliveries AS d
         WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
           AND (d.locked_until IS NULL OR d.locked_until <= now())
@@ -1089,14 +1092,15 @@ WITH in_flight AS (
 ), claimed AS (
     UPDATE webhook_deliveries AS d
     SET locked_until = now() + $5 * interval '1 second', attempts = d.attempts + 1
-    FROM due
-    WHERE d.endpoint_id = due.endpoint_id AND d.event_id = due.event_id
+    WHERE d.ctid = ANY (ARRAY(SELECT row_id FROM due))
     RETURNING d.endpoint_id, d.event_id, d.attempts, d.occurred_at
 )
-SELECT c.endpoint_id, c.event_id, c.attempts, c.occurred_at, w.url, w.secret, e.type, e.hold_id, e.hold
+SELECT c.endpoint_id, c.event_id, c.attempts, c.occurred_at, due.url, due.secret, e.type, e.hold_id, e.hold
 FROM claimed AS c
-JOIN webhook_endpoints AS w ON w.id = c.endpoint_id
-LEFT JOIN hold_events AS e ON e.id = c.event_id
+JOIN due ON due.endpoint_id = c.endpoint_id AND due.event_id = c.event_id
+LEFT JOIN LATERAL (
+    SELECT type, hold_id, hold FROM hold_events WHERE id = c.event_id OFFSET 0
+) AS e ON true
 ORDER BY c.event_id;
 
 -- webhook_delivered --

@@ -41,7 +41,7 @@ CREATE TABLE webhook_deliveries (
 
 -- The claim: an endpoint's due deliveries, soonest first.
 CREATE INDEX webhook_deliveries_due_idx
-    ON webhook_deliveries (endpoint_id, next_attempt_at) WHERE status = 'pending';
+    ON webhook_deliveries (endpoint_id, next_attempt_at, event_id) WHERE status = 'pending';
 
 -- Order per hold: whether an earlier event of the same hold is still owed to the endpoint.
 CREATE INDEX webhook_deliveries_hold_idx
