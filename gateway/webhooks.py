@@ -345,8 +345,9 @@ class WebhookDispatcher:
                 error,
                 extra={"webhook_endpoint_id": delivery.endpoint_id},
             )
-        else:
+        elif outcome == "pending":
             metrics.WEBHOOK_RETRIED.inc()
+        # None: the lease had lapsed and another attempt holds it now; that one's outcome counts.
 
 
 async def _excerpt(response: httpx.Response) -> str:

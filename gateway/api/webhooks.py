@@ -1,8 +1,7 @@
 """/v1/webhook-endpoints: the operator registers, lists and deletes the endpoints that receive every hold
 event, and sends deliveries again (gateway.webhooks). Needs the ops token when one is set."""
 
-import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 
@@ -28,7 +27,8 @@ def _webhooks(state: State) -> WebhookEndpoints:
 
 
 async def _optional_redeliver_body(request: AnyRequest) -> None:
-    """A redeliver's body is optional: none at all, or a RedeliverBody checked as strictly as any body."""
+    """A redeliver's body is optional: none at all (Litestar then gives None), or a RedeliverBody checked as
+    strictly as any body."""
     if await request.body():
         await _check_redeliver_body(request)
 
@@ -86,8 +86,7 @@ class WebhookEndpointsController(Controller):
         responses=problem_specs(400, 401, 413, 415, 422, 503, described=_NOT_FOUND),
     )
     async def redeliver(
-        self, state: State, request: Request[object, object, State], endpoint_id: FromPath[str]
+        self, state: State, endpoint_id: FromPath[str], data: JSONBody[RedeliverBody | None] = None
     ) -> Redelivered:
-        body = await request.body()
-        after = msgspec.json.decode(body, type=RedeliverBody).after if body else None
+        after = None if data is None else data.after
         return Redelivered(redelivered=await _webhooks(state).redeliver(endpoint_id, after))
