@@ -183,9 +183,8 @@ class WebhookDispatcher:
         self._database = asyncio.Semaphore(DB_CONNECTIONS)
         self._sending: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = {}  # endpoint id -> deliveries this worker is sending to it
-        self._finished = (
-            asyncio.Event()
-        )  # set, and replaced, whenever a send ends (a slot, or a hold, is free)
+        # Set, and replaced, whenever a send ends: a slot is free, and the hold's next event may be due.
+        self._finished = asyncio.Event()
         self._next_purge = 0.0
 
     @property
