@@ -207,13 +207,20 @@ class WebhookDispatcher:
                 if not more:
                     await self._wait(head)
         finally:
-            sending = list(self._sending)
-            for task in sending:
-                task.cancel()  # their leases lapse, and this or another worker sends them again
-            with suppress(asyncio.CancelledError):  # stopping: a second cancellation only cuts this short
-                if sending:
-                    await asyncio.wait(sending, timeout=SHUTDOWN_WAIT_S)
-                await self._client.aclose()
+            closing = asyncio.ensure_future(self._close())
+            while not closing.done():
+                # background.stop cancels again every 0.1 s: closing the sockets is finished first (it takes
+                # SHUTDOWN_WAIT_S at most), or the connections of the sends cut short would be left open.
+                with suppress(asyncio.CancelledError):
+                    await asyncio.shield(closing)
+
+    async def _close(self) -> None:
+        sending = list(self._sending)
+        for task in sending:
+            task.cancel()  # their leases lapse, and this or another worker sends them again
+        if sending:
+            await asyncio.wait(sending, timeout=SHUTDOWN_WAIT_S)
+        await self._client.aclose()
 
     async def dispatch_due(self) -> bool:
         """Claim due deliveries into the free slots and start sending them; whether more may be due now."""
