@@ -21,6 +21,7 @@ from gateway.api.problems import framework_error, gateway_error, internal_error
 from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
 from gateway.api.streams import event_stream
+from gateway.api.webhooks import WebhookEndpointsController
 from gateway.availability import AvailabilityCache
 from gateway.client_keys import ClientKeys
 from gateway.config import Settings
@@ -36,6 +37,8 @@ from gateway.redis_front import REDIS_FAILURES, RedisFront, RedisUnavailable
 from gateway.store import Store
 from gateway.streams import StreamHub
 from gateway.sweeper import run_sweeper
+from gateway.webhook_store import WebhookStore
+from gateway.webhooks import WebhookDispatcher, WebhookEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.hold_events = feed
         streams = StreamHub(store, feed, app.state.availability, app.state.inventories, settings)
         app.state.streams = streams
+        app.state.webhooks = WebhookEndpoints(WebhookStore(store))
+        dispatcher = WebhookDispatcher(WebhookStore(store), settings, feed)
         if settings.ops_token is None:
             log.warning(
                 "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "
@@ -78,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(client_keys.keep_fresh(), name="client-keys"),
             asyncio.create_task(feed.run(), name="hold-events"),
             asyncio.create_task(streams.run(), name="streams"),
+            asyncio.create_task(dispatcher.run(), name="webhooks"),
         ]
         try:
             yield
@@ -99,6 +105,7 @@ def create_app(settings: Settings) -> Litestar:
             ClientKeysController,
             HoldEventsController,
             event_stream,
+            WebhookEndpointsController,
             OpsController,
             health,
             ready,

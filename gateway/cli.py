@@ -1,5 +1,5 @@
 """The `gateway` command: serve (migrating first) and migrate; holds, slot, stats, availability, inventory,
-block and unblock ask a running gateway. Uses argparse: a few flags need no more."""
+block, unblock and webhooks ask a running gateway. Uses argparse: a few flags need no more."""
 
 import argparse
 import asyncio
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 # The packages of pyproject's extras that some commands import, and their extra: serving needs none of them.
-EXTRAS = {"httpx": "cli", "tabulate": "cli"}
+EXTRAS = {"tabulate": "cli"}
 
 
 def app_from_env() -> "Litestar":

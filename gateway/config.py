@@ -123,6 +123,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # a replacement): one statement for all of them; a change sends their subscribers a fresh snapshot.
     stream_inventory_check_s: Annotated[float, Meta(gt=0, le=300)] = 2.0
 
+    # Webhooks: every hold event POSTed to each endpoint (POST /v1/webhook-endpoints), signed as Standard
+    # Webhooks define, at least once and in order per hold. One attempt's whole budget, connect to the last
+    # byte read: a hung receiver holds a delivery slot this long, never longer.
+    webhook_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    # Retries after a failed attempt (non-2xx, timeout, no connection): exponential backoff from base to max,
+    # with full jitter (a uniform delay up to that), so that a recovering receiver is not hit by a wave.
+    webhook_retry_base_s: PositiveFloat = 1.0
+    webhook_retry_max_s: PositiveFloat = 3_600.0
+    # A delivery is retried this long from its event (24 hours), then marked failed (redeliver to try again).
+    webhook_retry_window_s: PositiveInt = 86_400
+    # Deliveries in flight per worker, at most (also its HTTP client's connection pool).
+    webhook_concurrency: Annotated[int, Meta(ge=1, le=1_000)] = 16
+    # Deliveries in flight to one endpoint per worker, at most: a hung or slow endpoint leaves the other
+    # slots to the rest.
+    webhook_endpoint_concurrency: PositiveInt = 8
+
     # HTTP keep-alive for idle client connections. uvicorn's 5 s is shorter than what load balancers and
     # clients assume (often 60 s or more): a request sent as the server closes an idle connection is lost.
     http_keep_alive_s: PositiveInt = 75
@@ -171,6 +187,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if 0 < self.retention_confirmed_s < self.idempotency_retention_s:
             raise ValueError("retention_confirmed_s must be 0 (never) or at least idempotency_retention_s")
+        if self.webhook_retry_base_s > self.webhook_retry_max_s:
+            raise ValueError("webhook_retry_base_s must not exceed webhook_retry_max_s")
+        if self.webhook_endpoint_concurrency > self.webhook_concurrency:
+            raise ValueError("webhook_endpoint_concurrency must not exceed webhook_concurrency")
+        if self.webhook_retry_window_s >= self.hold_events_retention_s:
+            # A delivery is sent from its event's row: the event must outlive every retry.
+            raise ValueError("webhook_retry_window_s must be shorter than hold_events_retention_s")
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:

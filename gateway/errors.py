@@ -177,6 +177,14 @@ class ClientKeyNotFound(GatewayError):
     title = "Client key not found"
 
 
+class WebhookEndpointNotFound(GatewayError):
+    """No webhook endpoint has this id."""
+
+    status_code = 404
+    problem = "webhook-endpoint-not-found"
+    title = "Webhook endpoint not found"
+
+
 class NotHolder(GatewayError):
     """The hold belongs to another holder."""
 

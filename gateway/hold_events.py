@@ -74,6 +74,10 @@ class HoldEventFeed:
                 record = await conn.fetchrow(sql.NUMBER_HOLD_EVENTS, NUMBER_BATCH_SIZE)
                 assert record is not None
                 head: int = record["head"]
+                if record["numbered"]:
+                    # Their webhook deliveries, in the transaction that numbers them: a numbered event is
+                    # never without its deliveries, whoever crashes when (gateway.webhooks sends them).
+                    await conn.fetchval(sql.FAN_OUT_WEBHOOK_DELIVERIES, head - record["numbered"], head)
             else:
                 head = await conn.fetchval(sql.HOLD_EVENTS_HEAD)
         self._moved_to(head)

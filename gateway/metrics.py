@@ -137,6 +137,25 @@ STREAM_RESYNCS = Counter(
     ["reason"],
 )
 
+# Webhooks (pending and failed deliveries are database gauges: gateway.ops).
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+WEBHOOK_DELIVERIES = Counter(
+    "gateway_webhook_deliveries",
+    "Webhook delivery attempts, by outcome: delivered (2xx), retried (no 2xx, due again later), failed (no "
+    "2xx and the retry window is over: given up until redelivered).",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_LATENCY_SECONDS = Histogram(
+    "gateway_webhook_delivery_latency_seconds",
+    "Time from a hold event (its occurred_at, the database's clock) to its webhook's 2xx, retries included.",
+    # From a receiver that answers at once (a second: the sweeper, the sequencer, one round trip) to one that
+    # was down for hours within the 24 h retry window.
+    buckets=(0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
+)
+WEBHOOK_DELIVERED = WEBHOOK_DELIVERIES.labels("delivered")
+WEBHOOK_RETRIED = WEBHOOK_DELIVERIES.labels("retried")
+WEBHOOK_FAILED = WEBHOOK_DELIVERIES.labels("failed")
+
 
 class _HttpSeries:
     """The request counter and latency histogram of one (method, route, status), resolved once."""

@@ -1,7 +1,10 @@
 """Request and response bodies: msgspec Structs, with the contract's limits declared on the types."""
 
+import base64
+import binascii
 import re
 import unicodedata
+import urllib.parse
 from datetime import datetime
 from typing import Annotated, Literal, get_args
 
@@ -354,6 +357,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     agreement: Agreement | None  # null when Redis is not in use or did not answer
     counters: Counters
     generated_at: datetime  # by the database's clock
+    # Webhook deliveries over every endpoint (the stats of all events; null in one event's).
+    webhooks: "WebhookStats | None" = None
 
 
 class PoolDefinition(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -470,3 +475,121 @@ class StreamChanges(msgspec.Struct, frozen=True, kw_only=True):
     seats: dict[str, SlotStateName]
     # Every pool of the event, as the availability shows them, when any pool's counts changed; else [].
     pools: list[PoolAvailability]
+
+
+# ---- Webhooks: endpoints that receive every hold event (Standard Webhooks) ----
+
+WEBHOOK_URL_MAX_LENGTH = 2048
+WEBHOOK_URL_SCHEMES = ("http", "https")
+# Standard Webhooks' secret: `whsec_` and the base64 of 24 to 64 random bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format's prefix, not a secret
+WEBHOOK_SECRET_BYTES = (24, 64)
+_WEBHOOK_SECRET_RULE = (
+    f"`secret` must be `{WEBHOOK_SECRET_PREFIX}` followed by the base64 of {WEBHOOK_SECRET_BYTES[0]} to "
+    f"{WEBHOOK_SECRET_BYTES[1]} random bytes"
+)
+_WEBHOOK_SECRET_DESCRIPTION = (
+    _WEBHOOK_SECRET_RULE.removeprefix("`secret` must be ") + "; generated when left out"
+)
+
+
+def webhook_url(value: str) -> str:
+    """The endpoint URL as given, if deliveries can be sent to it: http or https, with a host (ValueError
+    naming `url` otherwise). No whitespace or control characters: what is stored is what is shown and
+    asked."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("`url` must not contain whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # a port that is not a number, or out of range, raises here
+    except ValueError as exc:
+        raise ValueError(f"`url` is not a URL: {exc}") from None
+    if parts.scheme.lower() not in WEBHOOK_URL_SCHEMES:
+        raise ValueError(f"`url` must be an http or https URL, got scheme {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise ValueError("`url` must name a host")
+    if port == 0:
+        raise ValueError("`url` must not name port 0")
+    return value
+
+
+def webhook_secret(value: str) -> str:
+    """A signing secret as Standard Webhooks define it (ValueError naming `secret` otherwise)."""
+    encoded = value.removeprefix(WEBHOOK_SECRET_PREFIX)
+    if encoded == value or not encoded.isascii():
+        raise ValueError(_WEBHOOK_SECRET_RULE)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(_WEBHOOK_SECRET_RULE) from None
+    if not WEBHOOK_SECRET_BYTES[0] <= len(key) <= WEBHOOK_SECRET_BYTES[1]:
+        raise ValueError(f"{_WEBHOOK_SECRET_RULE}, got {len(key)} bytes")
+    return value
+
+
+class NewWebhookEndpointBody(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where to send hold events, and the secret to sign them with (generated when not given)."""
+
+    url: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=WEBHOOK_URL_MAX_LENGTH,
+            description="an http or https URL with a host; redirects are not followed",
+        ),
+    ]
+    secret: Annotated[str, Meta(max_length=200, description=_WEBHOOK_SECRET_DESCRIPTION)] | None = None
+
+    def __post_init__(self) -> None:
+        webhook_url(self.url)
+        if self.secret is not None:
+            webhook_secret(self.secret)
+
+
+class RedeliverBody(Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Besides the failed deliveries: every kept event after this feed id, sent to the endpoint again."""
+
+    after: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
+
+
+class NewWebhookEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook endpoint just created, with its signing secret (listings never show it again)."""
+
+    id: str
+    url: str
+    secret: str
+    created_at: datetime  # it gets the events that occur from then on
+
+
+class WebhookEndpointInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook endpoint as listed: never its secret."""
+
+    id: str
+    url: str
+    created_at: datetime
+    pending: int  # deliveries owed to it (waiting, retrying or in flight)
+    delivered: int  # deliveries it answered 2xx
+    failed: int  # deliveries given up after the retry window (POST …/redeliver sends them again)
+    last_delivered_at: datetime | None
+    last_error: str | None  # the latest failed attempt: its HTTP status and response excerpt, or the error
+    last_error_at: datetime | None
+
+
+class WebhookEndpointList(msgspec.Struct, frozen=True, kw_only=True):
+    webhook_endpoints: list[WebhookEndpointInfo]
+
+
+class Redelivered(msgspec.Struct, frozen=True, kw_only=True):
+    redelivered: int  # deliveries this made pending
+
+
+class WebhookStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Webhook deliveries over every endpoint."""
+
+    endpoints: int
+    pending: int
+    failed: int
+    delivered: int
+    # How long ago the event of the oldest pending delivery occurred; 0 when none is pending.
+    oldest_pending_age_ms: int
+    oldest_pending_occurred_at: datetime | None

@@ -27,9 +27,11 @@ from gateway.models import (
     SlotStateName,
     Stats,
     SweeperLag,
+    WebhookStats,
 )
 from gateway.redis_front import RedisUnavailable
 from gateway.store import remaining_ms
+from gateway.webhook_store import WebhookStore
 
 T = TypeVar("T")
 
@@ -57,6 +59,7 @@ class OpsService:
         self.holds = holds
         self.store = holds.store
         self.settings = holds.settings
+        self.webhooks = WebhookStore(holds.store)
 
     async def list_holds(
         self,
@@ -109,8 +112,10 @@ class OpsService:
 
     async def stats(self, event_id: str | None) -> Stats:
         postgres_ms, redis_ms = await asyncio.gather(self._postgres_round_trip(), self._redis_round_trip())
-        counts, agreement = await asyncio.gather(
-            self.store.hold_stats(event_id), self._agreement(event_id, redis_up=redis_ms is not None)
+        counts, agreement, webhooks = await asyncio.gather(
+            self.store.hold_stats(event_id),
+            self._agreement(event_id, redis_up=redis_ms is not None),
+            self._webhook_stats() if event_id is None else _nothing(),
         )
         oldest = counts.oldest_lapsed_expires_at
         return Stats(
@@ -133,6 +138,19 @@ class OpsService:
             agreement=agreement,
             counters=_counters(),
             generated_at=counts.db_now,
+            webhooks=webhooks,
+        )
+
+    async def _webhook_stats(self) -> WebhookStats:
+        counts = await self.webhooks.counts()
+        oldest = counts.oldest_pending_at
+        return WebhookStats(
+            endpoints=counts.endpoints,
+            pending=counts.pending,
+            failed=counts.failed,
+            delivered=counts.delivered,
+            oldest_pending_age_ms=0 if oldest is None else remaining_ms(counts.db_now, oldest),
+            oldest_pending_occurred_at=oldest,
         )
 
     async def _postgres_round_trip(self) -> float | None:
@@ -180,12 +198,27 @@ class OpsService:
     async def database_gauges(self) -> dict[str, tuple[str, float]]:
         """The gauges /metrics reads from Postgres at scrape time; empty if Postgres does not answer."""
         try:
-            counts = await self.store.hold_stats(None)
+            counts, webhooks = await asyncio.gather(self.store.hold_stats(None), self.webhooks.counts())
         except BackendUnavailable:
             return {}
         oldest = counts.oldest_lapsed_expires_at
         lag_s = 0.0 if oldest is None else max(0.0, (counts.db_now - oldest).total_seconds())
+        oldest_pending = webhooks.oldest_pending_at
         return {
+            "gateway_webhook_pending_deliveries": (
+                "Webhook deliveries owed (waiting, retrying or in flight), over every endpoint.",
+                webhooks.pending,
+            ),
+            "gateway_webhook_failed_deliveries": (
+                "Webhook deliveries given up after the retry window, until redelivered or purged.",
+                webhooks.failed,
+            ),
+            "gateway_webhook_oldest_pending_seconds": (
+                "How long ago the event of the oldest pending webhook delivery occurred; 0 when none is.",
+                0.0
+                if oldest_pending is None
+                else max(0.0, (webhooks.db_now - oldest_pending).total_seconds()),
+            ),
             "gateway_active_holds": ("Holds held and not yet expired, per Postgres.", counts.active_holds),
             "gateway_confirmed_slots": ("Slots in confirmed holds, per Postgres.", counts.confirmed_slots),
             "gateway_sweeper_lag_seconds": (
@@ -193,6 +226,10 @@ class OpsService:
                 lag_s,
             ),
         }
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _lease_token(value: str) -> str | None:

@@ -1,8 +1,8 @@
 """The arguments of the operator commands: `holds`, `slot`, `stats` and `availability` read a running gateway;
 `inventory`, `block` and `unblock` read or change an event's inventory; `events` reads (or tails) the hold
-event feed. No HTTP client, so that the `gateway`
-command builds its parser without loading the commands' client (ops_cli), whose dependencies are the `cli`
-extra; the status list comes from gateway.models (msgspec only)."""
+event feed; `webhooks` manages webhook endpoints. No HTTP client, so that the `gateway` command builds its
+parser without loading the commands' client (ops_cli), whose tables are the `cli` extra; the status list comes
+from gateway.models (msgspec only)."""
 
 import argparse
 import re
@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from gateway.models import HOLD_STATUSES
 
-COMMANDS = frozenset({"holds", "slot", "stats", "availability", "inventory", "block", "unblock", "events"})
+COMMANDS = frozenset(
+    {"holds", "slot", "stats", "availability", "inventory", "block", "unblock", "events", "webhooks"}
+)
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_EXPIRING_S = 86_400  # the gateway takes expiring_within_seconds up to a day
 _DURATION = re.compile(r"\A(\d+)([smh]?)\Z")
@@ -136,3 +138,33 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
         default=100,
         help="without --follow: at most N (default 100)",
     )
+
+    webhooks = commands.add_parser(
+        "webhooks",
+        parents=[common],
+        help="webhook endpoints and their deliveries (pending, delivered, failed); --add, --delete, "
+        "--redeliver",
+    )
+    action = webhooks.add_mutually_exclusive_group()
+    action.add_argument("--add", metavar="URL", help="register an endpoint (its secret is printed this once)")
+    action.add_argument(
+        "--delete", metavar="ID", help="delete an endpoint and the deliveries still owed to it"
+    )
+    action.add_argument("--redeliver", metavar="ID", help="send an endpoint its failed deliveries again")
+    webhooks.add_argument("--secret", help="with --add: the signing secret, whsec_… (default: generated)")
+    webhooks.add_argument(
+        "--after",
+        metavar="EVENT_ID",
+        type=int,
+        help="with --redeliver: also every kept event after this id (for a receiver that lost data)",
+    )
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """What argparse cannot say of a command's flags: the ones that only go with another."""
+    if args.command == "webhooks":
+        if args.secret is not None and args.add is None:
+            return "--secret goes with --add"
+        if args.after is not None and args.redeliver is None:
+            return "--after goes with --redeliver"
+    return None

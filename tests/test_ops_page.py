@@ -25,6 +25,7 @@ from playwright.async_api import (
     expect,
 )
 
+from gateway.embedded import free_port
 from tests.conftest import make_settings
 from tests.support import Gateway, running_gateway
 
@@ -379,6 +380,29 @@ async def test_ops_token_is_asked_for_and_accepted_as_basic_password(
             await expect(page.locator(f'tr[data-hold-id="{hold_id}"]')).to_be_visible(timeout=WAIT_MS)
             await expect(page.locator("#active")).to_have_text("1")
             assert problems == []
+
+
+async def test_webhook_panel_shows_each_endpoint_with_its_deliveries(
+    gateway: Gateway, browser: Browser
+) -> None:
+    async with ops_page(browser, f"{gateway.url}/ops") as (page, _, problems):
+        hint = page.locator("#webhooks-hint")
+        await expect(hint).to_have_text(re.compile(r"^No webhook endpoints"), timeout=WAIT_MS)
+        refused = f"http://127.0.0.1:{free_port()}/hooks"  # nothing listens there: every attempt is refused
+        response = await gateway.client.post("/v1/webhook-endpoints", json={"url": refused})
+        assert response.status_code == 201, response.text
+        created_id(await gateway.hold("show-9", ["W-1"]))
+
+        row = page.locator(f'tr[data-endpoint-id="{response.json()["id"]}"]')
+        await expect(row.locator(".url")).to_have_text(refused, timeout=WAIT_MS)
+        await expect(row.locator(".pending")).to_have_text("1", timeout=WAIT_MS)
+        await expect(row.locator(".delivered")).to_have_text("0")
+        await expect(row.locator(".failed")).to_have_text("0")
+        await expect(row.locator(".last-error")).to_have_text(
+            re.compile(r"^\d\d:\d\d:\d\d ConnectError"), timeout=WAIT_MS
+        )
+        await expect(hint).to_be_hidden()
+        assert problems == []
 
 
 async def test_page_and_assets_carry_one_charset(gateway: Gateway) -> None:

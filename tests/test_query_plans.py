@@ -332,3 +332,42 @@ async def test_a_stream_snapshot_reads_live_and_blocked_seats_only(database_url:
         ("A-6", "held"),
         ("A-7", "confirmed"),
     }
+
+
+@pytest.mark.parametrize("mode", PLAN_CACHE_MODES)
+async def test_webhook_claim_reaches_due_deliveries_by_index_whatever_the_backlog(
+    database_url: str, mode: str
+) -> None:
+    """A receiver down for a while leaves a backlog: 20,000 deliveries owed, two events of each of 10,000
+    holds. The dispatcher's claim (run whenever the feed moves) finds the due ones through the endpoint's
+    pending index, in its order (a sort of the whole backlog cost 26 ms a claim), and checks each hold's order
+    by its own index; the outcome's statements find their row by primary key. No scan of the deliveries."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO webhook_endpoints (id, url, secret, created_at)"
+            " VALUES ('ep-1', 'http://127.0.0.1:9/h', 'whsec_x', now() - interval '1 hour')"
+        )
+        await conn.execute(
+            "INSERT INTO hold_events (id, type, hold_id, hold)"
+            " SELECT i, CASE WHEN i <= 10000 THEN 'hold.created' ELSE 'hold.confirmed' END,"
+            "        'h' || (i % 10000), '{}'::jsonb"
+            " FROM generate_series(1, 20000) AS i"
+        )
+        assert await conn.fetchval(sql.FAN_OUT_WEBHOOK_DELIVERIES, 0, 20_000) == 20_000
+        await conn.execute("ANALYZE")
+        claim = await plan_of(conn, "claim_webhook_deliveries", (16, ["ep-1"], [3], 8, 15.0), mode)
+        delivered = await plan_of(conn, "webhook_delivered", ("ep-1", 7), mode)
+        failed = await plan_of(conn, "webhook_attempt_failed", ("ep-1", 7, 1, 1.5, 86_400, 500, "x"), mode)
+    finally:
+        await conn.close()
+
+    assert accesses(claim, "webhook_deliveries") == {
+        "webhook_deliveries_due_idx",
+        "webhook_deliveries_hold_idx",
+        "Tid Scan",  # the leased rows, updated by their addresses
+    }, json.dumps(claim, indent=1)
+    assert accesses(claim, "hold_events") == {"hold_events_id_key"}, json.dumps(claim, indent=1)
+    # (The endpoints are a handful of rows: read whole.)
+    for plan in (delivered, failed):
+        assert accesses(plan, "webhook_deliveries") == {"webhook_deliveries_pkey"}, json.dumps(plan, indent=1)

@@ -53,6 +53,10 @@ OPERATIONS = [
     ("GET", "/v1/client-keys"),
     ("DELETE", "/v1/client-keys/{key_id}"),
     ("GET", "/v1/hold-events"),
+    ("POST", "/v1/webhook-endpoints"),
+    ("GET", "/v1/webhook-endpoints"),
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"),
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/redeliver"),
     ("GET", "/health"),
     ("HEAD", "/health"),
     ("GET", "/ready"),
@@ -109,6 +113,7 @@ def cases_to_run() -> list[Any]:
         ("GET", "/v1/events/{event_id}/slots"),
         ("POST", "/v1/client-keys"),
         ("GET", "/v1/hold-events"),
+        ("POST", "/v1/webhook-endpoints"),
     }
     params = []
     for method, path in OPERATIONS:

@@ -14,6 +14,7 @@ const NO_HOLDS = "No active holds.";
 const NO_EVENT_AVAILABILITY = "Set an event to see what is left of it.";
 const OPEN_EVENT = "Open event: it has no inventory (any seat id may be held, and it has no pools).";
 const LOADING = "Loading…";
+const NO_WEBHOOKS = "No webhook endpoints (POST /v1/webhook-endpoints, or gateway webhooks --add URL).";
 // What getJson answers when the gateway says the thing asked for does not exist, as the caller expected.
 const ABSENT = Symbol("absent");
 
@@ -35,6 +36,7 @@ const holdRows = new Map(); // hold id -> {node, ttlCell, secs, fill, ttlMs, fet
 let availabilityOf = "";
 const stockRows = new Map(); // "seats" or "pool:<id>" -> {node, total, parts, release}
 const seatCells = new Map(); // slot id -> {node, state}
+const webhookRows = new Map(); // endpoint id -> {node, pending, delivered, failed, error}
 // Postgres orders slot ids as text (A10 before A2); a hall reads in natural order.
 const naturalOrder = new Intl.Collator(undefined, { numeric: true }).compare;
 
@@ -88,9 +90,10 @@ async function poll() {
     event
       ? getJson(`${eventPath}/availability`, { absentType: FORMATS.no_inventory_problem })
       : Promise.resolve(null),
+    getJson("/v1/webhook-endpoints"),
   ]);
   if (asked !== generation) return false; // the filters changed meanwhile: ask again at once
-  const [ready, stats, holds, slots, availability] = results.map((r) =>
+  const [ready, stats, holds, slots, availability, webhooks] = results.map((r) =>
     r.status === "fulfilled" ? r.value : undefined,
   );
   showReadiness(ready);
@@ -100,6 +103,7 @@ async function poll() {
   if (slots !== undefined) showSeats(slots);
   if (availability !== undefined) showAvailability(availability, event);
   else if (availabilityOf !== event) showAvailabilityUnknown(results[4].reason);
+  if (webhooks) showWebhooks(webhooks);
   showErrors(results.filter((r) => r.status === "rejected").map((r) => r.reason.message || String(r.reason)));
   return true;
 }
@@ -489,6 +493,49 @@ function newSeat(slot) {
   state.className = "visually-hidden";
   node.append(slot.slot_id, state);
   return { node, state };
+}
+
+// ---- webhooks ----
+
+function showWebhooks(page) {
+  const endpoints = page.webhook_endpoints;
+  reconcile($("webhooks"), webhookRows, endpoints, (e) => e.id, newWebhookRow, (entry, endpoint) => {
+    entry.pending.textContent = endpoint.pending;
+    entry.delivered.textContent = endpoint.delivered;
+    entry.failed.textContent = endpoint.failed;
+    entry.failed.classList.toggle("bad", endpoint.failed > 0);
+    const error = endpoint.last_error;
+    entry.error.textContent = error ? `${clock(new Date(endpoint.last_error_at))} ${error}` : "–";
+    entry.error.title = error ?? "";
+    // An error older than the last delivery is history: the endpoint has recovered since.
+    const delivered = endpoint.last_delivered_at ? Date.parse(endpoint.last_delivered_at) : 0;
+    const current = error && !(delivered > Date.parse(endpoint.last_error_at));
+    entry.error.classList.toggle("warn", Boolean(current));
+  });
+  $("webhooks-panel").hidden = endpoints.length === 0;
+  const hint = $("webhooks-hint");
+  hint.hidden = endpoints.length > 0;
+  hint.textContent = NO_WEBHOOKS;
+}
+
+function newWebhookRow(endpoint) {
+  const node = document.createElement("tr");
+  node.dataset.endpointId = endpoint.id;
+  const cell = (text, className) => {
+    const td = node.insertCell();
+    td.textContent = text;
+    if (className) td.className = className;
+    return td;
+  };
+  cell(endpoint.id, "id");
+  cell(endpoint.url, "url").title = endpoint.url;
+  return {
+    node,
+    pending: cell("", "num pending"),
+    delivered: cell("", "num delivered"),
+    failed: cell("", "num failed"),
+    error: cell("", "last-error"),
+  };
 }
 
 // Keeps one DOM node per key, in the order of `items`: rows stay put between polls rather than flicker.
