@@ -8,10 +8,12 @@ import base64
 import itertools
 import json
 import re
+import textwrap
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -686,3 +688,35 @@ async def test_the_webhooks_command_adds_lists_redelivers_and_deletes(
 def test_webhook_settings_that_cannot_work_are_refused(overrides: Json, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_settings("postgresql://x/y", None, "gw", **overrides)
+
+
+def readme_receiver(secret: str) -> Callable[[bytes, dict[str, str]], int]:
+    """The README's receiver example (the Python block of "Walking a buyer through payment"), run as it is
+    written but for the secret."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Walking a buyer through payment", 1)[1].split("\n### ", 1)[0]
+    block = textwrap.dedent(section.split("```python\n", 1)[1].split("```", 1)[0])
+    assert 'Webhook("whsec_…")' in block
+    scope: dict[str, Any] = {}
+    exec(block.replace('"whsec_…"', repr(secret)), scope)  # noqa: S102 - the README's own example
+    receive: Callable[[bytes, dict[str, str]], int] = scope["receive"]
+    return receive
+
+
+async def test_the_readme_receiver_accepts_a_delivery_once_and_refuses_a_forged_one(
+    gateway: Gateway, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = await add_endpoint(gateway, receiver)
+    hold = await create(gateway, "R-1", holder="reader", ttl_seconds=1)
+    await receiver.wait_delivered(ids(await numbered_events(gateway, 2)))
+    expired = next(r for r in receiver.delivered().values() if r.json()["type"] == "hold.expired")
+    receive = readme_receiver(endpoint["secret"])
+
+    first = receive(expired.body, expired.headers)
+    again = receive(expired.body, expired.headers)
+    forged = receive(expired.body.replace(b"reader", b"robber"), expired.headers)
+
+    assert (first, again, forged) == (204, 204, 400)
+    printed = capsys.readouterr().out
+    assert printed.count("release the cart of reader") == 1
+    assert hold["id"] in expired.body.decode()
