@@ -102,6 +102,12 @@ def snapshot(
     )
 
 
+def replaced(state: Snapshot, *holds: HoldRecord, events: Iterable[tuple[str, str]] = CLEAN_FEED) -> Snapshot:
+    """`state` with these holds instead of its holds of the same ids, and this feed."""
+    by_id = {h.id: h for h in holds}
+    return snapshot([by_id.get(h.id, h) for h in state.holds], state.leases, state.idempotency, events=events)
+
+
 def hold_body(hold_id: str, status: str = "held") -> dict[str, str]:
     return {"id": hold_id, "status": status}
 
@@ -366,12 +372,6 @@ def test_connections_beyond_the_pool_or_growing_while_idle() -> None:
     assert len(report.violations) == 2
 
 
-def replaced(state: Snapshot, *holds: HoldRecord, events: Iterable[tuple[str, str]] = CLEAN_FEED) -> Snapshot:
-    """`state` with these holds instead of its holds of the same ids, and this feed."""
-    by_id = {h.id: h for h in holds}
-    return snapshot([by_id.get(h.id, h) for h in state.holds], state.leases, state.idempotency, events=events)
-
-
 def test_an_extension_whose_expiry_postgres_lost() -> None:
     history, state = clean_history()
     extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(5_000), extensions=2)
@@ -424,10 +424,23 @@ def test_an_extension_of_a_hold_postgres_does_not_have() -> None:
     assert "Postgres has no such hold" in report.violations[0].detail
 
 
+def test_an_extension_answered_without_a_usable_expiry() -> None:
+    history, state = clean_history()
+    for expires_at in (None, "2026-03-01T12:00:09", "tomorrow"):  # absent, without an offset, not a time
+        entry = history.invoke("extend", at=4.0, hold_id=HOLD_C, holder="carol", ttl_seconds=5)
+        history.complete(entry, 200, {"id": HOLD_C, "status": "held", "expires_at": expires_at}, at=4.01)
+    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=9_000, extensions=4)
+    events = [*CLEAN_FEED, *[(HOLD_C, "hold.extended")] * 3]
+    report = check(history, replaced(state, c, events=events))
+    assert [v.detail for v in report.violations] == [
+        f"extend of {HOLD_C} answered 200 without an expires_at"
+    ] * 3
+
+
 def test_a_later_extension_may_shorten_the_expiry() -> None:
     """Every extension sets expires_at to now + ttl: one that took effect later may leave it earlier than an
     earlier one answered; one known to have failed, or known to have taken effect before, may not."""
-    c_at = {ms: hold(HOLD_C, ("s2",), holder="carol", remaining_ms=ms, extensions=3) for ms in (2_000, 5_000)}
+    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=2_000, extensions=3)
     events = [*CLEAN_FEED, (HOLD_C, "hold.extended"), (HOLD_C, "hold.extended")]
 
     def judged(*later: tuple[float, int | None, int, float]) -> list[str]:
@@ -435,7 +448,7 @@ def test_a_later_extension_may_shorten_the_expiry() -> None:
         extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(5_000), extensions=2)
         for at, status, remaining_ms, took_s in later:
             extend(history, at, HOLD_C, status, expires_at=at_ms(remaining_ms), extensions=3, took_s=took_s)
-        return invariants(check(history, replaced(state, c_at[2_000], events=events)))
+        return invariants(check(history, replaced(state, c, events=events)))
 
     assert judged((4.5, 200, 2_000, 0.01)) == []  # a later, shorter extension
     assert judged((3.0, 200, 2_000, 1.5)) == []  # overlapping this one: it may have taken effect after it
@@ -447,7 +460,7 @@ def test_a_later_extension_may_shorten_the_expiry() -> None:
     history, state = clean_history()
     extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(5_000), extensions=2)
     extend(history, 4.5, HOLD_C, 200, expires_at=at_ms(6_000), extensions=3)
-    report = check(history, replaced(state, c_at[2_000], events=events))
+    report = check(history, replaced(state, c, events=events))
     assert [v.invariant for v in report.violations] == ["extend-lost", "extend-lost"]
 
 
@@ -490,29 +503,30 @@ def test_an_event_of_a_hold_postgres_does_not_have() -> None:
 
 def test_events_that_do_not_tell_the_hold_s_life() -> None:
     history, state = clean_history()
+
+    def without(event: tuple[str, str]) -> list[tuple[str, str]]:
+        return [e for e in CLEAN_FEED if e != event]
+
     wrong = {
-        "an expired hold also confirmed": [*CLEAN_FEED, (HOLD_D, "hold.confirmed")],
-        "a live hold expired (a claim's event, yet the hold kept its seat)": [
-            *CLEAN_FEED,
-            (HOLD_C, "hold.expired"),
-        ],
-        "one extension too many": [*CLEAN_FEED, (HOLD_C, "hold.extended")],
-        "a confirmed hold confirmed twice": [*CLEAN_FEED, (HOLD_A, "hold.confirmed")],
-        "a cancelled hold cancelled before it was confirmed": [
-            *[e for e in CLEAN_FEED if e != (HOLD_B, "hold.cancelled")][:4],
-            (HOLD_B, "hold.cancelled"),
-            *[e for e in CLEAN_FEED if e != (HOLD_B, "hold.cancelled")][4:],
-        ],
-        "an extension before the hold was created": [
-            (HOLD_C, "hold.extended"),
-            *CLEAN_FEED[:-2],
-            CLEAN_FEED[-1],
-        ],
+        "an expired hold also confirmed": (HOLD_D, [*CLEAN_FEED, (HOLD_D, "hold.confirmed")]),
+        # A claim's event for a hold that kept its seat.
+        "a live hold expired": (HOLD_C, [*CLEAN_FEED, (HOLD_C, "hold.expired")]),
+        "one extension too many": (HOLD_C, [*CLEAN_FEED, (HOLD_C, "hold.extended")]),
+        "a confirmed hold confirmed twice": (HOLD_A, [*CLEAN_FEED, (HOLD_A, "hold.confirmed")]),
+        "a hold confirmed after it was cancelled": (
+            HOLD_B,
+            [*without((HOLD_B, "hold.confirmed")), (HOLD_B, "hold.confirmed")],
+        ),
+        "an extension before the hold was created": (
+            HOLD_C,
+            [(HOLD_C, "hold.extended"), *without((HOLD_C, "hold.extended"))],
+        ),
     }
-    for what, events in wrong.items():
+    for what, (hold_id, events) in wrong.items():
         report = check(history, snapshot(state.holds, state.leases, state.idempotency, events=events))
         assert invariants(report) == ["event-feed"], what
         assert len(report.violations) == 1, what
+        assert report.violations[0].detail.startswith(f"hold {hold_id} is "), what
 
 
 def test_a_feed_read_before_it_settled_is_not_judged() -> None:

@@ -158,13 +158,15 @@ class History:
 
 
 def _timestamp(value: object) -> datetime | None:
-    """An answer's RFC 3339 timestamp; None if it is not one (the check that needs it says so)."""
+    """An answer's RFC 3339 timestamp; None if it is not one, or names no offset (the check that needs it
+    says so)."""
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ extend, confirm, cancel, read, and make deliberate mistakes, every request recor
 few seconds the chaos loop picks a fault and heals it after its duration. At the end everything is healed,
 the gateway must become ready again, pending leases lapse, the sweeper marks the lapsed holds and the
 sequencer numbers their events, and the history is checked against a snapshot of Postgres and Redis
-(gateway.chaos.history). Seeded: the same seed makes the same choices (timing still
-varies from run to run).
+(gateway.chaos.history). Seeded: the same seed makes the same choices (timing still varies from run to run).
 """
 
 # The random choices are the workload's and the chaos loop's, seeded to be replayed: not security.
