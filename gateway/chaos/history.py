@@ -22,11 +22,11 @@ The promises checked, each a `Violation.invariant` name:
   succeeded since (answered 200, or 5xx/unknown: not known to have failed);
 - ``connections``: the gateway's Postgres backends are within its pools, and the open connections through
   each fault proxy stay bounded and do not grow while idle;
-- ``extend-lost``: an extend answered 200 names a hold in Postgres, counted in its `extensions` at least as
-  often as extends of it were answered 200, and expiring no earlier than the answer's `expires_at`, unless
-  another extend of it, not known to have failed, may have taken effect after this one and did not answer an
-  expiry at least as late (an extension moves `expires_at` to now + ttl, so it may shorten it; confirm,
-  cancel and expiry leave `expires_at` alone, so they explain nothing);
+- ``extend-lost``: an extend answered 200 names a hold in Postgres whose `extensions` is at least the number
+  of its extends answered 200 (and any answer's count), and which expires no earlier than the answer's
+  `expires_at`, unless another extend of it, not known to have failed, may have taken effect after this one
+  and did not answer an expiry at least as late (an extension moves `expires_at` to now + ttl, so it may
+  shorten it; confirm, cancel and expiry leave `expires_at` alone, so they explain nothing);
 - ``event-feed``: once the sweeper has marked every lapsed hold and the sequencer has numbered every event,
   each hold's events in the numbered feed are exactly its life: one `hold.created` first, then as many
   `hold.extended` as its `extensions`, then none (held), `hold.confirmed` (confirmed), `hold.cancelled`
