@@ -2,12 +2,15 @@
 short real chaos soak that must find no violation."""
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from gateway.chaos.history import (
     ConnectionCount,
+    EventRecord,
     History,
     HoldRecord,
     IdempotencyRecord,
@@ -23,6 +26,9 @@ PREFIX = "chaos"
 HOLD_A = "A" * 22
 HOLD_B = "B" * 22
 HOLD_C = "C" * 22
+HOLD_D = "D" * 22
+# Postgres's now() when the fabricated snapshots are read.
+SNAPSHOT_AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def hold(
@@ -33,8 +39,40 @@ def hold(
     remaining_ms: int = 4_000,
     holder: str = "alice",
     event_id: str = "e1",
+    extensions: int = 0,
+    confirmed: bool = False,
 ) -> HoldRecord:
-    return HoldRecord(hold_id, f"token-{hold_id}", event_id, holder, tuple(slots), status, remaining_ms)
+    return HoldRecord(
+        hold_id,
+        f"token-{hold_id}",
+        event_id,
+        holder,
+        tuple(slots),
+        status,
+        remaining_ms,
+        SNAPSHOT_AT + timedelta(milliseconds=remaining_ms),
+        extensions,
+        confirmed or status == "confirmed",
+    )
+
+
+def feed(*entries: tuple[str, str]) -> list[EventRecord]:
+    """Numbered events, (hold id, type) each, in feed order from 1."""
+    return [EventRecord(position, kind, hold_id) for position, (hold_id, kind) in enumerate(entries, 1)]
+
+
+# The feed of clean_history()'s holds, as the gateway writes it: interleaved, each hold's life in order.
+CLEAN_FEED = (
+    (HOLD_D, "hold.created"),
+    (HOLD_A, "hold.created"),
+    (HOLD_D, "hold.expired"),
+    (HOLD_B, "hold.created"),
+    (HOLD_C, "hold.created"),
+    (HOLD_A, "hold.confirmed"),
+    (HOLD_B, "hold.confirmed"),
+    (HOLD_C, "hold.extended"),
+    (HOLD_B, "hold.cancelled"),
+)
 
 
 def lease(record: HoldRecord, slot: str, pttl_ms: int) -> LeaseRecord:
@@ -48,6 +86,9 @@ def snapshot(
     leases: Iterable[LeaseRecord] = (),
     idempotency: Iterable[IdempotencyRecord] = (),
     connections: Iterable[ConnectionCount] = (),
+    *,
+    events: Iterable[tuple[str, str]] = CLEAN_FEED,
+    unnumbered_events: int = 0,
 ) -> Snapshot:
     return Snapshot(
         holds=tuple(holds),
@@ -55,12 +96,52 @@ def snapshot(
         idempotency=tuple(idempotency),
         key_prefix=PREFIX,
         confirmed_lease_ms=60_000,
+        events=tuple(feed(*events)),
+        unnumbered_events=unnumbered_events,
         connections=tuple(connections),
     )
 
 
+def replaced(state: Snapshot, *holds: HoldRecord, events: Iterable[tuple[str, str]] = CLEAN_FEED) -> Snapshot:
+    """`state` with these holds instead of its holds of the same ids, and this feed."""
+    by_id = {h.id: h for h in holds}
+    return snapshot([by_id.get(h.id, h) for h in state.holds], state.leases, state.idempotency, events=events)
+
+
 def hold_body(hold_id: str, status: str = "held") -> dict[str, str]:
     return {"id": hold_id, "status": status}
+
+
+def at_ms(remaining_ms: int) -> datetime:
+    """The expires_at of a hold with `remaining_ms` left when the snapshot is read."""
+    return SNAPSHOT_AT + timedelta(milliseconds=remaining_ms)
+
+
+def extend(
+    history: History,
+    at: float,
+    hold_id: str,
+    status: int | None,
+    *,
+    expires_at: datetime | None = None,
+    extensions: int = 1,
+    took_s: float = 0.01,
+) -> None:
+    entry = history.invoke("extend", at=at, hold_id=hold_id, holder="carol", ttl_seconds=5)
+    if status is None:
+        history.unknown(entry, "ReadTimeout", at=at + 10)
+    elif status == 200:
+        assert expires_at is not None
+        body = {
+            "id": hold_id,
+            "status": "held",
+            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),  # as the gateway writes it
+            "extensions": extensions,
+        }
+        history.complete(entry, 200, body, at=at + took_s)
+    else:
+        title = "Backend unavailable" if status == 503 else "Hold cannot be extended"
+        history.complete(entry, status, {"title": title}, retry_after=status == 503, at=at + took_s)
 
 
 def create(
@@ -109,6 +190,8 @@ def clean_history() -> tuple[History, Snapshot]:
     act(history, "confirm", 2.0, HOLD_A, 200, result="confirmed")
     act(history, "confirm", 2.1, HOLD_B, 200, result="confirmed")
     act(history, "cancel", 2.5, HOLD_B, 200, result="cancelled")  # a later cancel explains B's status
+    extend(history, 2.6, HOLD_C, 200, expires_at=at_ms(2_000))  # C lives 2 s more after the snapshot
+    extend(history, 2.7, HOLD_A, 409)  # confirmed: refused, nothing changed
     mistake = history.invoke("mistake", at=3.0, mistake="bad-json")
     history.complete(mistake, 400, {"title": "Bad request"}, at=3.01)
     stateful = history.invoke("mistake", at=3.1, mistake="wrong-holder", hold_id=HOLD_A)
@@ -117,9 +200,10 @@ def clean_history() -> tuple[History, Snapshot]:
     history.complete(busy, 503, {"title": "Unavailable"}, retry_after=True, at=3.4)
     history.fault("redis-kill", 2.9, 3.5, "down 0.6s")
     a = hold(HOLD_A, status="confirmed", remaining_ms=-1_000)
-    b = hold(HOLD_B, ("s3", "s4"), status="cancelled")
-    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=2_000)  # the unknown create did commit
-    old = hold("D" * 22, ("s2",), status="expired", remaining_ms=-9_000)
+    b = hold(HOLD_B, ("s3", "s4"), status="cancelled", confirmed=True)
+    # The unknown create did commit; then it was extended once.
+    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=2_000, extensions=1)
+    old = hold(HOLD_D, ("s2",), status="expired", remaining_ms=-9_000)
     return history, snapshot(
         holds=[a, b, c, old],
         leases=[lease(a, "s1", 59_000), lease(c, "s2", 2_100)],
@@ -138,18 +222,23 @@ def test_a_clean_history_has_no_violations() -> None:
     assert report.count("create", "unknown") == 1
     assert report.unknowns == 1
     assert report.faults == {"redis-kill": 1}
+    assert report.count("extend", 200) == 1
+    assert report.count("extend", 409) == 1
     assert "violations: 0" in report.format()
+    assert "9 hold events" in report.format()
 
 
 def test_two_active_holds_on_one_slot() -> None:
     history, state = clean_history()
     rival = hold("E" * 22, ("s1",), holder="bob", remaining_ms=1_500)
-    report = check(history, snapshot([*state.holds, rival], state.leases, state.idempotency))
+    events = [*CLEAN_FEED, ("E" * 22, "hold.created")]
+    report = check(history, snapshot([*state.holds, rival], state.leases, state.idempotency, events=events))
     assert invariants(report) == ["one-active-hold"]
     assert "e1/s1" in report.violations[0].detail
-    # A lapsed held hold beside a live one is not two winners.
+    # A lapsed held hold beside a live one is not two winners (only a hold the sweeper has yet to mark).
     lapsed = hold("E" * 22, ("s1",), holder="bob", remaining_ms=-1)
-    assert check(history, snapshot([*state.holds, lapsed], state.leases, state.idempotency)).ok
+    report = check(history, snapshot([*state.holds, lapsed], state.leases, state.idempotency, events=events))
+    assert invariants(report) == ["event-feed"]
 
 
 def test_a_201_without_a_committed_hold() -> None:
@@ -171,7 +260,8 @@ def test_a_201_whose_hold_has_other_slots() -> None:
     create(history, 4.0, 201, "F" * 22, slots=["s7", "s8"])
     _, state = clean_history()
     other = hold("F" * 22, ("s7",), remaining_ms=3_000)
-    report = check(history, snapshot([*state.holds, other], state.leases, state.idempotency))
+    events = [*CLEAN_FEED, ("F" * 22, "hold.created")]
+    report = check(history, snapshot([*state.holds, other], state.leases, state.idempotency, events=events))
     assert invariants(report) == ["created-not-committed"]
 
 
@@ -179,7 +269,8 @@ def test_a_replay_that_names_another_hold() -> None:
     history, state = clean_history()
     create(history, 4.0, 200, "F" * 22, key="k1", replayed=True)
     earlier = hold("F" * 22, ("s1",), status="expired", remaining_ms=-5_000)  # alice's, on s1: it fits
-    report = check(history, snapshot([*state.holds, earlier], state.leases, state.idempotency))
+    events = [("F" * 22, "hold.created"), ("F" * 22, "hold.expired"), *CLEAN_FEED]
+    report = check(history, snapshot([*state.holds, earlier], state.leases, state.idempotency, events=events))
     assert invariants(report) == ["idempotency-replay"]
     assert HOLD_A in report.violations[0].detail
     assert "F" * 22 in report.violations[0].detail
@@ -265,10 +356,11 @@ def test_a_confirm_that_postgres_lost() -> None:
     assert invariants(check(history, state)) == ["confirm-lost"]
     act(history, "cancel", 5.0, HOLD_C, None)
     cancelled = [
-        h if h.id != HOLD_C else hold(HOLD_C, c.slots, holder="carol", status="cancelled")
+        h if h.id != HOLD_C else hold(HOLD_C, c.slots, holder="carol", status="cancelled", extensions=1)
         for h in state.holds
     ]
-    assert check(history, snapshot(cancelled, [], state.idempotency)).ok
+    events = [*CLEAN_FEED, (HOLD_C, "hold.cancelled")]
+    assert check(history, snapshot(cancelled, [], state.idempotency, events=events)).ok
 
 
 def test_connections_beyond_the_pool_or_growing_while_idle() -> None:
@@ -278,6 +370,179 @@ def test_connections_beyond_the_pool_or_growing_while_idle() -> None:
     report = check(history, snapshot(state.holds, state.leases, state.idempotency, [too_many, growing]))
     assert invariants(report) == ["connections"]
     assert len(report.violations) == 2
+
+
+def test_an_extension_whose_expiry_postgres_lost() -> None:
+    history, state = clean_history()
+    extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(5_000), extensions=2)
+    # Counted (and its event written), but expires_at is where the first extension left it.
+    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=2_000, extensions=2)
+    report = check(history, replaced(state, c, events=[*CLEAN_FEED, (HOLD_C, "hold.extended")]))
+    assert invariants(report) == ["extend-lost"]
+    assert [v.detail for v in report.violations] == [
+        f"extend of {HOLD_C} answered expires_at {at_ms(5_000).isoformat()}, "
+        f"Postgres has {at_ms(2_000).isoformat()} (held)"
+    ]
+    # The same, kept: no violation.
+    kept = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=5_000, extensions=2)
+    assert check(history, replaced(state, kept, events=[*CLEAN_FEED, (HOLD_C, "hold.extended")])).ok
+
+
+def test_an_extended_hold_that_lapsed_keeps_the_expiry_it_was_given() -> None:
+    history, state = clean_history()
+    extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(-500), extensions=2)
+    expired = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=-500, extensions=2, status="expired")
+    holds = [expired if h.id == HOLD_C else h for h in state.holds]
+    leases = [lease for lease in state.leases if expired.token not in lease.value]  # gone with its hold
+    events = [*CLEAN_FEED, (HOLD_C, "hold.extended"), (HOLD_C, "hold.expired")]
+    assert check(history, snapshot(holds, leases, state.idempotency, events=events)).ok
+    # Marked expired with an earlier expiry than its extension answered: lost, whatever its status.
+    early = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=-501, extensions=2, status="expired")
+    holds = [early if h.id == HOLD_C else h for h in state.holds]
+    report = check(history, snapshot(holds, leases, state.idempotency, events=events))
+    assert invariants(report) == ["extend-lost"]
+
+
+def test_an_extension_postgres_did_not_count() -> None:
+    history, state = clean_history()
+    extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(5_000), extensions=2)
+    # Its expiry is there, yet Postgres counts one extension where two were answered 200.
+    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=5_000, extensions=1)
+    report = check(history, replaced(state, c))
+    assert invariants(report) == ["extend-lost"]
+    assert report.violations[0].detail == (
+        f"2 extends of {HOLD_C} answered 200 (the last saying extensions=2), Postgres counts 1"
+    )
+    assert len(report.violations) == 1
+
+
+def test_an_extension_of_a_hold_postgres_does_not_have() -> None:
+    history, state = clean_history()
+    extend(history, 4.0, "F" * 22, 200, expires_at=at_ms(5_000))
+    report = check(history, state)
+    assert invariants(report) == ["extend-lost"]
+    assert "Postgres has no such hold" in report.violations[0].detail
+
+
+def test_an_extension_answered_without_a_usable_expiry() -> None:
+    history, state = clean_history()
+    for expires_at in (None, "2026-03-01T12:00:09", "tomorrow"):  # absent, without an offset, not a time
+        entry = history.invoke("extend", at=4.0, hold_id=HOLD_C, holder="carol", ttl_seconds=5)
+        history.complete(entry, 200, {"id": HOLD_C, "status": "held", "expires_at": expires_at}, at=4.01)
+    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=9_000, extensions=4)
+    events = [*CLEAN_FEED, *[(HOLD_C, "hold.extended")] * 3]
+    report = check(history, replaced(state, c, events=events))
+    assert [v.detail for v in report.violations] == [
+        f"extend of {HOLD_C} answered 200 without an expires_at"
+    ] * 3
+
+
+def test_a_later_extension_may_shorten_the_expiry() -> None:
+    """Every extension sets expires_at to now + ttl: one that took effect later may leave it earlier than an
+    earlier one answered; one known to have failed, or known to have taken effect before, may not."""
+    c = hold(HOLD_C, ("s2",), holder="carol", remaining_ms=2_000, extensions=3)
+    events = [*CLEAN_FEED, (HOLD_C, "hold.extended"), (HOLD_C, "hold.extended")]
+
+    def judged(*later: tuple[float, int | None, int, float]) -> list[str]:
+        history, state = clean_history()
+        extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(5_000), extensions=2)
+        for at, status, remaining_ms, took_s in later:
+            extend(history, at, HOLD_C, status, expires_at=at_ms(remaining_ms), extensions=3, took_s=took_s)
+        return invariants(check(history, replaced(state, c, events=events)))
+
+    assert judged((4.5, 200, 2_000, 0.01)) == []  # a later, shorter extension
+    assert judged((3.0, 200, 2_000, 1.5)) == []  # overlapping this one: it may have taken effect after it
+    assert judged((4.5, None, 0, 0.01)) == []  # unknown outcome: it may have
+    assert judged((1.0, 503, 0, 0.01)) == []  # a 503, even an earlier one: its statement may have run late
+    assert judged((3.0, 200, 2_000, 0.5)) == ["extend-lost"]  # answered before this one was sent
+    assert judged((4.5, 409, 0, 0.01)) == ["extend-lost"]  # refused: it changed nothing
+    # A later one that answered a later expiry does not excuse an earlier one (both are lost here).
+    history, state = clean_history()
+    extend(history, 4.0, HOLD_C, 200, expires_at=at_ms(5_000), extensions=2)
+    extend(history, 4.5, HOLD_C, 200, expires_at=at_ms(6_000), extensions=3)
+    report = check(history, replaced(state, c, events=events))
+    assert [v.invariant for v in report.violations] == ["extend-lost", "extend-lost"]
+
+
+def test_an_event_missing_from_the_feed() -> None:
+    history, state = clean_history()
+    for lost, hold_id in [
+        ((HOLD_A, "hold.created"), HOLD_A),  # a created hold
+        ((HOLD_C, "hold.extended"), HOLD_C),  # an extension
+        ((HOLD_B, "hold.confirmed"), HOLD_B),  # the confirm of a hold cancelled since
+        ((HOLD_D, "hold.expired"), HOLD_D),  # an expiry
+    ]:
+        events = [event for event in CLEAN_FEED if event != lost]
+        report = check(history, snapshot(state.holds, state.leases, state.idempotency, events=events))
+        assert invariants(report) == ["event-feed"], lost
+        assert len(report.violations) == 1
+        assert report.violations[0].detail.startswith(f"hold {hold_id} is "), report.violations[0].detail
+
+
+def test_a_hold_expired_twice_in_the_feed() -> None:
+    history, state = clean_history()
+    events = [*CLEAN_FEED, (HOLD_D, "hold.expired")]  # a claim's copy the sequencer did not delete
+    report = check(history, snapshot(state.holds, state.leases, state.idempotency, events=events))
+    assert invariants(report) == ["event-feed"]
+    assert (
+        report.violations[0].detail
+        == f"hold {HOLD_D} is expired, extensions=0: expected hold.created hold.expired"
+    )
+    assert report.violations[0].operations == ("#1 hold.created", "#3 hold.expired", "#10 hold.expired")
+
+
+def test_an_event_of_a_hold_postgres_does_not_have() -> None:
+    history, state = clean_history()
+    events = [*CLEAN_FEED, ("F" * 22, "hold.created"), ("F" * 22, "hold.expired")]  # a rolled-back claim's
+    report = check(history, snapshot(state.holds, state.leases, state.idempotency, events=events))
+    assert invariants(report) == ["event-feed"]
+    assert [v.detail for v in report.violations] == [
+        f"2 events of hold {'F' * 22}, which Postgres does not have"
+    ]
+
+
+def test_events_that_do_not_tell_the_hold_s_life() -> None:
+    history, state = clean_history()
+
+    def without(event: tuple[str, str]) -> list[tuple[str, str]]:
+        return [e for e in CLEAN_FEED if e != event]
+
+    wrong = {
+        "an expired hold also confirmed": (HOLD_D, [*CLEAN_FEED, (HOLD_D, "hold.confirmed")]),
+        # A claim's event for a hold that kept its seat.
+        "a live hold expired": (HOLD_C, [*CLEAN_FEED, (HOLD_C, "hold.expired")]),
+        "one extension too many": (HOLD_C, [*CLEAN_FEED, (HOLD_C, "hold.extended")]),
+        "a confirmed hold confirmed twice": (HOLD_A, [*CLEAN_FEED, (HOLD_A, "hold.confirmed")]),
+        "a hold confirmed after it was cancelled": (
+            HOLD_B,
+            [*without((HOLD_B, "hold.confirmed")), (HOLD_B, "hold.confirmed")],
+        ),
+        "an extension before the hold was created": (
+            HOLD_C,
+            [(HOLD_C, "hold.extended"), *without((HOLD_C, "hold.extended"))],
+        ),
+    }
+    for what, (hold_id, events) in wrong.items():
+        report = check(history, snapshot(state.holds, state.leases, state.idempotency, events=events))
+        assert invariants(report) == ["event-feed"], what
+        assert len(report.violations) == 1, what
+        assert report.violations[0].detail.startswith(f"hold {hold_id} is "), what
+
+
+def test_a_feed_read_before_it_settled_is_not_judged() -> None:
+    history, state = clean_history()
+    report = check(history, snapshot(state.holds, state.leases, state.idempotency, unnumbered_events=2))
+    assert invariants(report) == ["event-feed"]
+    assert report.violations[0].detail == (
+        "not settled when read: 0 lapsed holds not yet marked expired, 2 events not yet numbered "
+        "(the feed is not judged)"
+    )
+    # A hold past its expiry that the sweeper has yet to mark: its hold.expired may not be written yet.
+    lapsed = hold("E" * 22, ("s5",), remaining_ms=0)
+    events = [*CLEAN_FEED, ("E" * 22, "hold.created")]
+    report = check(history, snapshot([*state.holds, lapsed], state.leases, state.idempotency, events=events))
+    assert invariants(report) == ["event-feed"]
+    assert report.violations[0].operations == (f"hold {'E' * 22} held, remaining_ms=0",)
 
 
 @pytest.mark.slow
@@ -292,4 +557,14 @@ def test_a_short_soak_keeps_every_promise() -> None:
     assert report.count("create", 201) > 0, output
     assert report.count("create", 409) > 0, output
     assert report.count("confirm", 200) > 0, output
+    assert report.count("extend", 200) > 0, output
+    assert report.count("extend", 409) > 0, output
     assert sum(report.counts["mistake"].values()) > 0, output
+    # The feed was judged, and on every kind of event.
+    assert Counter(event.type for event in result.snapshot.events).keys() == {
+        "hold.created",
+        "hold.extended",
+        "hold.confirmed",
+        "hold.cancelled",
+        "hold.expired",
+    }, output

@@ -21,7 +21,17 @@ The promises checked, each a `Violation.invariant` name:
 - ``confirm-lost``: a confirm answered 200 is confirmed in Postgres, unless a cancel of it may have
   succeeded since (answered 200, or 5xx/unknown: not known to have failed);
 - ``connections``: the gateway's Postgres backends are within its pools, and the open connections through
-  each fault proxy stay bounded and do not grow while idle.
+  each fault proxy stay bounded and do not grow while idle;
+- ``extend-lost``: an extend answered 200 names a hold in Postgres whose `extensions` is at least the number
+  of its extends answered 200 (and any answer's count), and which expires no earlier than the answer's
+  `expires_at`, unless another extend of it, not known to have failed, may have taken effect after this one
+  and did not answer an expiry at least as late (an extension moves `expires_at` to now + ttl, so it may
+  shorten it; confirm, cancel and expiry leave `expires_at` alone, so they explain nothing);
+- ``event-feed``: once the sweeper has marked every lapsed hold and the sequencer has numbered every event,
+  each hold's events in the numbered feed are exactly its life: one `hold.created` first, then as many
+  `hold.extended` as its `extensions`, then none (held), `hold.confirmed` (confirmed), `hold.cancelled`
+  after a `hold.confirmed` if it was ever confirmed (cancelled) or one `hold.expired` (expired); and no event
+  names a hold Postgres does not have.
 """
 
 from __future__ import annotations
@@ -30,15 +40,18 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from gateway.keys import is_blocked, parse_lease_value
 
-OpKind = Literal["create", "confirm", "cancel", "read", "mistake"]
+OpKind = Literal["create", "confirm", "cancel", "extend", "read", "mistake"]
 Outcome = Literal["pending", "completed", "unknown"]
 
 # Client mistakes the gateway can judge from the request alone: never a 5xx.
-STATELESS_MISTAKES = frozenset({"bad-json", "bad-body", "bad-slots", "bad-ttl", "malformed-id", "bad-key"})
+STATELESS_MISTAKES = frozenset(
+    {"bad-json", "bad-body", "bad-slots", "bad-ttl", "malformed-id", "bad-key", "bad-extend-ttl"}
+)
 # Client mistakes only Postgres can judge: a 503 is the honest answer while it is unreachable.
 STATEFUL_MISTAKES = frozenset({"wrong-holder", "unknown-id"})
 
@@ -56,6 +69,8 @@ class Operation:
     status: int | None = None  # HTTP status when completed
     hold_id: str | None = None  # from the body, when it is a hold
     hold_status: str | None = None
+    expires_at: datetime | None = None  # from the body, when it is a hold
+    extensions: int | None = None  # from the body, when it is a hold
     replayed: bool = False  # Idempotent-Replayed: true
     retry_after: bool = False  # a Retry-After header was present
     error: str | None = None  # why the outcome is unknown, or a problem's title
@@ -71,6 +86,8 @@ class Operation:
             answer += f" hold={self.hold_id}"
         if self.hold_status is not None:
             answer += f" status={self.hold_status}"
+        if self.op == "extend" and self.expires_at is not None:
+            answer += f" expires_at={self.expires_at.isoformat()} extensions={self.extensions}"
         if self.replayed:
             answer += " replayed"
         args = " ".join(f"{name}={value}" for name, value in sorted(self.args.items()))
@@ -123,6 +140,9 @@ class History:
             if isinstance(body.get("id"), str) and isinstance(body.get("status"), str):
                 entry.hold_id = body["id"]
                 entry.hold_status = body["status"]
+                entry.expires_at = _timestamp(body.get("expires_at"))
+                if isinstance(body.get("extensions"), int):
+                    entry.extensions = body["extensions"]
             elif isinstance(body.get("title"), str):
                 entry.error = body["title"]
         return entry
@@ -137,6 +157,18 @@ class History:
         self.faults.append(Fault(kind, started_at, healed_at, detail))
 
 
+def _timestamp(value: object) -> datetime | None:
+    """An answer's RFC 3339 timestamp; None if it is not one, or names no offset (the check that needs it
+    says so)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 @dataclass(frozen=True)
 class HoldRecord:
     """A row of `holds`; remaining_ms is expires_at minus Postgres's now() at the snapshot."""
@@ -148,10 +180,18 @@ class HoldRecord:
     slots: tuple[str, ...]
     status: str
     remaining_ms: int
+    expires_at: datetime
+    extensions: int
+    confirmed: bool  # confirmed_at is set: confirmed once, whatever its status now
 
     @property
     def active(self) -> bool:
         return self.status == "confirmed" or (self.status == "held" and self.remaining_ms > 0)
+
+    @property
+    def lapsed(self) -> bool:
+        """Held by its row, yet past expires_at: the sweeper has yet to mark it expired."""
+        return self.status == "held" and self.remaining_ms <= 0
 
 
 @dataclass(frozen=True)
@@ -172,6 +212,15 @@ class IdempotencyRecord:
 
 
 @dataclass(frozen=True)
+class EventRecord:
+    """A numbered row of `hold_events`: its feed position, type and hold."""
+
+    id: int
+    type: str
+    hold_id: str
+
+
+@dataclass(frozen=True)
 class ConnectionCount:
     """Connections one party holds, sampled while quiet, and the most it may hold."""
 
@@ -189,7 +238,14 @@ class Snapshot:
     idempotency: tuple[IdempotencyRecord, ...]
     key_prefix: str
     confirmed_lease_ms: int
+    events: tuple[EventRecord, ...]  # the numbered feed, in feed order, read in the holds' snapshot
+    unnumbered_events: int  # rows of hold_events the sequencer has yet to number (or delete as a copy)
     connections: tuple[ConnectionCount, ...] = ()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the feed is complete: every lapsed hold marked expired, every event numbered."""
+        return self.unnumbered_events == 0 and not any(hold.lapsed for hold in self.holds)
 
 
 @dataclass(frozen=True)
@@ -267,6 +323,8 @@ def check(history: History, snapshot: Snapshot, *, tolerance_ms: int = 1_000) ->
     violations += _server_errors(operations)
     violations += _confirms_kept(operations, holds)
     violations += _connections(snapshot.connections)
+    violations += _extensions_kept(operations, holds)
+    violations += _event_feed(snapshot)
     return report
 
 
@@ -278,7 +336,8 @@ def _describe(snapshot: Snapshot) -> str:
     connections = ", ".join(f"{c.name} {list(c.samples)} (max {c.bound})" for c in snapshot.connections)
     return (
         f"{len(snapshot.holds)} holds ({', '.join(f'{k}: {n}' for k, n in sorted(statuses.items()))}), "
-        f"{leases} leases, {len(snapshot.idempotency)} idempotency records; "
+        f"{leases} leases, {len(snapshot.idempotency)} idempotency records, "
+        f"{len(snapshot.events)} hold events; "
         f"{connections or 'no connection counts'}"
     )
 
@@ -482,5 +541,137 @@ def _connections(counts: Iterable[ConnectionCount]) -> list[Violation]:
         if count.samples[-1] > count.samples[0]:
             violations.append(
                 Violation("connections", f"{count.name}: grew while idle, {list(count.samples)}")
+            )
+    return violations
+
+
+def _extensions_kept(operations: Iterable[Operation], holds: Mapping[str, HoldRecord]) -> list[Violation]:
+    extends: dict[str, list[Operation]] = defaultdict(list)
+    for entry in operations:
+        if entry.op == "extend" and entry.args.get("hold_id") is not None:
+            extends[entry.args["hold_id"]].append(entry)
+    violations = []
+    for hold_id, entries in sorted(extends.items()):
+        answered = [entry for entry in entries if entry.outcome == "completed" and entry.status == 200]
+        if not answered:
+            continue
+        hold = holds.get(hold_id)
+        if hold is None:
+            violations.append(
+                Violation(
+                    "extend-lost",
+                    f"{len(answered)} extends of {hold_id} answered 200, Postgres has no such hold",
+                    tuple(entry.describe() for entry in answered),
+                )
+            )
+            continue
+        # Each 200 is a committed statement of its own that counted one extension (nothing retries one), and
+        # the count only grows: Postgres counts at least as many as were answered, and as any answer said.
+        counted = max(len(answered), *(entry.extensions or 0 for entry in answered))
+        if hold.extensions < counted:
+            violations.append(
+                Violation(
+                    "extend-lost",
+                    f"{len(answered)} extends of {hold_id} answered 200 (the last saying extensions="
+                    f"{answered[-1].extensions}), Postgres counts {hold.extensions}",
+                    tuple(entry.describe() for entry in entries),
+                )
+            )
+        for entry in answered:
+            if entry.expires_at is None:
+                violations.append(
+                    Violation(
+                        "extend-lost",
+                        f"extend of {hold_id} answered 200 without an expires_at",
+                        (entry.describe(),),
+                    )
+                )
+            elif hold.expires_at < entry.expires_at and not _moved_since(entry, entries):
+                violations.append(
+                    Violation(
+                        "extend-lost",
+                        f"extend of {hold_id} answered expires_at {entry.expires_at.isoformat()}, "
+                        f"Postgres has {hold.expires_at.isoformat()} ({hold.status})",
+                        tuple(other.describe() for other in entries),
+                    )
+                )
+    return violations
+
+
+def _moved_since(entry: Operation, extends: Iterable[Operation]) -> bool:
+    """Whether another extend of the hold may have moved its expiry earlier than `entry` answered, after
+    `entry` took effect (at some instant between its invocation and its answer)."""
+    assert entry.expires_at is not None
+    for other in extends:
+        if other is entry:
+            continue
+        if other.outcome == "completed" and other.status == 200:
+            # Answered: it took effect before its answer, and at the expiry it answered (a later one's loss
+            # is that one's violation).
+            assert other.completed_at is not None
+            if other.completed_at > entry.invoked_at and (
+                other.expires_at is None or other.expires_at < entry.expires_at
+            ):
+                return True
+        elif other.outcome != "completed" or (other.status or 0) >= 500:
+            # Not known to have failed, nor when: a request the client gave up on may still run later.
+            return True
+    return False
+
+
+# A hold's events in the feed, by its final status after `hold.created` and its `hold.extended`.
+_FINAL_EVENTS: dict[str, tuple[str, ...]] = {
+    "held": (),
+    "confirmed": ("hold.confirmed",),
+    "cancelled": ("hold.cancelled",),
+    "expired": ("hold.expired",),
+}
+
+
+def _expected_events(hold: HoldRecord) -> tuple[str, ...]:
+    """The types of a hold's events in the numbered feed, in order, as its row in Postgres tells its life."""
+    final = _FINAL_EVENTS.get(hold.status, ("?",))
+    if hold.status == "cancelled" and hold.confirmed:
+        final = ("hold.confirmed", *final)
+    return ("hold.created", *(["hold.extended"] * hold.extensions), *final)
+
+
+def _event_feed(snapshot: Snapshot) -> list[Violation]:
+    if not snapshot.settled:
+        lapsed = [hold for hold in snapshot.holds if hold.lapsed]
+        return [
+            Violation(
+                "event-feed",
+                f"not settled when read: {len(lapsed)} lapsed holds not yet marked expired, "
+                f"{snapshot.unnumbered_events} events not yet numbered (the feed is not judged)",
+                tuple(f"hold {h.id} held, remaining_ms={h.remaining_ms}" for h in lapsed[:10]),
+            )
+        ]
+    feed: dict[str, list[EventRecord]] = defaultdict(list)
+    for event in sorted(snapshot.events, key=lambda event: event.id):
+        feed[event.hold_id].append(event)
+    holds = {hold.id: hold for hold in snapshot.holds}
+    violations = [
+        Violation(
+            "event-feed",
+            f"{len(events)} events of hold {hold_id}, which Postgres does not have",
+            tuple(f"#{event.id} {event.type}" for event in events),
+        )
+        for hold_id, events in sorted(feed.items())
+        if hold_id not in holds
+    ]
+    for hold in sorted(snapshot.holds, key=lambda hold: hold.id):
+        events = feed.get(hold.id, [])
+        expected = _expected_events(hold)
+        if tuple(event.type for event in events) != expected:
+            state = (
+                f"{hold.status}{' (confirmed first)' if hold.confirmed else ''}, extensions={hold.extensions}"
+            )
+            violations.append(
+                Violation(
+                    "event-feed",
+                    f"hold {hold.id} is {state}: expected {' '.join(expected)}",
+                    tuple(f"#{event.id} {event.type}" for event in events) or ("(no event)",),
+                )
             )
     return violations

@@ -3,11 +3,11 @@
 It starts its own PostgreSQL and Redis (on free ports, in a temporary directory), fault proxies in front of
 both, migrates, and runs `gateway serve` as a subprocess pointed at the
 proxies. Clients then create holds on a few hot slots (with and without Idempotency-Key, some keys retried),
-confirm, cancel, read, and make deliberate mistakes, every request recorded in a History, while every few
-seconds the chaos loop picks a fault and heals it after its duration. At the end everything is healed, the
-gateway must become ready again, pending leases lapse, and the history is checked against a snapshot of
-Postgres and Redis (gateway.chaos.history). Seeded: the same seed makes the same choices (timing still
-varies from run to run).
+extend, confirm, cancel, read, and make deliberate mistakes, every request recorded in a History, while every
+few seconds the chaos loop picks a fault and heals it after its duration. At the end everything is healed,
+the gateway must become ready again, pending leases lapse, the sweeper marks the lapsed holds and the
+sequencer numbers their events, and the history is checked against a snapshot of Postgres and Redis
+(gateway.chaos.history). Seeded: the same seed makes the same choices (timing still varies from run to run).
 """
 
 # The random choices are the workload's and the chaos loop's, seeded to be replayed: not security.
@@ -38,6 +38,7 @@ import redis.asyncio as redis
 
 from gateway.chaos.history import (
     ConnectionCount,
+    EventRecord,
     History,
     HoldRecord,
     IdempotencyRecord,
@@ -61,8 +62,19 @@ REDIS_MAX_CONNECTIONS = 256
 LEASE_PENDING_MS = 5_000
 CONFIRMED_LEASE_MS = 3_600_000
 REDIS_TIMEOUT_S = 0.3
-# Holds live a few seconds, so expiry happens during the run.
+# Holds live a few seconds, so expiry happens during the run; most extensions ask for as long again.
 HOLD_TTL_S = (2, 6)
+# The longest TTL, and the cap on a hold's life (no shorter, as the settings require): the recovery probe
+# lives that long, past the snapshot; an extension asking for it would end past the cap (the hold is older
+# than 0 s), so is refused with 409 lifetime-exceeded.
+MAX_TTL_S = 30
+DEFAULT_TTL_S = 5
+MAX_HOLD_LIFETIME_S = MAX_TTL_S
+# The share of extensions that ask for MAX_TTL_S.
+PAST_THE_CAP = 0.2
+# After the run, how long the sweeper and the sequencer get to mark every lapsed hold and number every event
+# before the snapshot is read anyway (the checker then says what was left).
+SETTLE_TIMEOUT_S = 60.0
 # A client gives up on a request after this long: its outcome is then unknown.
 CLIENT_TIMEOUT_S = 10.0
 # Each epoch the workload moves to fresh events, so confirmed holds do not end the contention.
@@ -85,6 +97,7 @@ class SoakResult:
     report: Report
     seed: int
     gateway_log: str  # the lines of the gateway's output that say ERROR or Traceback
+    snapshot: Snapshot  # what the history was checked against
 
 
 @dataclass
@@ -357,6 +370,21 @@ class Workload:
             holder=holder,
         )
 
+    async def extend(self, rng: random.Random) -> None:
+        if not self.known:
+            return
+        hold_id, holder = rng.choice(self.known[-30:])
+        ttl_s = MAX_TTL_S if rng.random() < PAST_THE_CAP else rng.randint(*HOLD_TTL_S)
+        await self.send(
+            "extend",
+            "POST",
+            f"/v1/holds/{hold_id}/extend",
+            body={"holder": holder, "ttl_seconds": ttl_s},
+            hold_id=hold_id,
+            holder=holder,
+            ttl_seconds=ttl_s,
+        )
+
     async def read(self, rng: random.Random) -> None:
         if not self.known:
             return
@@ -372,6 +400,7 @@ class Workload:
                 "bad-ttl",
                 "malformed-id",
                 "bad-key",
+                "bad-extend-ttl",
                 "wrong-holder",
                 "unknown-id",
             ]
@@ -407,16 +436,28 @@ class Workload:
                     headers={"Idempotency-Key": "k" * 300},
                     mistake=kind,
                 )
+            case "bad-extend-ttl":
+                if not self.known:
+                    return
+                hold_id, holder = rng.choice(self.known[-30:])
+                await self.send(
+                    "mistake",
+                    "POST",
+                    f"/v1/holds/{hold_id}/extend",
+                    body={"holder": holder, "ttl_seconds": MAX_TTL_S + 1},
+                    mistake=kind,
+                    hold_id=hold_id,
+                )
             case "wrong-holder":
                 if not self.known:
                     return
                 hold_id, _ = rng.choice(self.known[-30:])
-                action = rng.choice(("confirm", "cancel"))
+                action = rng.choice(("confirm", "cancel", "extend"))
                 await self.send(
                     "mistake",
                     "POST",
                     f"/v1/holds/{hold_id}/{action}",
-                    body={"holder": "intruder"},
+                    body={"holder": "intruder"} | ({"ttl_seconds": 3} if action == "extend" else {}),
                     mistake=kind,
                     hold_id=hold_id,
                     action=action,
@@ -427,10 +468,11 @@ class Workload:
 
     async def client_loop(self, rng: random.Random, until: float) -> None:
         actions: list[tuple[float, Callable[[random.Random], Awaitable[None]]]] = [
-            (0.55, self.create),
-            (0.15, lambda r: self.transition(r, "confirm")),
+            (0.50, self.create),
+            (0.14, lambda r: self.transition(r, "confirm")),
             (0.08, lambda r: self.transition(r, "cancel")),
-            (0.12, self.read),
+            (0.10, self.extend),
+            (0.08, self.read),
             (0.10, self.mistake),
         ]
         weights = [weight for weight, _ in actions]
@@ -450,6 +492,9 @@ def gateway_env(database_url: str, redis_url: str) -> dict[str, str]:
         "GATEWAY_REDIS_URL": redis_url,
         "GATEWAY_REDIS_KEY_PREFIX": KEY_PREFIX,
         "GATEWAY_MIN_TTL_S": "1",
+        "GATEWAY_MAX_TTL_S": str(MAX_TTL_S),
+        "GATEWAY_DEFAULT_TTL_S": str(DEFAULT_TTL_S),
+        "GATEWAY_MAX_HOLD_LIFETIME_S": str(MAX_HOLD_LIFETIME_S),
         "GATEWAY_REDIS_RETRY_INTERVAL_S": "0.5",
         "GATEWAY_LOG_FORMAT": "text",
         "GATEWAY_LOG_LEVEL": "WARNING",
@@ -519,8 +564,10 @@ async def gateway_backends(dsn: str) -> int:
 
 
 async def take_snapshot(servers: Servers, workers: int) -> Snapshot:
-    """Connection counts sampled over a few idle seconds, then Redis's keys, then Postgres's rows (both read
-    directly, not through the proxies)."""
+    """Connection counts sampled over a few idle seconds, then Redis's keys and Postgres's rows (both read
+    directly, not through the proxies), read again until the feed has settled: no lapsed hold still held, no
+    event unnumbered (or `SETTLE_TIMEOUT_S` has passed). Redis is read just before Postgres each time, so that
+    a lease's PTTL and its hold's remaining life are compared at about the same instant."""
     backends: list[int] = []
     proxied: dict[str, list[int]] = {}
     for _ in range(3):
@@ -535,7 +582,17 @@ async def take_snapshot(servers: Servers, workers: int) -> Snapshot:
     }
     connections += [ConnectionCount(name, tuple(samples), bounds[name]) for name, samples in proxied.items()]
 
-    client = redis.Redis.from_url(servers.redis_server.url, decode_responses=True)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        leases = await _read_leases(servers.redis_server.url)
+        snapshot = await _read_postgres(servers.postgres.dsn, leases, tuple(connections))
+        if snapshot.settled or time.monotonic() >= deadline:
+            return snapshot
+        await asyncio.sleep(0.2)
+
+
+async def _read_leases(redis_url: str) -> tuple[LeaseRecord, ...]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         # Strings only: a pool's hash and sorted set, and the sets of pools and blocked seats, are no leases.
         scanned = client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000, _type="string")
@@ -547,19 +604,31 @@ async def take_snapshot(servers: Servers, workers: int) -> Snapshot:
             replies = await pipe.execute()
     finally:
         await client.aclose()
-    leases = [
+    return tuple(
         LeaseRecord(name, value, pttl)
         for name, value, pttl in zip(names, replies[::2], replies[1::2], strict=True)
         if value is not None
-    ]
+    )
 
-    conn = await asyncpg.connect(servers.postgres.dsn)
+
+async def _read_postgres(
+    dsn: str, leases: tuple[LeaseRecord, ...], connections: tuple[ConnectionCount, ...]
+) -> Snapshot:
+    """The holds, idempotency records and hold events, in one snapshot of the database: the feed and the
+    holds it tells of are read as of one instant."""
+    conn = await asyncpg.connect(dsn)
     try:
-        holds = await conn.fetch(
-            "SELECT id, token, event_id, holder, slots, status,"
-            " (extract(epoch FROM expires_at - now()) * 1000)::bigint AS remaining_ms FROM holds"
-        )
-        records = await conn.fetch("SELECT holder, key, hold_id, status_code FROM idempotency_keys")
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            holds = await conn.fetch(
+                "SELECT id, token, event_id, holder, slots, status,"
+                " (extract(epoch FROM expires_at - now()) * 1000)::bigint AS remaining_ms,"
+                " expires_at, extensions, confirmed_at IS NOT NULL AS confirmed FROM holds"
+            )
+            records = await conn.fetch("SELECT holder, key, hold_id, status_code FROM idempotency_keys")
+            events = await conn.fetch(
+                "SELECT id, type, hold_id FROM hold_events WHERE id IS NOT NULL ORDER BY id"
+            )
+            unnumbered: int = await conn.fetchval("SELECT count(*) FROM hold_events WHERE id IS NULL")
     finally:
         await conn.close()
     return Snapshot(
@@ -572,16 +641,21 @@ async def take_snapshot(servers: Servers, workers: int) -> Snapshot:
                 tuple(r["slots"]),
                 r["status"],
                 r["remaining_ms"],
+                r["expires_at"],
+                r["extensions"],
+                r["confirmed"],
             )
             for r in holds
         ),
-        leases=tuple(leases),
+        leases=leases,
         idempotency=tuple(
             IdempotencyRecord(r["holder"], r["key"], r["hold_id"], r["status_code"]) for r in records
         ),
         key_prefix=KEY_PREFIX,
         confirmed_lease_ms=CONFIRMED_LEASE_MS,
-        connections=tuple(connections),
+        events=tuple(EventRecord(r["id"], r["type"], r["hold_id"]) for r in events),
+        unnumbered_events=unnumbered,
+        connections=connections,
     )
 
 
@@ -651,12 +725,12 @@ async def run_soak(options: SoakOptions) -> SoakResult:
                                 "event_id": "recovery",
                                 "slots": ["probe"],
                                 "holder": "probe",
-                                "ttl_seconds": 30,
+                                "ttl_seconds": MAX_TTL_S,
                             },
                             event_id="recovery",
                             slots=["probe"],
                             holder="probe",
-                            ttl_seconds=30,
+                            ttl_seconds=MAX_TTL_S,
                         )
                         if probe.status != 201:
                             extra.append(
@@ -676,7 +750,7 @@ async def run_soak(options: SoakOptions) -> SoakResult:
             kept = Path(tempfile.gettempdir()) / f"gateway-chaos-seed{options.seed}-{os.getpid()}.log"
             shutil.copyfile(gateway_log, kept)
             errors.append(f"(the gateway's whole output: {kept})")
-        return SoakResult(report, options.seed, "\n".join(errors[-60:]))
+        return SoakResult(report, options.seed, "\n".join(errors[-60:]), snapshot)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
