@@ -1172,6 +1172,8 @@ SELECT count(*) FROM made;
 -- skipped. Each endpoint's rows are read in its pending index's order, up to its share; the leased rows are
 -- updated by their addresses and their events fetched one probe each (OFFSET 0 keeps that subquery a
 -- per-row probe): a generic plan, which cannot know how few rows $1 asks for, must not hash the whole table.
+-- The order check is a probe per candidate row too (its OFFSET 0 keeps it from becoming an anti join, which,
+-- planned with the statistics of an empty queue, read the endpoint's whole backlog for every row).
 -- Returns each with its endpoint's url and secret and its event (null type: no longer kept).
 WITH in_flight AS (
     SELECT * FROM unnest($2::text[], $3::integer[]) AS f (endpoint_id, sending)
@@ -1188,6 +1190,7 @@ WITH in_flight AS (
               SELECT 1 FROM webhook_deliveries AS earlier
               WHERE earlier.endpoint_id = d.endpoint_id AND earlier.hold_id = d.hold_id
                 AND earlier.status = 'pending' AND earlier.event_id < d.event_id
+              OFFSET 0
           )
         ORDER BY d.next_attempt_at, d.event_id
         LIMIT greatest($4 - coalesce(f.sending, 0), 0)
