@@ -1164,7 +1164,8 @@ WITH made AS (
 SELECT count(*) FROM made;
 
 -- claim_webhook_deliveries --
--- Lease up to $1 due deliveries for sending: pending, due, not leased by a live worker, and each the earliest
+-- Lease up to $1 due deliveries for sending: pending, due for $6 seconds at least (0: due; more: a busy worker
+-- sends only those its load has kept waiting that long), not leased by a live worker, and each the earliest
 -- still owed of its hold to its endpoint (a hold's events go out in feed order, one at a time). At most $4 per
 -- endpoint less what this worker has in flight to it ($2 endpoint ids, $3 their counts), so that a hung
 -- endpoint cannot take every slot. Each lease runs $5 seconds, and the attempt is counted (`attempts` is the
@@ -1184,7 +1185,8 @@ WITH in_flight AS (
     CROSS JOIN LATERAL (
         SELECT d.ctid AS row_id, d.endpoint_id, d.event_id, d.next_attempt_at
         FROM webhook_deliveries AS d
-        WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+        WHERE d.endpoint_id = w.id AND d.status = 'pending'
+          AND d.next_attempt_at <= now() - $6 * interval '1 second'
           AND (d.locked_until IS NULL OR d.locked_until <= now())
           AND NOT EXISTS (
               SELECT 1 FROM webhook_deliveries AS earlier

@@ -356,7 +356,7 @@ async def test_webhook_claim_reaches_due_deliveries_by_index_whatever_the_backlo
         )
         assert await conn.fetchval(sql.FAN_OUT_WEBHOOK_DELIVERIES, 0, 20_000) == 20_000
         await conn.execute("ANALYZE")
-        claim = await plan_of(conn, "claim_webhook_deliveries", (16, ["ep-1"], [3], 8, 15.0), mode)
+        claim = await plan_of(conn, "claim_webhook_deliveries", (16, ["ep-1"], [3], 8, 15.0, 0.0), mode)
         delivered = await plan_of(conn, "webhook_delivered", ("ep-1", 7), mode)
         failed = await plan_of(conn, "webhook_attempt_failed", ("ep-1", 7, 1, 1.5, 86_400, 500, "x"), mode)
     finally:
@@ -396,7 +396,9 @@ async def test_webhook_claim_probes_each_holds_order_even_with_statistics_of_an_
             " FROM generate_series(1, 10000) AS i"
         )
         assert await conn.fetchval(sql.FAN_OUT_WEBHOOK_DELIVERIES, 0, 10_000) == 10_000
-        claim = await plan_of(conn, "claim_webhook_deliveries", (16, [], [], 8, 15.0), mode, analyze=True)
+        claim = await plan_of(
+            conn, "claim_webhook_deliveries", (16, [], [], 8, 15.0, 0.0), mode, analyze=True
+        )
     finally:
         await conn.close()
 
