@@ -787,8 +787,11 @@ def _webhook_rounds_table(report: Report, cpus: int) -> list[str]:
         "warm-up left owed is delivered before the measured run starts, so a run pays for its own events' "
         "deliveries only: every hold the commit run makes is one `hold.created` to number, fan out, send "
         "and record, in the same worker processes that serve the holds, while a rejection changes nothing "
-        "and makes no event. CPU columns: the gateway's processes per request; Postgres and the receiver "
-        "over the commit run.",
+        "and makes no event. As shipped, a worker finishing more than 100 requests a second yields to them "
+        "(`GATEWAY_WEBHOOK_YIELD_ABOVE_RPS`): it sends only deliveries owed for 10 s "
+        "(`GATEWAY_WEBHOOK_MAX_DEFER_S`) and drains the rest once the load drops, so a commit run's "
+        "deliveries mostly go out after it; the second table shows the lag that costs. CPU columns: the "
+        "gateway's processes per request; Postgres and the receiver over the commit run.",
         "",
     ]
     rows = []
@@ -879,7 +882,9 @@ def _flash_sale_table(report: Report) -> list[str]:
         "a ceiling of 60 s plus a second per 50 events. Delivery throughput while draining: the events "
         "that arrived after the sale's last event (its last confirm), over the time from that event to "
         "the last receipt; overall: every event over the time from the sale's first event to the last "
-        "receipt.",
+        "receipt. A sale shorter than `GATEWAY_WEBHOOK_MAX_DEFER_S` is delivered almost wholly after it "
+        "(the workers yield while it runs): the time from its last commit to the last delivery is then the "
+        "backlog over the drain rate.",
         "",
     ]
     if sale is None:
