@@ -81,7 +81,7 @@ class ReceiverProtocol(asyncio.Protocol):
                 self._reply(_json_response(self._answer(target)))
             else:
                 self._reply(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-        if len(self._buffer) > MAX_HEAD_BYTES:
+        if len(self._buffer) > MAX_HEAD_BYTES and self._buffer.find(HEADERS_END) < 0:
             self._close()
 
     def _answer(self, target: str) -> object:
