@@ -70,7 +70,10 @@ def create_app(settings: Settings) -> Litestar:
         streams = StreamHub(store, feed, app.state.availability, app.state.inventories, settings)
         app.state.streams = streams
         app.state.webhooks = WebhookEndpoints(WebhookStore(store))
-        dispatcher = WebhookDispatcher(WebhookStore(store), settings, feed)
+        observed = app if isinstance(app, ObservedLitestar) else None
+        dispatcher = WebhookDispatcher(
+            WebhookStore(store), settings, feed, lambda: observed.requests_served if observed else 0
+        )
         if settings.ops_token is None:
             log.warning(
                 "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "

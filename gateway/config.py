@@ -138,6 +138,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Deliveries in flight to one endpoint per worker, at most: a hung or slow endpoint leaves the other
     # slots to the rest.
     webhook_endpoint_concurrency: PositiveInt = 8
+    # While a worker finishes requests at least this fast (per second, over a quarter of a second), its
+    # webhook deliveries yield to them: only those owed for webhook_max_defer_s are sent, the rest once the
+    # rate drops (a delivery costs a worker more CPU than a hold: a flash sale keeps its capacity). 0: never.
+    webhook_yield_above_rps: Annotated[float, Meta(ge=0)] = 100.0
+    # How long a delivery waits for a busy worker, at most: past it, it is sent whatever the load.
+    webhook_max_defer_s: Annotated[float, Meta(ge=0, le=3_600)] = 10.0
 
     # HTTP keep-alive for idle client connections. uvicorn's 5 s is shorter than what load balancers and
     # clients assume (often 60 s or more): a request sent as the server closes an idle connection is lost.

@@ -33,6 +33,7 @@ class ObservedLitestar(Litestar):
     (Litestar's own middleware does not see requests that match no route)."""
 
     access_log_enabled = True
+    requests_served = 0  # by this worker so far: what its webhook dispatcher yields to (gateway.webhooks)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -57,6 +58,7 @@ class ObservedLitestar(Litestar):
                 self._observe(scope, context, status, time.perf_counter() - started)
 
     def _observe(self, scope: Any, context: RequestContext, status: int, elapsed_s: float) -> None:
+        self.requests_served += 1
         route = scope.get("path_template") or "unmatched"
         method = scope["method"]
         metrics.http_request(method, route, status).observe(elapsed_s)

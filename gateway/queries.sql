@@ -1164,7 +1164,8 @@ WITH made AS (
 SELECT count(*) FROM made;
 
 -- claim_webhook_deliveries --
--- Lease up to $1 due deliveries for sending: pending, due, not leased by a live worker, and each the earliest
+-- Lease up to $1 due deliveries for sending: pending, due for $6 seconds at least (0: due; more: a busy worker
+-- sends only those its load has kept waiting that long), not leased by a live worker, and each the earliest
 -- still owed of its hold to its endpoint (a hold's events go out in feed order, one at a time). At most $4 per
 -- endpoint less what this worker has in flight to it ($2 endpoint ids, $3 their counts), so that a hung
 -- endpoint cannot take every slot. Each lease runs $5 seconds, and the attempt is counted (`attempts` is the
@@ -1172,6 +1173,8 @@ SELECT count(*) FROM made;
 -- skipped. Each endpoint's rows are read in its pending index's order, up to its share; the leased rows are
 -- updated by their addresses and their events fetched one probe each (OFFSET 0 keeps that subquery a
 -- per-row probe): a generic plan, which cannot know how few rows $1 asks for, must not hash the whole table.
+-- The order check is a probe per candidate row too (its OFFSET 0 keeps it from becoming an anti join, which,
+-- planned with the statistics of an empty queue, read the endpoint's whole backlog for every row).
 -- Returns each with its endpoint's url and secret and its event (null type: no longer kept).
 WITH in_flight AS (
     SELECT * FROM unnest($2::text[], $3::integer[]) AS f (endpoint_id, sending)
@@ -1182,12 +1185,14 @@ WITH in_flight AS (
     CROSS JOIN LATERAL (
         SELECT d.ctid AS row_id, d.endpoint_id, d.event_id, d.next_attempt_at
         FROM webhook_deliveries AS d
-        WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+        WHERE d.endpoint_id = w.id AND d.status = 'pending'
+          AND d.next_attempt_at <= now() - $6 * interval '1 second'
           AND (d.locked_until IS NULL OR d.locked_until <= now())
           AND NOT EXISTS (
               SELECT 1 FROM webhook_deliveries AS earlier
               WHERE earlier.endpoint_id = d.endpoint_id AND earlier.hold_id = d.hold_id
                 AND earlier.status = 'pending' AND earlier.event_id < d.event_id
+              OFFSET 0
           )
         ORDER BY d.next_attempt_at, d.event_id
         LIMIT greatest($4 - coalesce(f.sending, 0), 0)

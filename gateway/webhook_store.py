@@ -100,10 +100,15 @@ class WebhookStore:
         return record["redelivered"] if record["found"] else None
 
     async def claim(
-        self, limit: int, in_flight: Mapping[str, int], per_endpoint: int, lease_s: float
+        self,
+        limit: int,
+        in_flight: Mapping[str, int],
+        per_endpoint: int,
+        lease_s: float,
+        due_for_s: float = 0.0,
     ) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries, at most `per_endpoint` in flight to one endpoint counting
-        `in_flight` (endpoint id -> deliveries this worker is sending to it)."""
+        """Lease up to `limit` deliveries due for `due_for_s` at least, at most `per_endpoint` in flight to
+        one endpoint counting `in_flight` (endpoint id -> deliveries this worker is sending to it)."""
         async with self._store.connection("claim_webhook_deliveries") as conn:
             records = await conn.fetch(
                 sql.CLAIM_WEBHOOK_DELIVERIES,
@@ -112,6 +117,7 @@ class WebhookStore:
                 list(in_flight.values()),
                 per_endpoint,
                 lease_s,
+                due_for_s,
             )
         return [
             ClaimedDelivery(

@@ -7,7 +7,10 @@ in one short statement (FOR UPDATE SKIP LOCKED; the lease outlives one attempt's
 outside any transaction, at most `webhook_concurrency` at once, and records each outcome in one statement. A
 delivery is the earliest still owed of its hold to its endpoint, so a hold's events arrive in feed order; a
 worker that dies mid-send leaves a lease that lapses, and another worker sends the event again, with the same
-`webhook-id` (a receiver drops duplicates by it). Nothing on a hold's request path waits for any of this.
+`webhook-id` (a receiver drops duplicates by it). Nothing on a hold's request path waits for any of this, and
+while a worker is busy serving requests its dispatcher yields to them (RequestLoad): a delivery costs a worker
+more CPU than the hold it reports, so the sends wait, up to `webhook_max_defer_s`, and drain once the load
+drops.
 
 An attempt: POST the event (as GET /v1/hold-events shows it) with `webhook-id` (the event's feed id),
 `webhook-timestamp` (the attempt's unix seconds) and `webhook-signature` (`v1,` base64 HMAC-SHA256 of
@@ -25,6 +28,7 @@ import random
 import secrets
 import time
 import urllib.parse
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import cast
@@ -71,6 +75,9 @@ PURGE_BATCH_SIZE = 1_000
 USER_AGENT = "reservation-gateway-webhooks"
 # On stopping, how long the cancelled sends get to end.
 SHUTDOWN_WAIT_S = 1.0
+# A worker's request rate is measured over this long at least; while it yields, its dispatcher looks again
+# this often (so that the backlog starts draining this soon after the load drops).
+LOAD_WINDOW_S = 0.25
 
 
 def new_secret() -> str:
@@ -160,13 +167,42 @@ class WebhookEndpoints:
         return redelivered
 
 
+class RequestLoad:
+    """Whether a worker is busy: the rate it finished requests at, over the last LOAD_WINDOW_S or more."""
+
+    def __init__(self, requests_served: Callable[[], int], busy_at_rps: float) -> None:
+        self._requests_served = requests_served
+        self._busy_at_rps = busy_at_rps  # 0: never busy
+        self._since = time.monotonic()
+        self._served = requests_served()
+        self._busy = False
+
+    def busy(self) -> bool:
+        if self._busy_at_rps <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._since >= LOAD_WINDOW_S:
+            served = self._requests_served()
+            self._busy = (served - self._served) / (now - self._since) >= self._busy_at_rps
+            self._since, self._served = now, served
+        return self._busy
+
+
 class WebhookDispatcher:
     """A worker's deliveries: claims due ones, sends them, records each outcome."""
 
-    def __init__(self, store: WebhookStore, settings: Settings, feed: HoldEventFeed) -> None:
+    def __init__(
+        self,
+        store: WebhookStore,
+        settings: Settings,
+        feed: HoldEventFeed,
+        requests_served: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._store = store
         self._settings = settings
         self._feed = feed
+        self._load = RequestLoad(requests_served, settings.webhook_yield_above_rps)
+        self._yielding = False  # the last claim took only deliveries owed for webhook_max_defer_s
         self._timeout_s = settings.webhook_timeout_s
         self._client = httpx.AsyncClient(
             follow_redirects=False,
@@ -223,16 +259,19 @@ class WebhookDispatcher:
         await self._client.aclose()
 
     async def dispatch_due(self) -> bool:
-        """Claim due deliveries into the free slots and start sending them; whether more may be due now."""
+        """Claim due deliveries into the free slots and start sending them; whether more may be due now.
+        While the worker is busy, only those owed for webhook_max_defer_s are due."""
         free = self._free_slots
         if free <= 0:
             return False
+        self._yielding = self._load.busy()
         async with self._database:
             claimed = await self._store.claim(
                 free,
                 self._in_flight,
                 self._settings.webhook_endpoint_concurrency,
                 self._timeout_s + LEASE_MARGIN_S,
+                self._settings.webhook_max_defer_s if self._yielding else 0.0,
             )
         for delivery in claimed:
             self._in_flight[delivery.endpoint_id] = self._in_flight.get(delivery.endpoint_id, 0) + 1
@@ -250,12 +289,14 @@ class WebhookDispatcher:
         self._finished = asyncio.Event()
 
     async def _wait(self, head: int) -> None:
-        """Until the feed moves past `head`, a send ends, or POLL_INTERVAL_S passes (retries come due)."""
+        """Until the feed moves past `head`, a send ends, or POLL_INTERVAL_S passes (retries come due); while
+        yielding, LOAD_WINDOW_S at most (the load may have dropped)."""
+        timeout_s = LOAD_WINDOW_S if self._yielding else POLL_INTERVAL_S
         waits: list[asyncio.Future[bool]] = [asyncio.ensure_future(self._finished.wait())]
         if self._free_slots > 0:
-            waits.append(asyncio.ensure_future(self._feed.wait_past(head, POLL_INTERVAL_S)))
+            waits.append(asyncio.ensure_future(self._feed.wait_past(head, timeout_s)))
         try:
-            await asyncio.wait(waits, timeout=POLL_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()

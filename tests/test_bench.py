@@ -22,15 +22,35 @@ from loadtests.bench.results import (
     POOLS,
     REDIS_FRONT,
     REDIS_FRONT_LOGGED,
+    REDIS_FRONT_WEBHOOKS,
+    WEBHOOKS,
     Cost,
+    Delivery,
+    FlashSale,
     GaOnSale,
+    Lag,
     Machine,
     Plan,
     Report,
     Run,
 )
-from loadtests.bench.stack import REPO_ROOT, Flushed, Server, Stack, bare_server, naive_server
-from loadtests.bench.verdicts import ga_onsale_ok, transactions_per_request
+from loadtests.bench.stack import (
+    REPO_ROOT,
+    Flushed,
+    Server,
+    Stack,
+    bare_server,
+    naive_server,
+    receiver_server,
+)
+from loadtests.bench.verdicts import (
+    drain_rate_per_s,
+    flash_sale_ok,
+    ga_onsale_ok,
+    transactions_per_request,
+    webhooks_ok,
+)
+from loadtests.bench.webhooks import Receiver
 from tests.support import Gateway
 
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
@@ -459,3 +479,150 @@ async def test_smoke_run_reports_the_general_admission_sections(gateway: Gateway
         assert run.wrk.requests > 0, run.target
         assert run.wrk.other_than(200) == 0, run.target
         assert transactions_per_request(run) is not None, run.target
+
+
+async def test_receiver_records_each_webhook_id_once_and_answers_204_on_one_connection(
+    tmp_path: Path,
+) -> None:
+    """The webhook receiver: a redelivery keeps its first receipt; counts and receipts are GETs of its own."""
+    with receiver_server("receiver", tmp_path) as server:
+        await server.wait_ready("/stats")
+        conn = await Connection.open(server.port)
+        try:
+            before = time.time()
+            statuses = [
+                (await conn.request("POST", "/hooks", {"id": n}, {"webhook-id": webhook_id}))[0]
+                for n, webhook_id in enumerate(("7", "8", "7"))
+            ]
+            without_id, _ = await conn.post("/hooks", {})  # counted as a request, nothing recorded
+            after = time.time()
+        finally:
+            await conn.close()
+        receiver = Receiver(server)
+        received = await receiver.received()
+        unique = await receiver.unique()
+
+    assert statuses == [204, 204, 204]
+    assert without_id == 204
+    assert unique == 2
+    assert set(received) == {7, 8}
+    assert before <= received[7] <= received[8] <= after
+
+
+def _delivery(events: int, received: int) -> Delivery:
+    return Delivery(
+        events=events,
+        received=received,
+        unexpected=0,
+        waited_s=1.0,
+        first_occurred_unix_s=100.0,
+        last_occurred_unix_s=110.0,
+        first_received_unix_s=100.5,
+        last_received_unix_s=112.0,
+        latency=Lag(p50_s=0.5, p99_s=1.5, max_s=2.0),
+        received_after_last_event=1_000,
+    )
+
+
+def test_a_flash_sale_with_an_event_missing_fails_the_run_and_says_so() -> None:
+    run = _run(REDIS_FRONT_WEBHOOKS, {201: 200, 409: 200})
+    sale = FlashSale(
+        run=run,
+        seats=200,
+        confirms_sent=20,
+        confirmed=20,
+        confirm_wall_s=0.1,
+        events_by_type={"hold.created": 200, "hold.confirmed": 20},
+        delivery=_delivery(220, 220),
+    )
+    missing = msgspec.structs.replace(sale, delivery=_delivery(220, 219))
+    report = _pools_report([])
+    report.sections = (WEBHOOKS,)
+
+    report.flash_sale = sale
+    good = markdown_report.markdown(report)
+    assert flash_sale_ok(sale)
+    assert webhooks_ok(report)
+    report.flash_sale = missing
+    bad = markdown_report.markdown(report)
+
+    assert not webhooks_ok(report)
+    assert drain_rate_per_s(sale.delivery) == 1_000 / 2.0
+    assert "## 8. Webhooks" in good
+    assert "| Events at the receiver | 220 (every one; 0 unexpected) |" in good
+    assert "| Delivery throughput while draining | 500 events/s |" in good
+    assert "FAILED" not in good
+    assert "219 of its 220 events arrived" in bad
+    assert "| Events at the receiver | 219 (**NOT every one**; 0 unexpected) |" in bad
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_smoke_run_reports_the_webhooks_section(tmp_path: Path) -> None:
+    """Section 8 end to end: a round each of webhooks off and on, a flash sale whose every event arrives at
+    the benchmark's receiver, and holds left to lapse."""
+    out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    started = time.monotonic()
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--smoke",
+            "--only",
+            "webhooks",
+            "--out",
+            str(out),
+            "--json",
+            str(raw),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    elapsed_s = time.monotonic() - started
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert elapsed_s < 90
+    text = out.read_text()
+    for heading in (
+        "## 8. Webhooks",
+        "### The hot paths, webhooks off and on",
+        "### Flash sale with webhooks on",
+        "### Expiry to delivery",
+    ):
+        assert heading in text
+    assert "FAILED" not in text
+    assert "## 1. Rejection path" not in text  # --only webhooks
+    report = msgspec.json.decode(raw.read_bytes(), type=Report)
+    assert report.errors == []
+    assert [(r.round, r.target) for r in report.webhook_rounds] == [
+        (1, REDIS_FRONT),
+        (1, REDIS_FRONT_WEBHOOKS),
+    ]
+    for item in report.webhook_rounds:
+        assert item.rejection.wrk.other_than(409) == 0, item.target
+        assert item.commit.wrk.other_than(201) == 0, item.target
+        assert (item.commit_delivery is not None) == (item.target == REDIS_FRONT_WEBHOOKS)
+    on, commit = report.webhook_rounds[1].commit_delivery, report.webhook_rounds[1].commit
+    assert on is not None
+    # wrk stops with a request in flight on each connection: those holds are made, their answers not counted.
+    assert commit.wrk.count(201) <= on.events <= commit.wrk.count(201) + commit.wrk.connections
+    assert on.received == on.events
+    sale = report.flash_sale
+    assert sale is not None
+    assert flash_sale_ok(sale)
+    assert sale.events_by_type == {
+        "hold.created": report.plan.webhook_sale_holds,
+        "hold.confirmed": sale.confirmed,
+    }
+    assert sale.delivery.latency is not None
+    expiry = report.expiry
+    assert expiry is not None
+    assert expiry.delivery.received == expiry.delivery.events == report.plan.webhook_expiry_holds
+    assert expiry.after_expires is not None
+    assert expiry.swept_after is not None
+    assert 0 <= expiry.swept_after.p50_s <= expiry.after_expires.p50_s

@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -518,6 +519,88 @@ async def test_failed_deliveries_are_redelivered_and_lost_ones_sent_again(
         )
         assert malformed.status_code == 400
     assert_every_event_delivered_as_the_feed_shows_it(receiver, events)
+
+
+@asynccontextmanager
+async def busy(gateway: Gateway, concurrency: int = 8) -> AsyncIterator[list[int]]:
+    """Requests (GET /health) to the gateway without pause from `concurrency` clients while the block runs;
+    how many were answered, counted as they are."""
+    answered = [0]
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            assert (await gateway.client.get("/health")).status_code == 200
+            answered[0] += 1
+
+    clients = [asyncio.create_task(client()) for _ in range(concurrency)]
+    try:
+        yield answered
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+
+
+async def test_a_busy_worker_defers_its_deliveries_and_sends_them_once_the_load_drops(
+    database_url: str, redis_url: str, key_prefix: str, receiver: Receiver
+) -> None:
+    """While the worker serves requests faster than webhook_yield_above_rps, its dispatcher sends nothing that
+    has not waited webhook_max_defer_s (a minute here); the load gone, the deliveries go out at once."""
+    settings = quick_settings(
+        database_url, redis_url, key_prefix, webhook_yield_above_rps=5.0, webhook_max_defer_s=60.0
+    )
+    async with running_gateway(settings) as gateway:
+        await add_endpoint(gateway, receiver)
+        async with busy(gateway) as answered:
+            # A second of it: the worker measures its rate over a quarter of a second at least.
+            started = time.monotonic()
+            await eventually(lambda: answered[0] >= 50 and time.monotonic() - started >= 1, 30, "no load")
+            hold = await create(gateway, "D-1")
+            await act(gateway, hold, "confirm")
+            [created, confirmed] = await numbered_events(gateway, 2)
+            served_before = answered[0]
+            # The dispatcher has been woken by the feed several times over (every 0.1 s) and kept waiting.
+            waited = time.monotonic()
+            await eventually(
+                lambda: time.monotonic() - waited >= 2 and answered[0] - served_before >= 100, 30
+            )
+            during = list(receiver.received)
+        stopped = time.monotonic()
+        await eventually(lambda: len(receiver.delivered()) == 2, 30, lambda: f"{receiver.delivered()}")
+        drained_s = time.monotonic() - stopped
+
+    print(f"sent {drained_s:.2f} s after the load stopped")
+    assert during == []
+    assert_every_event_delivered_as_the_feed_shows_it(receiver, [created, confirmed])
+    assert_in_order_per_hold(receiver, [created, confirmed])
+
+
+async def test_a_busy_worker_defers_a_delivery_webhook_max_defer_s_and_no_longer(
+    database_url: str, redis_url: str, key_prefix: str, receiver: Receiver
+) -> None:
+    """Yielding is bounded: under load that never stops, a delivery goes out once it has waited
+    webhook_max_defer_s (1.5 s here), measured from its event's occurred_at to the receipt."""
+    settings = quick_settings(
+        database_url, redis_url, key_prefix, webhook_yield_above_rps=5.0, webhook_max_defer_s=1.5
+    )
+    async with running_gateway(settings) as gateway:
+        await add_endpoint(gateway, receiver)
+        async with busy(gateway) as answered:
+            # A second of it: the worker measures its rate over a quarter of a second at least.
+            started = time.monotonic()
+            await eventually(lambda: answered[0] >= 50 and time.monotonic() - started >= 1, 30, "no load")
+            await create(gateway, "D-2")
+            [created] = await numbered_events(gateway, 1)
+            await eventually(lambda: len(receiver.delivered()) == 1, 30, "never delivered under load")
+            served_after = answered[0]
+            await eventually(lambda: answered[0] - served_after >= 20, 30, "the load stopped early")
+
+    late_s = (
+        receiver.delivered()[str(created["id"])].wall
+        - datetime.fromisoformat(created["occurred_at"]).timestamp()
+    )
+    print(f"delivered {late_s:.2f} s after its event occurred, under load")
+    assert 1.5 <= late_s <= 1.5 + 10, late_s
 
 
 async def test_a_hung_receiver_does_not_slow_holds(gateway: Gateway, receiver: Receiver) -> None:

@@ -1,12 +1,13 @@
-"""python -m loadtests.bench [--quick | --smoke] [--only seats|pools] [--workers N] [--out report.md]
+"""python -m loadtests.bench [--quick | --smoke] [--only seats|pools|webhooks] [--workers N] [--out report.md]
 [--json report.json]
 
 Starts its own PostgreSQL and Redis (free ports, a temporary directory), then, one at a time, the targets:
 the gateway with Redis in front, the gateway db-only, a naive SELECT ... FOR UPDATE service and bare Litestar;
 measures them with wrk and writes a Markdown report (stdout unless --out) and the raw numbers (--json).
 --only seats measures the seat paths alone (sections 1-6), --only pools general admission alone (section 7,
-with bare Litestar to compare). Progress goes to stderr. Everything it started is stopped at the end, on
-errors and on Ctrl-C too.
+with bare Litestar to compare), --only webhooks the hot paths with webhooks off and on side by side, a flash
+sale delivered to the benchmark's receiver, and hold.expired's lag (section 8). Progress goes to stderr.
+Everything it started is stopped at the end, on errors and on Ctrl-C too.
 """
 
 import argparse
@@ -26,10 +27,22 @@ import msgspec
 from loadtests.bench import report as markdown_report
 from loadtests.bench import results, wrk
 from loadtests.bench.ga import GeneralAdmission
-from loadtests.bench.results import DB_ONLY, NAIVE, POOLS, REDIS_FRONT, SEATS, SECTIONS, Machine, Plan, Report
+from loadtests.bench.results import (
+    DB_ONLY,
+    NAIVE,
+    POOLS,
+    REDIS_FRONT,
+    SEATS,
+    SECTIONS,
+    WEBHOOKS,
+    Machine,
+    Plan,
+    Report,
+)
 from loadtests.bench.scenarios import Bench
 from loadtests.bench.stack import REPO_ROOT, Stack
-from loadtests.bench.verdicts import ga_onsale_ok, onsale_ok, verdicts
+from loadtests.bench.verdicts import ga_onsale_ok, onsale_ok, verdicts, webhooks_ok
+from loadtests.bench.webhooks import Webhooks
 
 PLANS = {
     # About 10 minutes, plus about a minute and a half for general admission (its six targets, from their
@@ -47,6 +60,11 @@ PLANS = {
         bulkhead_s=10,
         ga_capacity=5_000,
         ga_requests=10_000,
+        # About four minutes: six gateways (three rounds each, off and on), a sale of 10,000 holds and
+        # 1,000 confirms delivered, 200 holds left to lapse.
+        webhook_rounds=3,
+        webhook_sale_holds=10_000,
+        webhook_expiry_holds=200,
     ),
     # About a minute and a half: shorter runs, two concurrency points, a smaller on-sale. (The rejection runs
     # of a-d and their warm-ups alone take 24 s, the bulkhead 15 s, starting 11 servers 15 s.) General
@@ -64,6 +82,9 @@ PLANS = {
         bulkhead_s=2,
         ga_capacity=1_000,
         ga_requests=2_000,
+        webhook_rounds=2,
+        webhook_sale_holds=2_000,
+        webhook_expiry_holds=100,
     ),
     # Proves every part works, in CI: 1-second runs, 1 worker, a tiny on-sale.
     "smoke": Plan(
@@ -79,6 +100,9 @@ PLANS = {
         bulkhead_s=1,
         ga_capacity=50,
         ga_requests=200,
+        webhook_rounds=1,
+        webhook_sale_holds=200,
+        webhook_expiry_holds=20,
     ),
 }
 
@@ -103,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         choices=SECTIONS,
-        help="seats: the seat paths alone (sections 1-6); pools: general admission alone (section 7)",
+        help="seats: the seat paths alone (sections 1-6); pools: general admission alone (section 7); "
+        "webhooks: webhooks off and on, a flash sale delivered, hold.expired's lag (section 8)",
     )
     parser.add_argument("--workers", type=int, help="uvicorn workers per target (default 2; --smoke: 1)")
     parser.add_argument("--out", type=Path, help="write the Markdown report here (default: stdout)")
@@ -138,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         report.errors
         or any(not onsale_ok(sale) for sale in report.onsale)
         or any(not ga_onsale_ok(sale) for sale in report.ga_onsale)
+        or not webhooks_ok(report)
     )
     return 1 if failed else 0
 
@@ -148,10 +174,12 @@ async def _run(plan: Plan, sections: tuple[str, ...]) -> Report:
         report = Report(plan=plan, machine=_machine(*await stack.versions()), sections=sections)
         bench = Bench(stack, plan, Path(tmp), report)
         ga = GeneralAdmission(bench)
+        hooks = Webhooks(bench)
         bench.say(
             f"{plan.name} run: PostgreSQL on :{stack.postgres.port}, Redis on :{stack.redis.port}, {tmp}"
         )
-        steps = [bench.bare]  # the framework's ceiling, which both families are read against
+        # The framework's ceiling, which both families are read against (webhooks compare on with off).
+        steps = [bench.bare] if {SEATS, POOLS} & set(sections) else []
         if SEATS in sections:
             steps += [
                 bench.redis_front_rejection,
@@ -173,6 +201,8 @@ async def _run(plan: Plan, sections: tuple[str, ...]) -> Report:
                 lambda: ga.availability(REDIS_FRONT),
                 lambda: ga.availability(DB_ONLY),
             ]
+        if WEBHOOKS in sections:
+            steps += hooks.steps()
         try:
             for step in steps:
                 try:

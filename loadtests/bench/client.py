@@ -9,7 +9,7 @@ import contextlib
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -34,10 +34,13 @@ class Connection:
     async def post(self, path: str, body: object) -> tuple[int, bytes]:
         return await self.request("POST", path, body)
 
-    async def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: object = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes]:
         """One request (a JSON body unless None); the status and the body of the answer."""
         payload = b"" if body is None else json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
         self._writer.write(head.encode() + b"\r\n" + payload)
@@ -47,6 +50,8 @@ class Connection:
             raise HttpError(f"{method} {path}: connection closed") from exc
         lines = header.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
+        if status == 204:  # no body, and no Content-Length to say so
+            return status, b""
         length = next(
             (int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")),
             None,
@@ -90,6 +95,30 @@ async def create_holds(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return holds
+
+
+async def confirm_holds(
+    port: int, holds: Sequence[tuple[str, str]], *, concurrency: int = 8
+) -> dict[int, int]:
+    """Confirm each (hold id, holder) once, as fast as `concurrency` keep-alive connections go; the statuses
+    of the answers, counted."""
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for item in holds:
+        queue.put_nowait(item)
+    statuses: dict[int, int] = {}
+
+    async def worker() -> None:
+        conn = await Connection.open(port)
+        try:
+            while not queue.empty():
+                hold_id, holder = queue.get_nowait()
+                status, _ = await conn.post(f"/v1/holds/{hold_id}/confirm", {"holder": holder})
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
 
 
 class ConfirmStream(msgspec.Struct, frozen=True, kw_only=True):

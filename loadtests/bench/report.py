@@ -9,22 +9,36 @@ from loadtests.bench.results import (
     NAIVE,
     POOLS,
     REDIS_FRONT,
+    REDIS_FRONT_WEBHOOKS,
     SEATS,
     TARGET_NAMES,
+    WEBHOOKS,
+    Lag,
     Report,
     Run,
 )
 from loadtests.bench.verdicts import (
+    EXPIRED_WITHIN_S,
+    delivery_ok,
+    drain_rate_per_s,
+    expiry_ok,
+    flash_sale_ok,
     ga_onsale_ok,
     holds_per_s,
+    last_event_to_last_receipt_s,
     ms,
     onsale_ok,
+    overall_rate_per_s,
     pairs_per_s,
+    rejections_per_s,
     storm_ratio,
     thousands,
     transactions,
     transactions_per_request,
     verdicts,
+    webhook_means,
+    webhook_ratio,
+    webhook_verdicts,
 )
 
 NOISY_CORES = 0.1  # other processes' CPU during a run, in cores, past which the report says it is skewed
@@ -85,6 +99,21 @@ def markdown(report: Report) -> str:
             f"({ga_sale.holds_in_gateway} holds), not {ga_sale.capacity}.**",
             "",
         ]
+    if report.flash_sale is not None and not flash_sale_ok(report.flash_sale):
+        sale = report.flash_sale
+        lines += [
+            f"**FAILED: the webhook flash sale made {sale.run.wrk.count(201):,} holds of {sale.seats:,} "
+            f"seats and {sale.confirmed:,} confirms of {sale.confirms_sent:,}; {sale.delivery.received:,} "
+            f"of its {sale.delivery.events:,} events arrived ({sale.delivery.unexpected} unexpected).**",
+            "",
+        ]
+    if report.expiry is not None and not expiry_ok(report.expiry):
+        expiry = report.expiry
+        lines += [
+            f"**FAILED: of {expiry.holds} holds left to lapse, {expiry.delivery.events} hold.expired were "
+            f"numbered and {expiry.delivery.received} arrived at the webhook receiver.**",
+            "",
+        ]
     lines += [
         " ".join(
             [
@@ -123,6 +152,8 @@ def markdown(report: Report) -> str:
         lines += _seat_sections(report, cpus)
     if POOLS in report.sections:
         lines += _ga_section(report, cpus)
+    if WEBHOOKS in report.sections:
+        lines += _webhooks_section(report, cpus)
     lines += _method_notes()
     return "\n".join(lines).rstrip() + "\n"
 
@@ -215,6 +246,8 @@ def _all_runs(report: Report) -> list[Run]:
         *report.pool_rejection,
         *(sale.run for sale in report.ga_onsale),
         *report.availability,
+        *(run for r in report.webhook_rounds for run in (r.rejection, r.commit)),
+        *([report.flash_sale.run] if report.flash_sale else []),
     ]
 
 
@@ -699,6 +732,228 @@ def _availability_table(report: Report, cpus: int) -> list[str]:
         ],
         rows,
     )
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "n/a"
+
+
+def _lag(lag: Lag | None) -> str:
+    """p50 / p99 / max, in seconds."""
+    return f"{lag.p50_s:.2f} / {lag.p99_s:.2f} / {lag.max_s:.2f}" if lag else "n/a"
+
+
+def _rate(value: float | None) -> str:
+    return thousands(value) if value is not None else "n/a"
+
+
+def _webhooks_section(report: Report, cpus: int) -> list[str]:
+    """Section 8: webhooks on and off, the flash sale delivered, hold.expired's lag."""
+    lines = [
+        "## 8. Webhooks",
+        "",
+        "What one webhook endpoint costs the hot paths, and how fast and how completely the hold events "
+        "reach it. The receiver is the benchmark's own (`loadtests/bench/receiver.py`: asyncio on uvloop, "
+        "keep-alive, 204 to every POST, each `webhook-id` recorded once with the time it arrived, nothing "
+        "checked). It is a process of its own on the same "
+        f"{cpus} cores as the gateway, Postgres, Redis and wrk: its CPU is shown apart and is part of what "
+        "webhooks cost here; a deployment's receiver runs elsewhere. Receipt times are compared with the "
+        "timestamps Postgres wrote (`occurred_at`, `expires_at`) on the same machine's clock.",
+        "",
+    ]
+    marks = {True: "yes", False: "**no**", None: "n/a"}
+    lines += _table(
+        ["Target", "Measured", "Met?"],
+        ([v.target, v.measured, marks[v.met]] for v in webhook_verdicts(report)),
+        align="lll",
+    )
+    lines += _webhook_rounds_table(report, cpus)
+    lines += _flash_sale_table(report)
+    lines += _expiry_table(report)
+    return lines
+
+
+def _webhook_rounds_table(report: Report, cpus: int) -> list[str]:
+    plan = report.plan
+    lines = [
+        "### The hot paths, webhooks off and on",
+        "",
+        f"Alternating rounds (off, on, off, on, …; {plan.webhook_rounds} of each), each on a fresh gateway "
+        f"with Redis in front ({plan.workers} workers, every setting as shipped): without any webhook "
+        "endpoint, and with one registered to the receiver. Each round measures the rejection path "
+        f"(reject.lua, a held seat, wrk -t{plan.threads} -c{plan.storm_connections}, {plan.run_s} s) and the "
+        f"commit path (commit.lua, a fresh seat per hold, {plan.short_run_s} s), each after a "
+        f"{plan.warmup_s} s warm-up with the same script, as sections 1 and 3 do. With webhooks on, what the "
+        "warm-up left owed is delivered before the measured run starts, so a run pays for its own events' "
+        "deliveries only: every hold the commit run makes is one `hold.created` to number, fan out, send "
+        "and record, in the same worker processes that serve the holds, while a rejection changes nothing "
+        "and makes no event. As shipped, a worker finishing more than 100 requests a second yields to them "
+        "(`GATEWAY_WEBHOOK_YIELD_ABOVE_RPS`): it sends only deliveries owed for 10 s "
+        "(`GATEWAY_WEBHOOK_MAX_DEFER_S`) and drains the rest once the load drops, so a commit run's "
+        "deliveries mostly go out after it; the second table shows the lag that costs. CPU columns: the "
+        "gateway's processes per request; Postgres and the receiver over the commit run.",
+        "",
+    ]
+    rows = []
+    for item in report.webhook_rounds:
+        rejection, commit = item.rejection, item.commit
+        rows.append(
+            [
+                str(item.round),
+                "on" if item.target == REDIS_FRONT_WEBHOOKS else "off",
+                thousands(rejections_per_s(rejection)),
+                ms(rejection.wrk.latency.p99_us),
+                _per_request_us(rejection.cost.server_cpu_s, rejection),
+                thousands(holds_per_s(commit)),
+                ms(commit.wrk.latency.p99_us),
+                _per_request_us(commit.cost.server_cpu_s, commit),
+                f"{commit.cost.postgres_cpu_s:.2f}",
+                f"{commit.cost.receiver_cpu_s:.2f}",
+                thousands(rejection.wrk.other_than(409) + commit.wrk.other_than(201)),
+                f"{max(_others_cores(rejection), _others_cores(commit)):.2f}",
+            ]
+        )
+    lines += _table(
+        [
+            "Round",
+            "Webhooks",
+            "rejections/s",
+            "p99 ms",
+            "target CPU µs/req",
+            "commits/s",
+            "p99 ms",
+            "target CPU µs/req",
+            "Postgres CPU s (commit)",
+            "receiver CPU s (commit)",
+            "unexpected statuses",
+            "others took (cores)",
+        ],
+        rows,
+        align="llrrrrrrrrrr",
+    )
+    parts = []
+    for rate, what in (("rejection", "rejections"), ("commit", "commits")):
+        off, on = webhook_means(report, rate)
+        parts.append(
+            f"{what} {_ratio(on, off, '')} ({_rate(on)} vs {_rate(off)} a second)"
+            if webhook_ratio(report, rate) is not None
+            else f"{what} n/a"
+        )
+    lines += [f"On ÷ off, means of the rounds: {'; '.join(parts)}.", ""]
+
+    deliveries = [
+        (item.round, item.commit_delivery) for item in report.webhook_rounds if item.commit_delivery
+    ]
+    if deliveries:
+        lines += [
+            "The measured commit runs' events at the receiver (webhooks on): latency from each event's "
+            "`occurred_at` to its receipt; backlog: events not yet received when the run's last one "
+            "occurred; drained: from then to the last receipt.",
+            "",
+        ]
+        lines += _table(
+            ["Round", "events", "received", "latency p50 / p99 / max s", "backlog", "drained after s"],
+            (
+                [
+                    str(number),
+                    f"{delivery.events:,}",
+                    f"{delivery.received:,}" + ("" if delivery_ok(delivery) else " **incomplete**"),
+                    _lag(delivery.latency),
+                    f"{delivery.received_after_last_event:,}",
+                    _seconds(last_event_to_last_receipt_s(delivery)),
+                ]
+                for number, delivery in deliveries
+            ),
+        )
+    return lines
+
+
+def _flash_sale_table(report: Report) -> list[str]:
+    sale = report.flash_sale
+    plan = report.plan
+    lines = [
+        "### Flash sale with webhooks on",
+        "",
+        f"{plan.webhook_sale_holds:,} seats, each asked for once by each of wrk's {plan.threads} threads in "
+        f"an order of its own (onsale.lua, {plan.onsale_connections} connections, unique holders): one 201 "
+        "and the rest 409 per seat. Then every tenth hold (in the order they were made) is confirmed from 8 "
+        "keep-alive connections, so that there are `hold.confirmed` events too. Then the benchmark waits "
+        "until the receiver has every event the feed numbered (counted in the target's `hold_events`), with "
+        "a ceiling of 60 s plus a second per 50 events. Delivery throughput while draining: the events "
+        "that arrived after the sale's last event (its last confirm), over the time from that event to "
+        "the last receipt; overall: every event over the time from the sale's first event to the last "
+        "receipt. A sale shorter than `GATEWAY_WEBHOOK_MAX_DEFER_S` is delivered almost wholly after it "
+        "(the workers yield while it runs): the time from its last commit to the last delivery is then the "
+        "backlog over the drain rate.",
+        "",
+    ]
+    if sale is None:
+        return [*lines, "Not measured.", ""]
+    delivery = sale.delivery
+    by_type = ", ".join(f"{kind}: {count:,}" for kind, count in sorted(sale.events_by_type.items()))
+    lines += _table(
+        ["Flash sale", ""],
+        [
+            ["Holds (201s) / seats", f"{sale.run.wrk.count(201):,} / {sale.seats:,}"],
+            ["Hold requests a second (wrk)", thousands(sale.run.wrk.rps)],
+            [
+                "Confirms (200s) / sent",
+                f"{sale.confirmed:,} / {sale.confirms_sent:,} in {sale.confirm_wall_s:.2f} s",
+            ],
+            ["Events numbered", f"{delivery.events:,} ({by_type})"],
+            [
+                "Events at the receiver",
+                f"{delivery.received:,} ({'every one' if delivery_ok(delivery) else '**NOT every one**'}; "
+                f"{delivery.unexpected} unexpected)",
+            ],
+            ["Backlog when the sale's last event occurred", f"{delivery.received_after_last_event:,} events"],
+            ["Delivery throughput while draining", f"{_rate(drain_rate_per_s(delivery))} events/s"],
+            ["Delivery throughput overall", f"{_rate(overall_rate_per_s(delivery))} events/s"],
+            ["Sale's last commit → last delivery", f"{_seconds(last_event_to_last_receipt_s(delivery))} s"],
+            ["Latency, `occurred_at` → receipt, p50 / p99 / max", f"{_lag(delivery.latency)} s"],
+            ["Receiver CPU during the holds (wrk)", f"{sale.run.cost.receiver_cpu_s:.2f} s"],
+        ],
+        align="lr",
+    )
+    return lines
+
+
+def _expiry_table(report: Report) -> list[str]:
+    expiry = report.expiry
+    lines = [
+        "### Expiry to delivery",
+        "",
+        "Holds of the minimum ttl made at once on the flash sale's gateway once its deliveries were all "
+        "in, then left to lapse under the default sweep: for each `hold.expired`, its receipt minus the "
+        f"hold's `expires_at`. The contract: within {EXPIRED_WITHIN_S:g} s. Of that, the sweep: the "
+        "event's `occurred_at` (the sweeper's statement) minus `expires_at`; the rest is numbering "
+        f"(every {0.1:g} s) and delivery.",
+        "",
+    ]
+    if expiry is None:
+        return [*lines, "Not measured.", ""]
+    lines += _table(
+        [
+            "Holds",
+            "ttl s",
+            "sweep interval s",
+            "hold.expired at the receiver",
+            "expires_at → receipt p50 / p99 / max s",
+            "of which the sweep, p50 / p99 / max s",
+        ],
+        [
+            [
+                str(expiry.holds),
+                str(expiry.ttl_s),
+                f"{expiry.sweep_interval_s:g}",
+                f"{expiry.delivery.received} of {expiry.delivery.events}"
+                + ("" if expiry_ok(expiry) else " **FAILED**"),
+                _lag(expiry.after_expires),
+                _lag(expiry.swept_after),
+            ]
+        ],
+    )
+    return lines
 
 
 def _method_notes() -> list[str]:

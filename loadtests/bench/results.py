@@ -9,16 +9,20 @@ from loadtests.bench.wrk import WrkResult
 # Target keys, and their names in the report.
 REDIS_FRONT = "redis-front"
 REDIS_FRONT_LOGGED = "redis-front+access-log"
+REDIS_FRONT_WEBHOOKS = "redis-front+webhooks"  # one webhook endpoint, registered to the benchmark's receiver
 DB_ONLY = "db-only"
 NAIVE = "naive"
 BARE = "bare"
-ORDER = (REDIS_FRONT, REDIS_FRONT_LOGGED, DB_ONLY, NAIVE, BARE)  # of the rows of every table
-# What a run measures (--only): the seat paths (sections 1-6 of the report), general admission (section 7).
-SEATS, POOLS = "seats", "pools"
-SECTIONS = (SEATS, POOLS)
+# Of the rows of every table.
+ORDER = (REDIS_FRONT, REDIS_FRONT_LOGGED, REDIS_FRONT_WEBHOOKS, DB_ONLY, NAIVE, BARE)
+# What a run measures (--only): the seat paths (sections 1-6 of the report), general admission (section 7),
+# webhooks on and off (section 8).
+SEATS, POOLS, WEBHOOKS = "seats", "pools", "webhooks"
+SECTIONS = (SEATS, POOLS, WEBHOOKS)
 TARGET_NAMES = {
     REDIS_FRONT: "a. gateway, Redis in front",
     REDIS_FRONT_LOGGED: "a. gateway, Redis in front, access log on (INFO)",
+    REDIS_FRONT_WEBHOOKS: "a. gateway, Redis in front, one webhook endpoint",
     DB_ONLY: "b. gateway, db-only",
     NAIVE: "c. naive baseline (SELECT … FOR UPDATE)",
     BARE: "d. bare Litestar (no I/O)",
@@ -46,6 +50,9 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     flush_max_s: float = 15.0  # ...or after this long at most
     ga_capacity: int = 5_000  # units of the general-admission on-sale's pool
     ga_requests: int = 10_000  # hold requests of 1 to 4 units for it (2.5 on average: twice the supply)
+    webhook_rounds: int = 2  # rounds of each, webhooks off and on, alternating (off first)
+    webhook_sale_holds: int = 10_000  # the flash sale with webhooks on: seats, each asked for twice
+    webhook_expiry_holds: int = 200  # holds of the minimum ttl whose hold.expired is timed to the receiver
 
 
 class Cost(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +61,7 @@ class Cost(msgspec.Struct, frozen=True, kw_only=True):
     server_cpu_s: float  # the target's processes
     postgres_cpu_s: float  # every process of the benchmark's Postgres
     redis_cpu_s: float
+    receiver_cpu_s: float = 0.0  # the benchmark's webhook receiver, when the target sends to it
     # The machine's CPU that was none of ours (targets, Postgres, Redis, wrk, this benchmark): other processes
     # that shared the cores, and kernel threads (writeback of Postgres's files among them).
     others_cpu_s: float = 0.0
@@ -98,6 +106,66 @@ class Bulkhead(msgspec.Struct, frozen=True, kw_only=True):
     storm_run: Run
 
 
+class Lag(msgspec.Struct, frozen=True, kw_only=True):
+    """How long a set of things took, in seconds (nearest-rank percentiles)."""
+
+    p50_s: float
+    p99_s: float
+    max_s: float
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A set of numbered hold events and their arrival at the benchmark's webhook receiver. Times are unix
+    seconds: occurred_at as Postgres wrote it, receipts as the receiver saw them, on the same machine."""
+
+    events: int  # numbered in the feed
+    received: int  # of those, arrived at the receiver (each webhook-id counted once)
+    unexpected: int  # webhook-ids past the set's start that the feed never numbered
+    waited_s: float  # from the end of the load that made them until every one had arrived, or the ceiling
+    first_occurred_unix_s: float | None
+    last_occurred_unix_s: float | None
+    first_received_unix_s: float | None
+    last_received_unix_s: float | None
+    latency: Lag | None  # receipt minus occurred_at
+    received_after_last_event: int  # arrived after the last event occurred: the backlog at that moment
+
+
+class WebhookRound(msgspec.Struct, frozen=True, kw_only=True):
+    """One round of the side-by-side: a fresh gateway, Redis in front, with or without a webhook endpoint;
+    the rejection path, then the commit path, as sections 1 and 3 measure them."""
+
+    round: int  # from 1; off and on alternate, off first
+    target: str  # REDIS_FRONT (webhooks off) or REDIS_FRONT_WEBHOOKS (on)
+    rejection: Run
+    commit: Run
+    commit_delivery: Delivery | None = None  # webhooks on: the measured commit run's events at the receiver
+
+
+class FlashSale(msgspec.Struct, frozen=True, kw_only=True):
+    """A flash sale with webhooks on: every seat asked for twice (one 201, one 409), then a share of the holds
+    confirmed; every event the feed numbered waited for at the receiver."""
+
+    run: Run  # the wrk on-sale
+    seats: int
+    confirms_sent: int
+    confirmed: int  # confirms answered 200
+    confirm_wall_s: float
+    events_by_type: dict[str, int]  # numbered in the feed
+    delivery: Delivery
+
+
+class ExpiryDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """Holds of the minimum ttl left to lapse under the default sweep: each hold.expired's receipt against
+    the hold's expires_at."""
+
+    holds: int
+    ttl_s: int
+    sweep_interval_s: float
+    delivery: Delivery  # of their hold.expired events
+    after_expires: Lag | None  # receipt minus expires_at
+    swept_after: Lag | None  # occurred_at (the sweeper's statement) minus expires_at
+
+
 class Machine(msgspec.Struct, frozen=True, kw_only=True):
     cpus: int
     cpu_model: str
@@ -138,6 +206,10 @@ class Report(msgspec.Struct, kw_only=True):
     pool_rejection: list[Run] = msgspec.field(default_factory=list)
     ga_onsale: list[GaOnSale] = msgspec.field(default_factory=list)
     availability: list[Run] = msgspec.field(default_factory=list)
+    # Webhooks: the hot paths with and without an endpoint, a flash sale delivered, hold.expired's lag.
+    webhook_rounds: list[WebhookRound] = msgspec.field(default_factory=list)
+    flash_sale: FlashSale | None = None
+    expiry: ExpiryDelivery | None = None
     sections: tuple[str, ...] = SECTIONS  # what was measured (python -m loadtests.bench --only)
     targets: list[Verdict] = msgspec.field(default_factory=list)
     duration_s: float = 0.0

@@ -26,6 +26,7 @@ from loadtests.bench.results import (
     NAIVE,
     REDIS_FRONT,
     REDIS_FRONT_LOGGED,
+    REDIS_FRONT_WEBHOOKS,
     Bulkhead,
     Cost,
     OnSale,
@@ -127,7 +128,12 @@ class Bench:
             server = self._server(key, name, url, workers, access_log)
             with server:
                 ready = await server.wait_ready("/ready" if key not in {NAIVE, BARE} else "/health")
-                expected = {REDIS_FRONT: "redis-front", REDIS_FRONT_LOGGED: "redis-front", DB_ONLY: "db-only"}
+                expected = {
+                    REDIS_FRONT: "redis-front",
+                    REDIS_FRONT_LOGGED: "redis-front",
+                    REDIS_FRONT_WEBHOOKS: "redis-front",
+                    DB_ONLY: "db-only",
+                }
                 if key in expected and (mode := msgspec.json.decode(ready, type=_Mode).mode) != expected[key]:
                     raise BenchError(f"{name} serves in {mode} mode, not {expected[key]}")
                 yield Target(
@@ -214,8 +220,15 @@ class Bench:
         warmup: tuple[str, list[str]] | None,
         count_transactions: bool = False,
         until_threads_done: bool = False,
+        after_warmup: Callable[[], Awaitable[None]] | None = None,
+        receiver: Server | None = None,
     ) -> Run:
-        """An optional warm-up run, then the measured one, with the CPU every server used meanwhile."""
+        """An optional warm-up run, then the measured one, with the CPU every server used meanwhile.
+
+        after_warmup: awaited between the two (e.g. until what the warm-up left owed has been worked off).
+        receiver: a process of the benchmark's that the target sends to (the webhook receiver): its CPU is
+        counted apart, not as others'.
+        """
         url, threads = target.server.url, self.plan.threads
         if warmup is not None:
             await _wrk(
@@ -226,11 +239,14 @@ class Bench:
                 connections=connections,
                 duration_s=self.plan.warmup_s,
             )
+        if after_warmup is not None:
+            await after_warmup()
         if not count_transactions:  # a counted run's database is fresh: nothing to analyze, nothing to add
             await self.stack.analyze(target.database)
         await self.settle()
         transactions_before = await self.stack.transactions(target.database) if count_transactions else None
         cpu_before, machine_before, own_before = self._cpu(target), machine_cpu_s(), _own_cpu_s()
+        receiver_before = receiver.cpu_s() if receiver is not None else 0.0
         started_at = time.time()
         result = await _wrk(
             url,
@@ -242,10 +258,11 @@ class Bench:
             until_threads_done=until_threads_done,
         )
         cpu_after, machine_after, own_after = self._cpu(target), machine_cpu_s(), _own_cpu_s()
+        receiver_s = (receiver.cpu_s() if receiver is not None else 0.0) - receiver_before
         server_s = cpu_after.server_cpu_s - cpu_before.server_cpu_s
         postgres_s = cpu_after.postgres_cpu_s - cpu_before.postgres_cpu_s
         redis_s = cpu_after.redis_cpu_s - cpu_before.redis_cpu_s
-        ours_s = server_s + postgres_s + redis_s + result.wrk_cpu_s + (own_after - own_before)
+        ours_s = server_s + postgres_s + redis_s + receiver_s + result.wrk_cpu_s + (own_after - own_before)
         return Run(
             target=target.key,
             workers=target.workers,
@@ -254,6 +271,7 @@ class Bench:
                 server_cpu_s=server_s,
                 postgres_cpu_s=postgres_s,
                 redis_cpu_s=redis_s,
+                receiver_cpu_s=receiver_s,
                 others_cpu_s=max(0.0, machine_after - machine_before - ours_s),
             ),
             started_at_unix_s=started_at,

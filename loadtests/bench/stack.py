@@ -342,3 +342,10 @@ def bare_server(name: str, log_dir: Path, *, workers: int) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "loadtests.bench.bare", "--port", str(port), "--workers", str(workers)]
     return Server(name, argv, _clean_env({}), port, log_dir / f"{name}.log")
+
+
+def receiver_server(name: str, log_dir: Path) -> Server:
+    """The webhook receiver (receiver.py), a process of its own on the same cores as the target."""
+    port = free_port()
+    argv = [sys.executable, "-m", "loadtests.bench.receiver", "--port", str(port)]
+    return Server(name, argv, _clean_env({}), port, log_dir / f"{name}.log")

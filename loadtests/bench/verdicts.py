@@ -5,7 +5,11 @@ from loadtests.bench.results import (
     DB_ONLY,
     NAIVE,
     REDIS_FRONT,
+    REDIS_FRONT_WEBHOOKS,
     Bulkhead,
+    Delivery,
+    ExpiryDelivery,
+    FlashSale,
     GaOnSale,
     OnSale,
     Report,
@@ -50,6 +54,82 @@ def ga_onsale_ok(sale: GaOnSale) -> bool:
         sale.units_granted == sale.capacity == sale.units_in_gateway
         and sale.holds_in_gateway == sale.run.wrk.count(201)
     )
+
+
+def delivery_ok(delivery: Delivery) -> bool:
+    """Every event arrived, and nothing the feed does not hold."""
+    return delivery.received == delivery.events and delivery.unexpected == 0
+
+
+def flash_sale_ok(sale: FlashSale) -> bool:
+    """Every seat sold once, every confirm answered 200, every event the feed numbered at the receiver."""
+    return (
+        sale.run.wrk.count(201) == sale.seats
+        and sale.confirmed == sale.confirms_sent
+        and sale.delivery.events == sale.seats + sale.confirmed
+        and delivery_ok(sale.delivery)
+    )
+
+
+def expiry_ok(expiry: ExpiryDelivery) -> bool:
+    """A hold.expired numbered for every hold left to lapse, and every one at the receiver."""
+    return expiry.delivery.events == expiry.holds and delivery_ok(expiry.delivery)
+
+
+def webhooks_ok(report: Report) -> bool:
+    """What fails the run in the webhooks section: an event that did not arrive (when measured)."""
+    return (report.flash_sale is None or flash_sale_ok(report.flash_sale)) and (
+        report.expiry is None or expiry_ok(report.expiry)
+    )
+
+
+def drain_rate_per_s(delivery: Delivery) -> float | None:
+    """Events a second that arrived after the last event occurred, from then to the last receipt: the
+    backlog's delivery rate once the load has stopped (None: no backlog)."""
+    if delivery.last_occurred_unix_s is None or delivery.last_received_unix_s is None:
+        return None
+    span_s = delivery.last_received_unix_s - delivery.last_occurred_unix_s
+    if delivery.received_after_last_event < 2 or span_s <= 0:
+        return None
+    return delivery.received_after_last_event / span_s
+
+
+def overall_rate_per_s(delivery: Delivery) -> float | None:
+    """Events a second from the first event to the last receipt."""
+    if delivery.first_occurred_unix_s is None or delivery.last_received_unix_s is None:
+        return None
+    span_s = delivery.last_received_unix_s - delivery.first_occurred_unix_s
+    return delivery.received / span_s if span_s > 0 else None
+
+
+def last_event_to_last_receipt_s(delivery: Delivery) -> float | None:
+    if delivery.last_occurred_unix_s is None or delivery.last_received_unix_s is None:
+        return None
+    return delivery.last_received_unix_s - delivery.last_occurred_unix_s
+
+
+def rejections_per_s(run: Run) -> float:
+    return run.wrk.count(409) / run.wrk.duration_s if run.wrk.duration_s else 0.0
+
+
+def webhook_means(report: Report, rate: str) -> tuple[float | None, float | None]:
+    """The mean over the rounds of a rate ("rejection": 409s a second, "commit": 201s a second), webhooks
+    off and on."""
+
+    def mean(target: str) -> float | None:
+        rates = [
+            rejections_per_s(r.rejection) if rate == "rejection" else holds_per_s(r.commit)
+            for r in report.webhook_rounds
+            if r.target == target
+        ]
+        return sum(rates) / len(rates) if rates else None
+
+    return mean(REDIS_FRONT), mean(REDIS_FRONT_WEBHOOKS)
+
+
+def webhook_ratio(report: Report, rate: str) -> float | None:
+    off, on = webhook_means(report, rate)
+    return on / off if on is not None and off else None
 
 
 # --- verdicts ---------------------------------------------------------------------------------------------
@@ -161,3 +241,58 @@ def transactions(run: Run) -> int | None:
     if run.transactions is None or run.transactions_before_run is None:
         return None
     return run.transactions.transactions - run.transactions_before_run
+
+
+# The hot paths with webhooks on must keep this share of their rate with webhooks off.
+WEBHOOK_RATIO_AT_LEAST = 0.90
+# The contract: a hold.expired reaches a healthy receiver within this long of the hold's expires_at.
+EXPIRED_WITHIN_S = 3.0
+
+
+def webhook_verdicts(report: Report) -> list[Verdict]:
+    """The webhooks section's own targets."""
+    rows = []
+    for rate, what in (("rejection", "Rejection rate"), ("commit", "Commit rate")):
+        target = f"{what}, webhooks on ÷ off ≥ {WEBHOOK_RATIO_AT_LEAST:.2f}"
+        off, on = webhook_means(report, rate)
+        ratio = webhook_ratio(report, rate)
+        if ratio is None or off is None or on is None:
+            rows.append(_not_measured(target))
+            continue
+        rounds = sum(1 for r in report.webhook_rounds if r.target == REDIS_FRONT)
+        rows.append(
+            Verdict(
+                target=target,
+                measured=f"{ratio:.2f} ({thousands(on)} vs {thousands(off)} a second, means of {rounds} "
+                "round(s) each)",
+                met=ratio >= WEBHOOK_RATIO_AT_LEAST,
+            )
+        )
+    sale = report.flash_sale
+    target = "Flash sale with webhooks on: every event delivered"
+    if sale is None:
+        rows.append(_not_measured(target))
+    else:
+        rows.append(
+            Verdict(
+                target=target,
+                measured=f"{sale.delivery.received:,} of {sale.delivery.events:,} events "
+                f"({sale.run.wrk.count(201):,} holds of {sale.seats:,} seats, {sale.confirmed:,} confirmed)",
+                met=flash_sale_ok(sale),
+            )
+        )
+    expiry = report.expiry
+    target = f"hold.expired delivered within {EXPIRED_WITHIN_S:g} s of expires_at (max)"
+    if expiry is None or expiry.after_expires is None:
+        rows.append(_not_measured(target))
+    else:
+        after = expiry.after_expires
+        rows.append(
+            Verdict(
+                target=target,
+                measured=f"max {after.max_s:.2f} s, p99 {after.p99_s:.2f} s ({expiry.delivery.received} of "
+                f"{expiry.holds} holds)",
+                met=expiry_ok(expiry) and after.max_s <= EXPIRED_WITHIN_S,
+            )
+        )
+    return rows
