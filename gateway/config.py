@@ -107,7 +107,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Hold events (GET /v1/hold-events, webhooks, live streams). Each worker learns the feed's head this often
     # (and numbers committed events, if it is the sequencer): the lag from a commit to its event being read.
-    hold_events_interval_s: Annotated[float, Meta(gt=0, le=5)] = 0.1
+    hold_events_interval_s: Annotated[float, Meta(gt=0, le=60)] = 0.1
     # Events are kept at least this long (7 days), then purged by the sweeper.
     hold_events_retention_s: Annotated[int, Meta(ge=3_600)] = 604_800
 
@@ -133,6 +133,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_retry_max_s: PositiveFloat = 3_600.0
     # A delivery is retried this long from its event (24 hours), then marked failed (redeliver to try again).
     webhook_retry_window_s: PositiveInt = 86_400
+    # Without a move of the feed's head or a finished send, a worker looks for due retries this often.
+    webhook_poll_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     # Deliveries in flight per worker, at most (also its HTTP client's connection pool).
     webhook_concurrency: Annotated[int, Meta(ge=1, le=1_000)] = 16
     # Deliveries in flight to one endpoint per worker, at most: a hung or slow endpoint leaves the other

@@ -59,8 +59,6 @@ SECRET_BYTES = 32
 ENDPOINT_ID_BYTES = 9
 _ENDPOINT_ID_LENGTH = 12
 _ENDPOINT_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-# Without a move of the feed's head or a finished send, the dispatcher looks for due retries this often.
-POLL_INTERVAL_S = 1.0
 # A lease outlives its attempt's budget by this much: the outcome's statement, and an event loop running late.
 LEASE_MARGIN_S = 5.0
 # Of a response, at most this much is read (kept with a failed attempt for the operator); never more.
@@ -289,9 +287,9 @@ class WebhookDispatcher:
         self._finished = asyncio.Event()
 
     async def _wait(self, head: int) -> None:
-        """Until the feed moves past `head`, a send ends, or POLL_INTERVAL_S passes (retries come due); while
-        yielding, LOAD_WINDOW_S at most (the load may have dropped)."""
-        timeout_s = LOAD_WINDOW_S if self._yielding else POLL_INTERVAL_S
+        """Until the feed moves past `head`, a send ends, or webhook_poll_interval_s passes (retries come
+        due); while yielding, LOAD_WINDOW_S at most (the load may have dropped)."""
+        timeout_s = LOAD_WINDOW_S if self._yielding else self._settings.webhook_poll_interval_s
         waits: list[asyncio.Future[bool]] = [asyncio.ensure_future(self._finished.wait())]
         if self._free_slots > 0:
             waits.append(asyncio.ensure_future(self._feed.wait_past(head, timeout_s)))

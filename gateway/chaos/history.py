@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from gateway.keys import is_blocked, parse_lease_value
+from gateway.models import HOLD_STATUSES, LIVE_HOLD_STATUS
 
 OpKind = Literal["create", "confirm", "cancel", "extend", "read", "mistake"]
 Outcome = Literal["pending", "completed", "unknown"]
@@ -619,12 +620,10 @@ def _moved_since(entry: Operation, extends: Iterable[Operation]) -> bool:
     return False
 
 
-# A hold's events in the feed, by its final status after `hold.created` and its `hold.extended`.
+# A hold's events in the feed, by its final status after `hold.created` and its `hold.extended`: none while
+# it is held, else the event of its status (hold.confirmed, hold.cancelled, hold.expired).
 _FINAL_EVENTS: dict[str, tuple[str, ...]] = {
-    "held": (),
-    "confirmed": ("hold.confirmed",),
-    "cancelled": ("hold.cancelled",),
-    "expired": ("hold.expired",),
+    status: () if status == LIVE_HOLD_STATUS else (f"hold.{status}",) for status in HOLD_STATUSES
 }
 
 
