@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from gateway import sql
 from gateway.errors import BackendUnavailable
@@ -31,6 +31,14 @@ class HoldEventRow:
     occurred_at: datetime
     hold: HoldRow  # as it was after the change
 
+    @classmethod
+    def stored(
+        cls, event_id: int, event_type: str, hold_id: str, occurred_at: datetime, hold: dict[str, Any]
+    ) -> "HoldEventRow":
+        """From hold_events' columns (`hold`: its copy of the holds row, as the jsonb codec decodes it)."""
+        kind = cast(HoldEventType, event_type)  # as the table's check constraint allows
+        return cls(event_id, kind, hold_id, occurred_at, HoldRow.from_event(hold, occurred_at))
+
     def to_model(self) -> HoldEvent:
         return HoldEvent(id=self.id, type=self.type, occurred_at=self.occurred_at, hold=self.hold.to_model())
 
@@ -40,13 +48,8 @@ async def read_after(store: Store, after: int, limit: int) -> list[HoldEventRow]
     async with store.connection("hold_events_after") as conn:
         records = await conn.fetch(sql.HOLD_EVENTS_AFTER, after, limit)
     return [
-        HoldEventRow(r["id"], r["type"], r["hold_id"], r["occurred_at"], _hold(r["hold"], r["occurred_at"]))
-        for r in records
+        HoldEventRow.stored(r["id"], r["type"], r["hold_id"], r["occurred_at"], r["hold"]) for r in records
     ]
-
-
-def _hold(stored: dict[str, Any], occurred_at: datetime) -> HoldRow:
-    return HoldRow.from_event(stored, occurred_at)
 
 
 async def purge(store: Store, older_than_s: int, batch_size: int) -> int:

@@ -31,7 +31,6 @@ import urllib.parse
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import cast
 
 import httpx
 import msgspec
@@ -43,12 +42,10 @@ from gateway.errors import BackendUnavailable, InvalidRequest, WebhookEndpointNo
 from gateway.hold_events import HoldEventFeed, HoldEventRow
 from gateway.models import (
     WEBHOOK_SECRET_PREFIX,
-    HoldEventType,
     NewWebhookEndpoint,
     WebhookEndpointInfo,
     WebhookEndpointList,
 )
-from gateway.store import HoldRow
 from gateway.webhook_store import ClaimedDelivery, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -98,9 +95,9 @@ def event_body(delivery: ClaimedDelivery) -> bytes | None:
     """The request body: the event exactly as GET /v1/hold-events shows it; None if it is no longer kept."""
     if delivery.type is None or delivery.hold is None or delivery.hold_id is None:
         return None
-    hold = HoldRow.from_event(delivery.hold, delivery.occurred_at)
-    event_type = cast(HoldEventType, delivery.type)  # as the feed's check constraint allows
-    row = HoldEventRow(delivery.event_id, event_type, delivery.hold_id, delivery.occurred_at, hold)
+    row = HoldEventRow.stored(
+        delivery.event_id, delivery.type, delivery.hold_id, delivery.occurred_at, delivery.hold
+    )
     return msgspec.json.encode(row.to_model())
 
 
