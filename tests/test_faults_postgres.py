@@ -27,7 +27,7 @@ from gateway.chaos.proxy import FaultProxy
 from gateway.embedded import LocalPostgres, free_port
 from gateway.migrations import migrate
 from tests.conftest import make_settings
-from tests.support import Gateway, active_holds_per_slot, redis_keys, running_gateway
+from tests.support import QUIET_BACKGROUND, Gateway, active_holds_per_slot, redis_keys, running_gateway
 
 PLANNED_PROBLEMS = frozenset({"backend-unavailable", "overloaded", "outcome-unknown"})
 # Tight budgets, so that each fault resolves within a second or two.
@@ -220,16 +220,22 @@ async def fx_pg_proxy(database_url: str) -> AsyncIterator[FaultProxy]:
 async def gateway_behind(
     proxy: FaultProxy, database_url: str, redis_url: str, key_prefix: str, **overrides: object
 ) -> AsyncIterator[Gateway]:
-    """A gateway whose Postgres connections go through `proxy`; its sweeper runs once, at start."""
+    """A gateway whose Postgres connections go through `proxy`; its background passes run once, at start."""
     settings = make_settings(
-        proxy.url(database_url), redis_url, key_prefix, **(FAST | {"sweep_interval_s": 3600} | overrides)
+        proxy.url(database_url), redis_url, key_prefix, **(FAST | QUIET_BACKGROUND | overrides)
     )
     async with running_gateway(settings) as gateway:
-        # Wait out the first sweep (its release outbox pass ends with a COMMIT): no sweep runs after it.
-        deadline = time.monotonic() + 5
-        while proxy.commands_seen(b"COMMIT") < 1:
-            assert time.monotonic() < deadline, "the first sweep did not run"
+        # Wait out the start-up passes (the sweep, the feed's, the dispatcher's): unless a test asks for more
+        # sweeps, none runs after them, so a fault armed next (a dropped COMMIT reply) meets a request's
+        # statement, not theirs.
+        settle_s = 0.5 if settings.sweep_interval_s >= 60 else 0.0
+        deadline = time.monotonic() + 10
+        seen, quiet_since = proxy.commands_seen(b""), time.monotonic()
+        while proxy.commands_seen(b"COMMIT") < 1 or time.monotonic() - quiet_since < settle_s:
+            assert time.monotonic() < deadline, "the start-up passes did not settle"
             await asyncio.sleep(0.01)
+            if (now_seen := proxy.commands_seen(b"")) != seen:
+                seen, quiet_since = now_seen, time.monotonic()
         yield gateway
 
 
@@ -320,9 +326,13 @@ async def test_frozen_backend_costs_its_requests_the_command_budget_only(
         own_database_url,
         redis_url,
         key_prefix,
-        # The sweeper runs once, at start: a later sweep could take the frozen connection before any request.
-        **(FAST | {"db_pool_min_size": 3, "db_pool_max_size": 3, "db_command_timeout_s": 1.0})
-        | {"sweep_interval_s": 3600},
+        # The background readers run once, at start: a later pass could take the frozen connection before
+        # any request.
+        **(
+            FAST
+            | QUIET_BACKGROUND
+            | {"db_pool_min_size": 3, "db_pool_max_size": 3, "db_command_timeout_s": 1.0}
+        ),
     )
     async with running_gateway(settings) as gateway:
         hold = await create_hold(gateway, "show", ["A-1"], "alice")

@@ -12,7 +12,7 @@ import pytest
 from gateway.embedded import LocalPostgres
 from gateway.migrations import migrate
 from tests.conftest import make_settings
-from tests.support import Gateway, released_together, running_gateway, statuses
+from tests.support import QUIET_BACKGROUND, Gateway, released_together, running_gateway, statuses
 
 CONTENDERS = 300
 # With log_statement=all every statement a backend runs is logged; %d puts the database on each line.
@@ -46,16 +46,6 @@ async def fx_logged_database(logging_postgres: LocalPostgres, request: pytest.Fi
     return url
 
 
-# The other background readers, kept out of the storm's window too (their cost is per worker and per
-# interval, whatever the requests): the hold event feed's pass, and the webhook dispatcher's look for due
-# deliveries (which a busy worker would otherwise make every quarter of a second while it yields).
-QUIET_BACKGROUND: dict[str, object] = {
-    "hold_events_interval_s": 60.0,
-    "webhook_poll_interval_s": 60.0,
-    "webhook_yield_above_rps": 0.0,
-}
-
-
 def statements_logged_since(log_path: Path, offset: int, database: str) -> list[str]:
     with log_path.open(encoding="utf-8", errors="replace") as log:
         log.seek(offset)
@@ -81,8 +71,6 @@ async def test_losers_cost_no_postgres_statement_with_redis_in_front(
         logged_database,
         redis_url,
         key_prefix,
-        sweep_interval_s=3600.0,
-        client_keys_refresh_s=60.0,
         **QUIET_BACKGROUND,
         redis_timeout_s=3.0,
     )
@@ -141,8 +129,6 @@ async def test_sold_out_and_blocked_losers_cost_no_postgres_statement(
         logged_database,
         redis_url,
         key_prefix,
-        sweep_interval_s=3600.0,
-        client_keys_refresh_s=60.0,
         **QUIET_BACKGROUND,
         redis_timeout_s=3.0,
     )
