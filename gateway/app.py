@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway import background, metrics
+from gateway.access_log import AccessLog, Sink, write_stderr
 from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
 from gateway.api.hold_events import HoldEventsController
@@ -43,10 +44,12 @@ from gateway.webhooks import WebhookDispatcher, WebhookEndpoints
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> Litestar:
-    """The gateway as an ASGI app. `settings` must carry database_url (and redis_url, or run db-only)."""
+def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> Litestar:
+    """The gateway as an ASGI app. `settings` must carry database_url (and redis_url, or run db-only). JSON
+    request lines go to `access_log_sink` (standard error; tests keep them)."""
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url; `gateway serve` starts an embedded one")
+    access_log = _access_log(settings, access_log_sink)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -88,6 +91,8 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(streams.run(), name="streams"),
             asyncio.create_task(dispatcher.run(), name="webhooks"),
         ]
+        if access_log is not None:
+            tasks.append(asyncio.create_task(access_log.run(), name="access-log"))
         try:
             yield
         finally:
@@ -129,5 +134,18 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,  # the CLI configures logging (JSON lines) in every worker; Litestar must not
         state=State({"settings": settings}),
     )
-    app.access_log_enabled = settings.access_log
+    app.access_log = access_log
     return app
+
+
+def _access_log(settings: Settings, sink: Sink) -> AccessLog | None:
+    """The request lines the settings ask for: none if the access log is off or its level (INFO) is not
+    logged."""
+    if not settings.access_log or logging.getLevelName(settings.log_level.upper()) > logging.INFO:
+        return None
+    return AccessLog(
+        json=settings.log_format == "json",
+        sample_409=settings.access_log_409_sample,
+        flush_interval_s=settings.access_log_flush_interval_s,
+        sink=sink,
+    )

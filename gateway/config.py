@@ -166,10 +166,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # The Redis/Postgres agreement check in /v1/stats compares at most this many live slots.
     agreement_sample_size: Annotated[int, Meta(ge=0, le=100_000)] = 10_000
 
-    # Logging: `json` (one object per line) or `text`; one line per request unless access_log is off.
+    # Logging: `json` (one object per line) or `text`; one line per request (INFO) unless access_log is off.
     log_level: Annotated[str, Meta(pattern=r"\A(?i:debug|info|warning|error)\Z")] = "INFO"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
+    # Of the hold-creation 409s (a rejection storm's losers), each worker logs the first of every this many,
+    # with `sampled_1_in` on the line; 1 logs them all. Every other request is always logged. 100 keeps the
+    # log's cost on a rejection within a few percent of no log at all (docs/benchmarks.md).
+    access_log_409_sample: PositiveInt = 100
+    # JSON request lines are written this often (or past 1024 pending lines): a worker killed outright
+    # loses at most this window of them; a graceful stop loses none.
+    access_log_flush_interval_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
 
     def __post_init__(self) -> None:
         if self.min_ttl_s > self.max_ttl_s:

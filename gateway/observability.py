@@ -2,7 +2,6 @@
 and echoed back), one log line (route, status, latency, hold id, the layer that decided) and the HTTP
 metrics."""
 
-import logging
 import re
 import time
 import uuid
@@ -12,9 +11,8 @@ from litestar import Litestar
 from litestar.types import Message, Scope
 
 from gateway import metrics
+from gateway.access_log import AccessLog
 from gateway.logs import RequestContext, serving
-
-access_log = logging.getLogger("gateway.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's request id is logged and echoed only if it is short and plain; otherwise the gateway makes one.
@@ -32,7 +30,7 @@ class ObservedLitestar(Litestar):
     """Litestar, with every HTTP request timed, counted and logged, unmatched routes and errors included
     (Litestar's own middleware does not see requests that match no route)."""
 
-    access_log_enabled = True
+    access_log: AccessLog | None = None  # create_app's, per the settings; None: no request lines
     requests_served = 0  # by this worker so far: what its webhook dispatcher yields to (gateway.webhooks)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -55,27 +53,21 @@ class ObservedLitestar(Litestar):
             try:
                 await super().__call__(scope, receive, send_with_request_id)
             finally:
-                self._observe(scope, context, status, time.perf_counter() - started)
+                self._observe(
+                    scope["method"],
+                    scope.get("path_template") or "unmatched",
+                    scope["path"],
+                    status,
+                    time.perf_counter() - started,
+                    context,
+                )
 
-    def _observe(self, scope: Any, context: RequestContext, status: int, elapsed_s: float) -> None:
+    def _observe(  # noqa: PLR0917 - called per request by every HTTP path with the same six facts
+        self, method: str, route: str, path: str, status: int, elapsed_s: float, context: RequestContext
+    ) -> None:
+        """Meter and log one answered request: every path that serves HTTP calls this once per request, while
+        `context` is the current request's (gateway.logs.serving). `route` is the template ("unmatched")."""
         self.requests_served += 1
-        route = scope.get("path_template") or "unmatched"
-        method = scope["method"]
         metrics.http_request(method, route, status).observe(elapsed_s)
-        if self.access_log_enabled:
-            # Logged while the request is current, so the record carries its request id.
-            access_log.info(
-                "%s %s %d",
-                method,
-                route,
-                status,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "path": scope["path"],
-                    "status": status,
-                    "latency_ms": round(elapsed_s * 1000, 3),
-                    "hold_id": context.hold_id,
-                    "layer": context.layer,
-                },
-            )
+        if self.access_log is not None:
+            self.access_log.record(method, route, path, status, elapsed_s, context)

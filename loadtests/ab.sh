@@ -4,10 +4,14 @@
 # and measured with wrk for DUR seconds on one path (PATH_UNDER_TEST):
 #   reject  its seat is held once, and wrk asks for it from new holders (every answer a 409);
 #   commit  every request holds a seat nobody asked for before (every answer a 201).
-# Compare within one run only: this machine's throughput varies about 10% from run to run.
+# A revision may carry settings: `main:GATEWAY_ACCESS_LOG=false,GATEWAY_LOG_LEVEL=WARNING`. Each line also
+# gives the CPU time the gateway's processes used per request during the run (µs/req), which a busy machine
+# disturbs far less than the throughput. Compare within one run only: throughput varies about 10% from run
+# to run.
 #
 #   loadtests/ab.sh 59380b8 HEAD                               # ROUNDS=3 DUR=12 PATH_UNDER_TEST=reject
 #   ROUNDS=5 DUR=15 PATH_UNDER_TEST=commit loadtests/ab.sh main my-branch
+#   loadtests/ab.sh HEAD HEAD:GATEWAY_ACCESS_LOG=false
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 python=${PYTHON:-$top/.venv/bin/python}
@@ -23,22 +27,40 @@ postgres=${AB_POSTGRES:-postgresql://postgres@127.0.0.1:5432}
 work=$(mktemp -d)
 trap 'for t in "$work"/tree-*; do git -C "$top" worktree remove --force "$t" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
+# CPU seconds (user + system) used so far by the processes of process group $1.
+cpu_s() {
+  "$python" - "$1" <<'EOF'
+import os, sys
+group, ticks = int(sys.argv[1]), 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if int(fields[2]) == group:  # pgrp; utime and stime follow at 11 and 12
+        ticks += int(fields[11]) + int(fields[12])
+print(ticks / os.sysconf("SC_CLK_TCK"))
+EOF
+}
+
 trees=()
-for rev in "$@"; do
+for variant in "$@"; do
   tree="$work/tree-${#trees[@]}"
-  git -C "$top" worktree add -q --detach "$tree" "$rev"
+  git -C "$top" worktree add -q --detach "$tree" "${variant%%:*}"
   trees+=("$tree")
 done
 
 for round in $(seq 1 "$rounds"); do
   for i in "${!trees[@]}"; do
     tree=${trees[$i]}; rev=${*:$((i + 1)):1}
+    settings=()
+    if [[ $rev == *:* ]]; then IFS=, read -ra settings <<<"${rev#*:}"; fi
     db="ab_${round}_${i}_$$"; port=$((20000 + RANDOM % 20000))
     psql -q "$postgres/postgres" -c "CREATE DATABASE $db"
     # The revision's own package: `python -m` imports from the current directory first.
-    (cd "$tree" && GATEWAY_DATABASE_URL="$postgres/$db" GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0 \
-      GATEWAY_REDIS_KEY_PREFIX="ab$$r${round}t$i" GATEWAY_LOG_LEVEL=WARNING \
-      exec setsid "$python" -m gateway.cli serve --port "$port" --workers 2 >"$work/serve.log" 2>&1) &
+    (cd "$tree" && exec env GATEWAY_DATABASE_URL="$postgres/$db" GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0 \
+      GATEWAY_REDIS_KEY_PREFIX="ab$$r${round}t$i" "${settings[@]}" \
+      setsid "$python" -m gateway.cli serve --port "$port" --workers 2 >"$work/serve.log" 2>&1) &
     pid=$!
     ready=no
     for _ in $(seq 1 300); do
@@ -52,13 +74,16 @@ for round in $(seq 1 "$rounds"); do
     fi
     body='{"event_id":"bench","slots":["A-1"],"holder":"owner","ttl_seconds":3600}'
     curl -s -o /dev/null -X POST "localhost:$port/v1/holds" -H 'Content-Type: application/json' -d "$body"
+    cpu_before=$(cpu_s "$pid")
     out=$(wrk -t2 -c64 -d"${duration_s}s" --latency -s "$script" "http://127.0.0.1:$port" "${script_args[@]}")
+    cpu_after=$(cpu_s "$pid")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     refused=$(awk '/Non-2xx/ {print $5}' <<<"$out")
     total=$(awk '/requests in/ {print $1}' <<<"$out")
-    printf 'round %s  %-12s %-6s %9s req/s  p99 %8s  %s of %s answered non-2xx\n' \
-      "$round" "$rev" "$path_under_test" "$rps" "$p99" "${refused:-0}" "$total"
+    cpu_us=$(awk -v a="$cpu_before" -v b="$cpu_after" -v n="$total" 'BEGIN {printf "%.0f", (b - a) * 1e6 / n}')
+    printf 'round %s  %-12s %-6s %9s req/s  p99 %8s  %5s CPU µs/req  %s of %s answered non-2xx\n' \
+      "$round" "$rev" "$path_under_test" "$rps" "$p99" "$cpu_us" "${refused:-0}" "$total"
     kill -TERM -- "-$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     psql -q "$postgres/postgres" -c "DROP DATABASE $db WITH (FORCE)"

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -20,6 +20,7 @@ from gateway.cli import GRACEFUL_SHUTDOWN_S
 from gateway.config import Settings
 from gateway.embedded import free_port
 from gateway.holds import HoldService
+from gateway.observability import ObservedLitestar
 
 
 @dataclass
@@ -30,11 +31,19 @@ class Gateway:
     client: httpx.AsyncClient
     settings: Settings
     server: uvicorn.Server
+    access_log_chunks: list[bytes] = field(default_factory=list)  # what its access log wrote, as written
 
     @property
     def service(self) -> HoldService:
         service: HoldService = self.server.config.loaded_app.app.state.holds  # type: ignore[union-attr]
         return service
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The access log's JSON lines so far (what it had pending is written first)."""
+        app: ObservedLitestar = self.server.config.loaded_app.app  # type: ignore[union-attr]
+        if app.access_log is not None:
+            app.access_log.flush()
+        return [json.loads(line) for chunk in self.access_log_chunks for line in chunk.splitlines()]
 
     async def hold(
         self, event_id: str, slots: list[str], holder: str = "alice", **extra: Any
@@ -86,8 +95,9 @@ QUIET_BACKGROUND: dict[str, object] = {
 async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     """Serve create_app(settings) on a free port in this event loop, with a client of generous limits."""
     port = free_port()
+    access_log_chunks: list[bytes] = []
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, access_log_sink=access_log_chunks.append),
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -110,7 +120,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
         try:
-            gateway = Gateway(f"http://127.0.0.1:{port}", client, settings, server)
+            gateway = Gateway(f"http://127.0.0.1:{port}", client, settings, server, access_log_chunks)
             if settings.redis_url and await _listening(settings.redis_url):
                 # On a busy machine a call at start can outlast the Redis timeout, and the gateway then
                 # starts in db-only mode until its first probe: tests that have a Redis mean to use it.

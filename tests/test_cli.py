@@ -113,6 +113,7 @@ async def test_serve_with_two_workers_that_contend_for_one_seat(
         GATEWAY_REDIS_URL=redis_url,
         GATEWAY_REDIS_KEY_PREFIX=key_prefix,
         GATEWAY_LOG_FORMAT="json",
+        GATEWAY_ACCESS_LOG_409_SAMPLE="1",  # every answer is checked against its line
     )
     contenders = 40
     with serving(["--workers", "2"], env, free_port()) as url:

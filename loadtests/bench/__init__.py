@@ -6,7 +6,7 @@
 It starts a PostgreSQL and a Redis of its own (free ports, a temporary directory; never the machine's), then,
 one at a time and each on a database of its own, the targets, all on uvicorn with the same workers:
 
-a. the gateway with Redis in front (`gateway serve`), and once more with its access log on;
+a. the gateway with Redis in front (`gateway serve`, defaults as shipped), and once more without access log;
 b. the gateway db-only (`gateway serve --db-only`);
 c. a naive baseline (naive.py): one `SELECT ... FOR UPDATE` transaction per hold, as most booking services;
 d. bare Litestar (bare.py): the same request decoded, a 409 answered, no I/O: the framework's ceiling.

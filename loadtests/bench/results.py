@@ -8,20 +8,20 @@ from loadtests.bench.wrk import WrkResult
 
 # Target keys, and their names in the report.
 REDIS_FRONT = "redis-front"
-REDIS_FRONT_LOGGED = "redis-front+access-log"
+REDIS_FRONT_UNLOGGED = "redis-front-access-log-off"
 REDIS_FRONT_WEBHOOKS = "redis-front+webhooks"  # one webhook endpoint, registered to the benchmark's receiver
 DB_ONLY = "db-only"
 NAIVE = "naive"
 BARE = "bare"
 # Of the rows of every table.
-ORDER = (REDIS_FRONT, REDIS_FRONT_LOGGED, REDIS_FRONT_WEBHOOKS, DB_ONLY, NAIVE, BARE)
+ORDER = (REDIS_FRONT, REDIS_FRONT_UNLOGGED, REDIS_FRONT_WEBHOOKS, DB_ONLY, NAIVE, BARE)
 # What a run measures (--only): the seat paths (sections 1-6 of the report), general admission (section 7),
 # webhooks on and off (section 8).
 SEATS, POOLS, WEBHOOKS = "seats", "pools", "webhooks"
 SECTIONS = (SEATS, POOLS, WEBHOOKS)
 TARGET_NAMES = {
     REDIS_FRONT: "a. gateway, Redis in front",
-    REDIS_FRONT_LOGGED: "a. gateway, Redis in front, access log on (INFO)",
+    REDIS_FRONT_UNLOGGED: "a. gateway, Redis in front, access log off",
     REDIS_FRONT_WEBHOOKS: "a. gateway, Redis in front, one webhook endpoint",
     DB_ONLY: "b. gateway, db-only",
     NAIVE: "c. naive baseline (SELECT … FOR UPDATE)",
@@ -35,7 +35,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     name: str  # full | quick | smoke
     workers: int  # uvicorn workers of every target
     run_s: int  # a rejection-path run of a, b, c and d
-    side_run_s: int  # the rejection path with the access log on, and at 1 worker
+    side_run_s: int  # the rejection path with the access log off, and at 1 worker
     short_run_s: int  # commit, hold + confirm, scaling points
     warmup_s: int  # before each measured run, same script and connections
     concurrency: tuple[int, ...]  # scaling points at `workers` workers
