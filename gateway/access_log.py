@@ -69,13 +69,29 @@ def encode_chunks(lines: list[AccessLine], limit_bytes: int = PIPE_BUF_BYTES) ->
     chunk = bytearray()
     for line in lines:
         start = len(chunk)
-        _encoder.encode_into(line, chunk, start)
+        try:
+            _encoder.encode_into(line, chunk, start)
+        except UnicodeEncodeError:  # a lone surrogate, in a path only a server other than uvicorn passes on
+            del chunk[start:]
+            _encoder.encode_into(_printable(line), chunk, start)
         chunk.append(0x0A)
         if len(chunk) > limit_bytes and start:
             yield bytes(chunk[:start])
             del chunk[:start]
     if chunk:
         yield bytes(chunk)
+
+
+def _printable(line: AccessLine) -> AccessLine:
+    """The line with the request's own strings made encodable (what UTF-8 cannot take, as backslash escapes);
+    the others are the gateway's."""
+
+    def fix(text: str) -> str:
+        return text.encode("utf-8", "backslashreplace").decode()
+
+    return msgspec.structs.replace(
+        line, message=fix(line.message), method=fix(line.method), route=fix(line.route), path=fix(line.path)
+    )
 
 
 def write_stderr(chunk: bytes) -> None:
@@ -162,7 +178,10 @@ class AccessLog:
         try:
             while True:
                 await asyncio.sleep(self.flush_interval_s)
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # a broken sink must not stop the flushes (its lines are lost, not kept)
+                    _stdlib_log.exception("access log: writing request lines failed")
         finally:
             self._flushing = False
             self.flush()

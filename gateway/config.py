@@ -171,8 +171,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
     # Of the hold-creation 409s (a rejection storm's losers), each worker logs the first of every this many,
-    # with `sampled_1_in` on the line; 1 logs them all. Every other request is always logged. 100 keeps the
-    # log's cost on a rejection within a few percent of no log at all (docs/benchmarks.md).
+    # with `sampled_1_in` on the line; 1 logs them all. Every other request is always logged. A line costs
+    # the worker ~3 µs (loadtests/access_log_cpu.py); 100 is for the log's volume: a storm of 10k
+    # rejections/s writes ~30 KB/s instead of 3 MB/s for the shipper, often on the same cores, to carry.
     access_log_409_sample: PositiveInt = 100
     # JSON request lines are written this often (or past 1024 pending lines): a worker killed outright
     # loses at most this window of them; a graceful stop loses none.

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import get
 
@@ -218,10 +219,11 @@ def test_writes_are_whole_lines_within_pipe_buf() -> None:
         )  # fmt: skip
 
     lines = [line(n) for n in (10, 300, 3000, 5000, 10, 3700, 20, 1)] + [line(50) for _ in range(100)]
-    chunks = list(encode_chunks(lines))
+    surrogate = msgspec.structs.replace(line(5), path="/\ud800")  # UTF-8 cannot encode it: escaped
+    chunks = list(encode_chunks([*lines, surrogate]))
     decoded = [json.loads(text) for chunk in chunks for text in chunk.splitlines()]
 
-    assert [d["path"] for d in decoded] == [ln.path for ln in lines]
+    assert [d["path"] for d in decoded] == [*(ln.path for ln in lines), "/\\ud800"]
     assert all(chunk.endswith(b"\n") for chunk in chunks)
     assert all(len(chunk) <= PIPE_BUF_BYTES or chunk.count(b"\n") == 1 for chunk in chunks)
     assert sum(len(chunk) > PIPE_BUF_BYTES for chunk in chunks) == 1  # the 5000-character path's line
