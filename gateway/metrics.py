@@ -46,6 +46,7 @@ ACCESS_LOG_SKIPPED = Counter(
     "gateway_access_log_skipped",
     "Hold-creation 409s the access log's sampling left without a line (GATEWAY_ACCESS_LOG_409_SAMPLE).",
 )
+
 HOLDS_CREATED = Counter("gateway_holds_created", "Holds created (201).")
 HOLDS_REJECTED = Counter(
     "gateway_holds_rejected",
