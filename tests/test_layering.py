@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "helpers",
         {
             "__init__",
+            "access_log",
             "background",
             "config",
             "errors",
