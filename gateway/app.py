@@ -15,6 +15,8 @@ from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
 from gateway.api.hold_events import HoldEventsController
 from gateway.api.holds import HoldsController
+from gateway.api.hot_holds import PATHS as HOT_PATHS
+from gateway.api.hot_holds import CreateHoldRoute
 from gateway.api.inventory import InventoryController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.problems import framework_error, gateway_error, internal_error
@@ -130,4 +132,7 @@ def create_app(settings: Settings) -> Litestar:
         state=State({"settings": settings}),
     )
     app.access_log_enabled = settings.access_log
+    if settings.hot_routes:
+        create_route = CreateHoldRoute(app.state, settings.max_body_bytes)
+        app.hot_routes = {("POST", path): create_route for path in HOT_PATHS}
     return app

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Litestar
@@ -34,6 +35,9 @@ class ObservedLitestar(Litestar):
 
     access_log_enabled = True
     requests_served = 0  # by this worker so far: what its webhook dispatcher yields to (gateway.webhooks)
+    # Raw ASGI routes served in front of Litestar, by (method, path) (gateway.api.hot_holds); each is
+    # timed, counted and logged here like any other request.
+    hot_routes: dict[tuple[str, str], Callable[[Any, Any, Any], Awaitable[None]]] = {}  # noqa: RUF012
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -51,9 +55,13 @@ class ObservedLitestar(Litestar):
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id)]
             await send(message)
 
+        hot_route = self.hot_routes.get((scope["method"], scope["path"]))
         with serving(context):
             try:
-                await super().__call__(scope, receive, send_with_request_id)
+                if hot_route is not None:
+                    await hot_route(scope, receive, send_with_request_id)
+                else:
+                    await super().__call__(scope, receive, send_with_request_id)
             finally:
                 self._observe(scope, context, status, time.perf_counter() - started)
 
