@@ -37,8 +37,9 @@ class ObservedLitestar(Litestar):
     access_log_enabled = True
     requests_served = 0  # by this worker so far: what its webhook dispatcher yields to (gateway.webhooks)
     # Raw ASGI routes served in front of Litestar, by (method, path) (gateway.api.hot_holds); each is
-    # timed, counted and logged here like any other request.
-    hot_routes: dict[tuple[str, str], Callable[[Any, Any, Any], Awaitable[None]]] = {}  # noqa: RUF012 - never mutated: create_app sets its own
+    # timed, counted and logged here like any other request. The empty default is never mutated:
+    # create_app sets each app's own.
+    hot_routes: dict[tuple[str, str], Callable[[Any, Any, Any], Awaitable[None]]] = {}  # noqa: RUF012
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
