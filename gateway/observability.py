@@ -2,12 +2,10 @@
 and echoed back), one log line (route, status, latency, hold id, the layer that decided) and the HTTP
 metrics."""
 
-import binascii
 import logging
-import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+import uuid
 from typing import Any
 
 from litestar import Litestar
@@ -27,7 +25,7 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _CLIENT_REQUEST_ID.match(value):
             return bytes(value)
-    return binascii.hexlify(os.urandom(16))  # 128 random bits, as a uuid4's hex at a fifth of its CPU
+    return uuid.uuid4().hex.encode()
 
 
 class ObservedLitestar(Litestar):
@@ -36,10 +34,6 @@ class ObservedLitestar(Litestar):
 
     access_log_enabled = True
     requests_served = 0  # by this worker so far: what its webhook dispatcher yields to (gateway.webhooks)
-    # Raw ASGI routes served in front of Litestar, by (method, path) (gateway.api.hot_holds); each is
-    # timed, counted and logged here like any other request. The empty default is never mutated:
-    # create_app sets each app's own.
-    hot_routes: dict[tuple[str, str], Callable[[Any, Any, Any], Awaitable[None]]] = {}  # noqa: RUF012
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -57,13 +51,9 @@ class ObservedLitestar(Litestar):
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id)]
             await send(message)
 
-        hot_route = self.hot_routes.get((scope["method"], scope["path"]))
         with serving(context):
             try:
-                if hot_route is not None:
-                    await hot_route(scope, receive, send_with_request_id)
-                else:
-                    await super().__call__(scope, receive, send_with_request_id)
+                await super().__call__(scope, receive, send_with_request_id)
             finally:
                 self._observe(scope, context, status, time.perf_counter() - started)
 

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 import uvloop
 
+from gateway.api.hot_holds import HotRoutes
 from gateway.app import create_app
 from gateway.config import settings_from_env
 from gateway.errors import SlotUnavailable
@@ -92,8 +93,8 @@ async def main(rounds: int, requests: int) -> None:
         service = app.state.holds
         front = service.front
         assert front is not None, "needs Redis: GATEWAY_REDIS_URL"
-        hot_routes = app.hot_routes
-        assert hot_routes, "the hot route is off (GATEWAY_HOT_ROUTES)"
+        hot_routes = app.asgi_handler
+        assert isinstance(hot_routes, HotRoutes), "the hot route is off (GATEWAY_HOT_ROUTES)"
         assert await _post(app, _HELD) in {200, 201}
 
         async def via_redis(i: int) -> None:
@@ -122,15 +123,15 @@ async def main(rounds: int, requests: int) -> None:
         ]
         for _ in range(2):  # warm-up: caches, connections, the first metric series
             for name, one in layers:
-                app.hot_routes = {} if name == "litestar" else hot_routes
+                app.asgi_handler = hot_routes.litestar if name == "litestar" else hot_routes
                 await _cpu_us(CONCURRENCY * 4, one)
         results: dict[str, list[float]] = {name: [] for name, _ in layers}
         for round_ in range(1, rounds + 1):
             for name, one in layers:
-                app.hot_routes = {} if name == "litestar" else hot_routes
+                app.asgi_handler = hot_routes.litestar if name == "litestar" else hot_routes
                 results[name].append(await _cpu_us(requests, one))
             print(f"round {round_}: " + "  ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()))
-        app.hot_routes = hot_routes
+        app.asgi_handler = hot_routes
     best = {name: min(values) for name, values in results.items()}
     print(
         f"\nin-process CPU µs per rejection (best of {rounds} rounds of {requests}, {CONCURRENCY} at a time):"

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gateway import metrics
-from gateway.api.hot_holds import CreateHoldRoute
+from gateway.api.hot_holds import CreateHoldRoute, HotRoutes
 from gateway.chaos.proxy import FaultProxy
 from gateway.observability import ObservedLitestar
 from tests.conftest import fresh_database, make_settings
@@ -26,6 +26,12 @@ def _app(gateway: Gateway) -> ObservedLitestar:
     return app
 
 
+def _hot_routes(gateway: Gateway) -> set[CreateHoldRoute]:
+    """The hot routes in front of the gateway's Litestar router (none when they are off)."""
+    handler = _app(gateway).asgi_handler
+    return set(handler.routes.values()) if isinstance(handler, HotRoutes) else set()
+
+
 def _http_count(status: int) -> float:
     return metrics.HTTP_REQUESTS.labels("POST", "/v1/holds", str(status))._value.get()
 
@@ -36,7 +42,7 @@ async def test_the_chosen_route_serves_every_create_and_both_are_metered_alike(
 ) -> None:
     """Fails if the hot route silently falls back to Litestar (its count stays 0), or if it is served while
     turned off; either way the request is metered under the route template /v1/holds."""
-    routes = set(_app(gateway).hot_routes.values())
+    routes = _hot_routes(gateway)
     created_before, conflicts_before = _http_count(201), _http_count(409)
 
     first = await gateway.post("/v1/holds", BODY)
@@ -61,35 +67,34 @@ async def test_the_hot_route_is_off_with_the_setting(
     async with running_gateway(
         make_settings(database_url, redis_url, key_prefix, hot_routes=False)
     ) as gateway:
-        assert _app(gateway).hot_routes == {}
+        assert _hot_routes(gateway) == set()
         assert (await gateway.post("/v1/holds", BODY)).status_code == 201
 
 
 async def test_an_unexpected_error_is_the_same_logged_500_problem_on_both_paths(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failure nobody expected (here: the service gone) is Litestar's internal-error 500, logged."""
+    """A failure nobody expected (here: a bug in the service) is Litestar's internal-error 500, logged."""
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.service, "create", broken)
     app = _app(gateway)
-    service = app.state.holds
-    answers = []
+    hot = app.asgi_handler
+    assert isinstance(hot, HotRoutes)
+    answers = [await gateway.post("/v1/holds", BODY, headers={"X-Request-ID": "boom"})]
+    app.asgi_handler = hot.litestar
     try:
-        del app.state.holds
-        for hot in (True, False):
-            routes = app.hot_routes
-            if not hot:
-                app.hot_routes = {}
-            try:
-                answers.append(await gateway.post("/v1/holds", BODY, headers={"X-Request-ID": "boom"}))
-            finally:
-                app.hot_routes = routes
+        answers.append(await gateway.post("/v1/holds", BODY, headers={"X-Request-ID": "boom"}))
     finally:
-        app.state.holds = service
+        app.asgi_handler = hot
     assert [a.status_code for a in answers] == [500, 500]
     assert answers[0].content == answers[1].content
     assert json.loads(answers[0].content)["type"] == "/problems/internal-error"
-    assert [r.getMessage() for r in caplog.records if r.name == "gateway.api.problems"] == [
-        "unhandled error"
-    ] * 2
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.api.problems"]
+    assert logged == ["unhandled error"] * 2
+    assert [route.served for route in _hot_routes(gateway)] == [1]
 
 
 # --- The same bytes on both paths -------------------------------------------------------------------------
@@ -206,7 +211,7 @@ async def test_both_paths_answer_the_same_bytes(
             )
             async with running_gateway(settings) as gateway:
                 runs[hot] = await _answers(gateway, proxy)
-                served = [route.served for route in set(_app(gateway).hot_routes.values())]
+                served = [route.served for route in _hot_routes(gateway)]
                 assert [count >= len(runs[hot]) for count in served] == ([True] if hot else [])
 
     statuses = [(name, int(raw.split()[1])) for name, _, raw in runs[True]]
