@@ -16,6 +16,7 @@ from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
 from gateway.api.hold_events import HoldEventsController
 from gateway.api.holds import HoldsController
+from gateway.api.hot_holds import CreateHoldRoute, HotRoutes
 from gateway.api.inventory import InventoryController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
 from gateway.api.problems import framework_error, gateway_error, internal_error
@@ -68,6 +69,10 @@ def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> L
         app.state.inventories = InventoryStore(store)
         app.state.availability = AvailabilityCache(app.state.inventories)
         app.state.ops = OpsService(service)
+        if settings.hot_routes and not isinstance(app.asgi_handler, HotRoutes):
+            # POST /v1/holds by a raw route in front of Litestar's router (gateway.api.hot_holds).
+            create_route = CreateHoldRoute(service, app.state, settings.max_body_bytes)
+            app.asgi_handler = HotRoutes(create_route.routes(), app.asgi_handler)
         feed = HoldEventFeed(store, settings.hold_events_interval_s)
         app.state.hold_events = feed
         streams = StreamHub(store, feed, app.state.availability, app.state.inventories, settings)

@@ -9,6 +9,7 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -70,27 +71,58 @@ async def fx_template_database(postgres_admin_url: str) -> str:
     return TEMPLATE_DB
 
 
-@pytest.fixture(name="database_url")
-async def fx_database_url(postgres_admin_url: str, template_database: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for one test, dropped after it."""
+@asynccontextmanager
+async def fresh_database(postgres_admin_url: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database, dropped after the block."""
     name = f"gateway_test_{os.getpid()}_{next(_database_numbers)}"
     admin = await asyncpg.connect(postgres_admin_url)
     try:
         await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
     finally:
         await admin.close()
-    yield _database_url(postgres_admin_url, name)
-    admin = await asyncpg.connect(postgres_admin_url)
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        yield _database_url(postgres_admin_url, name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(postgres_admin_url)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(name="database_url")
+async def fx_database_url(postgres_admin_url: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped after it."""
+    async with fresh_database(postgres_admin_url, template_database) as url:
+        yield url
 
 
 @pytest.fixture(name="key_prefix")
 def fx_key_prefix() -> str:
     """A Redis namespace of this test's own: tests share a Redis server and never flush it."""
     return "t" + uuid.uuid4().hex[:12]
+
+
+# Which route serves POST /v1/holds in the gateways the current test starts: the raw hot route (as shipped)
+# or Litestar's (GATEWAY_HOT_ROUTES=false). Tests marked `both_create_paths` run once with each.
+CREATE_PATHS = {"hot": True, "litestar": False}
+_create_path = ["hot"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_create_paths"):
+        metafunc.parametrize("create_path", list(CREATE_PATHS), indirect=True)
+
+
+@pytest.fixture(autouse=True, name="create_path")
+def fx_create_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The route that serves POST /v1/holds in this test: make_settings reads it."""
+    path: str = getattr(request, "param", "hot")
+    _create_path[0] = path
+    try:
+        yield path
+    finally:
+        _create_path[0] = "hot"
 
 
 def make_settings(database_url: str, redis_url: str | None, key_prefix: str, **overrides: object) -> Settings:
@@ -100,6 +132,7 @@ def make_settings(database_url: str, redis_url: str | None, key_prefix: str, **o
         "redis_key_prefix": key_prefix,
         "min_ttl_s": 1,
         "redis_retry_interval_s": 0.5,
+        "hot_routes": CREATE_PATHS[_create_path[0]],
     }
     values.update(overrides)
     return settings_from_env({}, **values)

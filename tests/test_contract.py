@@ -28,6 +28,7 @@ HOLD_FIELDS = {
 }
 
 
+@pytest.mark.both_create_paths
 async def test_create_returns_201_with_location_and_the_hold(gateway: Gateway) -> None:
     response = await gateway.hold("show-42", ["A-13", "A-12"], holder="user-123", ttl_seconds=120)
 
@@ -49,12 +50,14 @@ async def test_create_returns_201_with_location_and_the_hold(gateway: Gateway) -
     assert abs((created - datetime.now(UTC)).total_seconds()) < 5
 
 
+@pytest.mark.both_create_paths
 async def test_default_ttl_is_300_seconds(gateway: Gateway) -> None:
     hold = (await gateway.hold("show-1", ["A-1"])).json()
     expires = datetime.fromisoformat(hold["expires_at"])
     assert (expires - datetime.fromisoformat(hold["created_at"])).total_seconds() == 300
 
 
+@pytest.mark.both_create_paths
 async def test_same_holder_same_slots_in_any_order_gets_200_with_the_existing_hold(gateway: Gateway) -> None:
     first = await gateway.hold("show-1", ["A-1", "A-2"])
     retry = await gateway.hold("show-1", ["A-2", "A-1"])
@@ -63,6 +66,7 @@ async def test_same_holder_same_slots_in_any_order_gets_200_with_the_existing_ho
     assert retry.json()["id"] == first.json()["id"]
 
 
+@pytest.mark.both_create_paths
 async def test_same_holder_with_a_different_set_of_slots_is_a_conflict(gateway: Gateway) -> None:
     await gateway.hold("show-1", ["A-1", "A-2"])
     response = await gateway.hold("show-1", ["A-1"])
@@ -70,6 +74,7 @@ async def test_same_holder_with_a_different_set_of_slots_is_a_conflict(gateway: 
     assert response.json()["conflicts"] == ["A-1"]
 
 
+@pytest.mark.both_create_paths
 async def test_conflict_is_problem_json_naming_only_the_taken_slots(gateway: Gateway) -> None:
     await gateway.hold("show-1", ["A-2", "A-4"], holder="bob")
 
@@ -89,6 +94,7 @@ async def test_conflict_is_problem_json_naming_only_the_taken_slots(gateway: Gat
         assert state["state"] == "free"
 
 
+@pytest.mark.both_create_paths
 async def test_conflict_detail_on_one_taken_slot_is_singular(gateway: Gateway) -> None:
     """Regression: one taken slot read "1 of the requested slots are taken"."""
     await gateway.hold("show-1", ["A-2"], holder="bob")
@@ -99,6 +105,7 @@ async def test_conflict_detail_on_one_taken_slot_is_singular(gateway: Gateway) -
     assert response.json()["detail"] == "1 of the requested slots is taken"
 
 
+@pytest.mark.both_create_paths
 async def test_same_slot_ids_in_different_events_do_not_conflict(gateway: Gateway) -> None:
     assert (await gateway.hold("show-1", ["A-1"])).status_code == 201
     assert (await gateway.hold("show-2", ["A-1"], holder="bob")).status_code == 201

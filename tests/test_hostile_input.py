@@ -214,6 +214,7 @@ def _not_json(raw: bytes) -> bool:
     return False
 
 
+@pytest.mark.both_create_paths
 async def test_a_rejected_request_leaves_no_redis_key_and_no_row(gateway: Gateway) -> None:
     """Property: any body with one thing wrong is a 4xx naming that thing, and writes nothing anywhere."""
     loop = asyncio.get_running_loop()
@@ -246,6 +247,7 @@ async def test_a_rejected_request_leaves_no_redis_key_and_no_row(gateway: Gatewa
 HOLD_BODY = json.dumps({"event_id": "show-1", "slots": ["X"], "holder": "liar"}).encode()
 
 
+@pytest.mark.both_create_paths
 async def test_content_length_shorter_than_the_body_is_4xx_and_writes_nothing(gateway: Gateway) -> None:
     """The gateway reads Content-Length bytes (truncated JSON: 400); the rest is no request (400, close)."""
     head = request_head(
@@ -262,6 +264,7 @@ async def test_content_length_shorter_than_the_body_is_4xx_and_writes_nothing(ga
     await assert_still_serving(gateway)
 
 
+@pytest.mark.both_create_paths
 @pytest.mark.parametrize("close", ["half-close", "full close"])
 async def test_content_length_longer_than_the_body_then_close_writes_nothing(
     gateway: Gateway, close: str, caplog: pytest.LogCaptureFixture
@@ -307,6 +310,7 @@ async def test_content_length_longer_than_the_body_then_close_writes_nothing(
     ],
     ids=["text", "text utf-8", "form", "multipart", "xml"],
 )
+@pytest.mark.both_create_paths
 async def test_a_body_that_is_not_json_by_its_content_type_is_415(
     gateway: Gateway, content_type: str, body: bytes
 ) -> None:
@@ -332,6 +336,7 @@ async def test_a_transition_body_declared_as_a_form_is_415(gateway: Gateway, act
     assert (await gateway.client.get(f"/v1/holds/{hold['id']}")).json()["status"] == "held"
 
 
+@pytest.mark.both_create_paths
 async def test_a_json_body_without_content_type_is_read_as_json(gateway: Gateway) -> None:
     """Decided: a body with no Content-Type header at all is read as JSON (and strictly decoded, like any
     other); only a body declared as something else is refused with 415. Clients that forget the header are
@@ -349,6 +354,7 @@ async def test_a_json_body_without_content_type_is_read_as_json(gateway: Gateway
     "content_type",
     ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON", "application/x+json"],
 )
+@pytest.mark.both_create_paths
 async def test_json_content_types_are_accepted(gateway: Gateway, content_type: str) -> None:
     response = await gateway.client.post(
         "/v1/holds", content=HOLD_BODY, headers={"content-type": content_type}
@@ -364,6 +370,7 @@ def padded_body(size: int) -> bytes:
     return HOLD_BODY[:-1] + b" " * (size - len(HOLD_BODY)) + b"}"
 
 
+@pytest.mark.both_create_paths
 async def test_a_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_413(gateway: Gateway) -> None:
     limit = gateway.settings.max_body_bytes
     headers = {"content-type": "application/json"}
@@ -377,6 +384,7 @@ async def test_a_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_413(
     assert at_limit.status_code == 201, at_limit.text
 
 
+@pytest.mark.both_create_paths
 async def test_a_chunked_body_over_the_limit_is_413_and_writes_nothing(gateway: Gateway) -> None:
     """No Content-Length to refuse up front: the gateway counts as the chunks arrive."""
     head = request_head(
@@ -408,6 +416,7 @@ def raw_body(event_id: str, slot: str, holder: str) -> bytes:
 @pytest.mark.parametrize(
     "escape", ["\\ud800", "\\udfff", "\\u0000"], ids=["high surrogate", "low surrogate", "NUL"]
 )
+@pytest.mark.both_create_paths
 @pytest.mark.parametrize("field", ["event_id", "slots", "holder"])
 async def test_lone_surrogates_and_nul_are_422_naming_the_field(
     gateway: Gateway, field: str, escape: str
@@ -443,6 +452,7 @@ async def test_lone_surrogate_or_nul_in_a_transition_holder_is_422(
     assert (await gateway.client.get(f"/v1/holds/{hold['id']}")).json()["status"] == "held"
 
 
+@pytest.mark.both_create_paths
 async def test_a_surrogate_pair_is_text_and_accepted(gateway: Gateway) -> None:
     body = raw_body("show-1", "A-2", "fan \\ud83c\\udfab")
     response = await gateway.client.post(
@@ -482,6 +492,7 @@ async def test_a_forged_cursor_with_a_nul_is_422(gateway: Gateway, url: str) -> 
 # --- Many slots --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.both_create_paths
 async def test_ten_thousand_slots_is_a_fast_422_naming_slots(gateway: Gateway) -> None:
     # Three-character ids keep 10,000 of them under the 64 KiB body limit.
     alphabet = string.ascii_letters + string.digits
@@ -500,6 +511,7 @@ async def test_ten_thousand_slots_is_a_fast_422_naming_slots(gateway: Gateway) -
     await assert_nothing_written(gateway)
 
 
+@pytest.mark.both_create_paths
 async def test_the_largest_allowed_number_of_slots_is_held(gateway: Gateway) -> None:
     count = gateway.settings.max_slots_per_hold
     response = await gateway.hold("show-1", [f"S-{i}" for i in range(count)])
@@ -617,6 +629,7 @@ def assert_no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert errors == [], [r.getMessage() for r in errors]
 
 
+@pytest.mark.both_create_paths
 @pytest.mark.parametrize("where", ["unknown field", "slots"])
 @pytest.mark.parametrize("action", ["create", "extend", "confirm", "cancel"])
 async def test_a_body_nested_a_thousand_deep_is_422_and_writes_nothing(
@@ -645,6 +658,7 @@ async def test_a_body_nested_a_thousand_deep_is_422_and_writes_nothing(
     assert_no_error_logged(caplog)
 
 
+@pytest.mark.both_create_paths
 async def test_nesting_up_to_the_limit_reaches_validation_and_brackets_in_strings_do_not_count(
     gateway: Gateway,
 ) -> None:
@@ -680,6 +694,7 @@ LOOK_ALIKES = [
 ]
 
 
+@pytest.mark.both_create_paths
 @pytest.mark.parametrize(("holder", "detail"), LOOK_ALIKES)
 async def test_a_holder_that_could_pass_for_another_is_422_naming_holder(
     gateway: Gateway, holder: str, detail: str
@@ -709,6 +724,7 @@ async def test_a_holder_in_any_script_with_plain_spaces_is_accepted(gateway: Gat
     assert response.json()["holder"] == holder
 
 
+@pytest.mark.both_create_paths
 async def test_two_spellings_of_one_holder_are_one_holder(gateway: Gateway) -> None:
     """ "José" as e + U+0301 (combining acute) and as U+00E9: stored, compared and returned in NFC, so the
     second create of the same slot by the other spelling is the same holder's retry (200), not a rival."""

@@ -68,6 +68,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api.client_keys",
             "api.health",
             "api.holds",
+            "api.hot_holds",
             "api.inventory",
             "api.ops",
             "api.problems",

@@ -26,6 +26,7 @@ def assert_problem(response: httpx.Response, status: int, problem_type: str) -> 
     return problem
 
 
+@pytest.mark.both_create_paths
 async def test_a_body_that_is_not_json_is_400_malformed_request(gateway: Gateway) -> None:
     response = await gateway.client.post(
         "/v1/holds", content=b'{"event_id": ', headers={"content-type": "application/json"}
@@ -34,6 +35,7 @@ async def test_a_body_that_is_not_json_is_400_malformed_request(gateway: Gateway
     assert_problem(response, 400, "/problems/malformed-request")
 
 
+@pytest.mark.both_create_paths
 async def test_a_body_over_the_limit_is_413_body_too_large(gateway: Gateway) -> None:
     body = GOOD_BODY[:-1] + b" " * gateway.settings.max_body_bytes + b"}"
 
@@ -44,6 +46,7 @@ async def test_a_body_over_the_limit_is_413_body_too_large(gateway: Gateway) -> 
     assert_problem(response, 413, "/problems/body-too-large")
 
 
+@pytest.mark.both_create_paths
 async def test_a_body_declared_as_a_form_is_415_unsupported_media_type(gateway: Gateway) -> None:
     response = await gateway.client.post(
         "/v1/holds", content=GOOD_BODY, headers={"content-type": "application/x-www-form-urlencoded"}
@@ -74,6 +77,7 @@ async def test_a_bad_query_parameter_is_422_invalid_request_naming_it(gateway: G
     assert "`limit` (query)" in str(problem["detail"])
 
 
+@pytest.mark.both_create_paths
 async def test_a_client_that_goes_away_mid_body_is_400_incomplete_and_no_gateway_failure(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -87,6 +87,7 @@ async def test_strangers_cannot_find_a_hold_to_cancel_without_client_keys(guarde
     assert await statuses_in_postgres(guarded, [v["id"] for v in victims]) == expected
 
 
+@pytest.mark.both_create_paths
 async def test_with_client_keys_a_hold_belongs_to_the_key_that_made_it(guarded: Gateway) -> None:
     """Once a client key exists every hold route needs one; another key's hold is a 404 whatever the body
     says (even with the right holder); the ops token reads every hold but creates and changes none."""
@@ -128,6 +129,7 @@ async def test_with_client_keys_a_hold_belongs_to_the_key_that_made_it(guarded: 
     assert await statuses_in_postgres(guarded, [hold_id]) == ["held"]
 
 
+@pytest.mark.both_create_paths
 async def test_idempotency_keys_are_scoped_to_the_client_key(guarded: Gateway) -> None:
     """Regression: a stranger who knew a holder could use the victim's predictable Idempotency-Key first,
     and the victim's real request then got 422. Each client key has its own keys."""

@@ -57,6 +57,7 @@ async def assert_nothing_written(gateway: Gateway) -> None:
     assert await redis_keys(gateway.settings.redis_url or "", gateway.settings.redis_key_prefix) == []
 
 
+@pytest.mark.both_create_paths
 @pytest.mark.parametrize(("payload", "field"), BAD_BODIES)
 async def test_bad_body_is_422_naming_the_field_and_changes_nothing(
     gateway: Gateway, payload: dict[str, Any], field: str
@@ -85,6 +86,7 @@ async def test_bad_body_is_422_naming_the_field_and_changes_nothing(
     ],
     ids=["truncated", "not json", "empty", "array", "string", "null", "lone surrogate"],
 )
+@pytest.mark.both_create_paths
 async def test_malformed_body_is_4xx_problem_and_changes_nothing(gateway: Gateway, raw: bytes) -> None:
     response = await gateway.client.post(
         "/v1/holds", content=raw, headers={"content-type": "application/json"}
@@ -96,6 +98,7 @@ async def test_malformed_body_is_4xx_problem_and_changes_nothing(gateway: Gatewa
     await assert_nothing_written(gateway)
 
 
+@pytest.mark.both_create_paths
 async def test_holder_with_lone_surrogate_is_rejected_before_any_io(gateway: Gateway) -> None:
     raw = b'{"event_id": "show-1", "slots": ["A-1"], "holder": "a\\udc00"}'
     response = await gateway.client.post(
@@ -106,12 +109,14 @@ async def test_holder_with_lone_surrogate_is_rejected_before_any_io(gateway: Gat
     await assert_nothing_written(gateway)
 
 
+@pytest.mark.both_create_paths
 async def test_unicode_holder_is_accepted(gateway: Gateway) -> None:
     response = await gateway.hold("show-1", ["A-1"], holder="Zoë 🎫 o'Brien")
     assert response.status_code == 201
     assert response.json()["holder"] == "Zoë 🎫 o'Brien"
 
 
+@pytest.mark.both_create_paths
 async def test_body_over_the_limit_is_413_and_changes_nothing(gateway: Gateway) -> None:
     huge = body(holder="alice", slots=[f"S-{i}" for i in range(10_000)])
     response = await gateway.client.post("/v1/holds", json=huge)
@@ -124,6 +129,7 @@ async def test_body_over_the_limit_is_413_and_changes_nothing(gateway: Gateway) 
 @pytest.mark.parametrize(
     "key", ["", "k" * 256, "tab\there", "ключ"], ids=["empty", "256 chars", "tab", "non-ascii"]
 )
+@pytest.mark.both_create_paths
 async def test_bad_idempotency_key_is_422_naming_the_header(gateway: Gateway, key: str) -> None:
     response = await gateway.client.post("/v1/holds", json=GOOD, headers=[(b"Idempotency-Key", key.encode())])
 
@@ -132,6 +138,7 @@ async def test_bad_idempotency_key_is_422_naming_the_header(gateway: Gateway, ke
     await assert_nothing_written(gateway)
 
 
+@pytest.mark.both_create_paths
 async def test_longest_valid_idempotency_key_and_ids_are_accepted(gateway: Gateway) -> None:
     payload = body(event_id="E" * 128, slots=["a.b:c~d-" + "s" * 120], holder="h" * 128)
     response = await gateway.client.post("/v1/holds", json=payload, headers={"Idempotency-Key": "k" * 255})

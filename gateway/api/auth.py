@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 
 from gateway.client_keys import ClientKeys
@@ -58,14 +59,23 @@ EVERY_CLIENT = None
 
 
 def hold_caller(connection: ASGIConnection[Any, Any, Any, Any], *, reading: bool = False) -> str | None:
+    """The client key a hold route acts for (see `caller_of`). Called by the handlers, not as a guard (a
+    guard copies its handler per request)."""
+    return caller_of(connection.scope["headers"], connection.app.state, reading=reading)
+
+
+def caller_of(
+    raw_headers: Iterable[tuple[bytes, bytes]], state: State, *, reading: bool = False
+) -> str | None:
     """The client key a hold route acts for: the presented key's id; '' while the gateway is open (no client
     key exists); or EVERY_CLIENT for the ops token on a read (it reads every hold and creates none). Raises
-    ClientKeyRequired. Called by the handlers, not as a guard (a guard copies its handler per request)."""
-    presented = presented_token(_authorization(connection.scope["headers"]))
-    settings: Settings = connection.app.state.settings
+    ClientKeyRequired. `state` is the app's (settings, client_keys); the Litestar routes and the raw hot
+    route (gateway.api.hot_holds) both ask here."""
+    presented = presented_token(_authorization(raw_headers))
+    settings: Settings = state.settings
     if reading and presented and is_ops_token(settings, presented):
         return EVERY_CLIENT
-    client_keys: ClientKeys = connection.app.state.client_keys
+    client_keys: ClientKeys = state.client_keys
     if not client_keys.required:
         return ""
     key_id = client_keys.identify(presented) if presented else None

@@ -5,7 +5,7 @@ import itertools
 import operator
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -28,7 +28,7 @@ from gateway.errors import (
     SlotUnavailable,
     UnsupportedMediaType,
 )
-from gateway.holds import HoldService
+from gateway.holds import HoldResponse, HoldService
 from gateway.models import (
     HOLD_STATUSES,
     HOLDER_DESCRIPTION,
@@ -49,6 +49,7 @@ _HOLD_ID_LENGTH = 22
 _HOLD_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 AnyRequest = Request[Any, Any, State]
+T = TypeVar("T")
 
 # The gateway's bodies nest 2 deep (an object holding a list). Decoders descend into JSON recursively (msgspec
 # into anything typed Any, Python's json always), and a couple of KiB nested a thousand deep reach Python's
@@ -93,6 +94,25 @@ def nests_deeper_than(body: bytes, limit: int) -> bool:
     return max(map(operator.sub, itertools.accumulate(brackets), itertools.count(1)), default=0) > limit
 
 
+def decode_strict(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:
+    """A body once read, decoded the gateway's way: a nesting depth limit, a strict decode whose errors name
+    the field, a lone surrogate named as such. Each way it fails is a GatewayError of its own. Every route
+    that takes a body (the Litestar hook below and the raw hot route, gateway.api.hot_holds) decodes here."""
+    if nests_deeper_than(body, MAX_BODY_NESTING):
+        raise InvalidRequest(f"the body nests deeper than {MAX_BODY_NESTING} levels")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(field_message(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        # A lone surrogate ("\\ud800") is not text, so msgspec calls the JSON malformed: name its field.
+        field = lone_surrogate_field(body)
+        if field is not None:
+            detail = f"`{field}`: a string holds a lone UTF-16 surrogate, which is not text"
+            raise InvalidRequest(detail) from None
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+
+
 def strict_json_body(model: type[Body]) -> Callable[[AnyRequest], Awaitable[None]]:
     """The before_request hook of a handler that takes a `model` body: the gateway owns the body's read and
     decode, so each way it can fail is a GatewayError of its own, raised before Litestar reads it. Litestar
@@ -113,19 +133,7 @@ def strict_json_body(model: type[Body]) -> Callable[[AnyRequest], Awaitable[None
         except InternalServerException:
             # A first read of the body fails only when the client disconnects before its end: its fault.
             raise IncompleteRequest() from None
-        if nests_deeper_than(body, MAX_BODY_NESTING):
-            raise InvalidRequest(f"the body nests deeper than {MAX_BODY_NESTING} levels")
-        try:
-            decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(field_message(str(exc))) from None
-        except msgspec.DecodeError as exc:
-            # A lone surrogate ("\\ud800") is not text, so msgspec calls the JSON malformed: name its field.
-            field = lone_surrogate_field(body)
-            if field is not None:
-                detail = f"`{field}`: a string holds a lone UTF-16 surrogate, which is not text"
-                raise InvalidRequest(detail) from None
-            raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+        decode_strict(decoder, body)
 
     return check_body
 
@@ -164,11 +172,19 @@ def _check_hold_id(hold_id: str) -> None:
         raise HoldNotFound()
 
 
-def _check_idempotency_key(key: str | None) -> None:
+def check_idempotency_key(key: str | None) -> None:
     if key is None:
         return
     if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
         raise InvalidRequest("header `Idempotency-Key` must be 1 to 255 printable ASCII characters")
+
+
+def created_headers(result: HoldResponse) -> dict[str, str]:
+    """The headers of a create's 201 or 200 (the Litestar route's and the hot route's)."""
+    headers = {"Location": f"/v1/holds/{result.hold.id}"}
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return headers
 
 
 class HoldsController(Controller):
@@ -215,7 +231,7 @@ class HoldsController(Controller):
     ) -> Response[Hold]:
         client_key_id = hold_caller(request)
         assert client_key_id is not None  # only a read can be the ops token's
-        _check_idempotency_key(idempotency_key)
+        check_idempotency_key(idempotency_key)
         service = _service(state)
         try:
             result = await service.create(service.validate(data, idempotency_key, client_key_id))
@@ -223,10 +239,7 @@ class HoldsController(Controller):
             # The expected answer of a contended sale, returned rather than raised: Litestar's exception
             # path costs a rejection about as much as its Redis call.
             return problem_for(exc)  # type: ignore[return-value]
-        headers = {"Location": f"/v1/holds/{result.hold.id}"}
-        if result.replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return Response(result.hold, status_code=result.status_code, headers=headers)
+        return Response(result.hold, status_code=result.status_code, headers=created_headers(result))
 
     @get(
         "/",

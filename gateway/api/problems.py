@@ -1,12 +1,14 @@
-"""Errors as problem+json (RFC 9457): one renderer, `problem_for(GatewayError)`, for the exception handlers
-and for handlers that answer an expected refusal without raising (a 409 on the hot path skips Litestar's
-exception machinery). Litestar's own errors become GatewayErrors first, by their class and status code, never
-by their message text."""
+"""Errors as problem+json (RFC 9457): one renderer, `problem_parts(GatewayError)` (status, headers, body
+bytes), for the exception handlers, for handlers that answer an expected refusal without raising (a 409 on
+the hot path skips Litestar's exception machinery) and for the raw hot route (gateway.api.hot_holds).
+Litestar's own errors become GatewayErrors first, by their class and status code, never by their message
+text."""
 
 import json
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
@@ -81,8 +83,12 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def problem_for(exc: GatewayError) -> Response[dict[str, object]]:
-    """The one renderer: every problem+json the gateway sends is a GatewayError's."""
+_encoder = msgspec.json.Encoder()
+
+
+def problem_parts(exc: GatewayError) -> tuple[int, dict[str, str], bytes]:
+    """The one renderer: every problem+json the gateway sends is a GatewayError's. Its status, its own
+    headers (Retry-After, Allow, WWW-Authenticate) and the encoded body."""
     body: dict[str, object] = {
         "type": PROBLEM_TYPE_BASE + exc.problem,
         "title": exc.title,
@@ -90,10 +96,22 @@ def problem_for(exc: GatewayError) -> Response[dict[str, object]]:
         "detail": exc.detail,
         **exc.extensions,
     }
-    return Response(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers())
+    return exc.status_code, exc.headers(), _encoder.encode(body)
 
 
-def gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[dict[str, object]]:
+def problem_for(exc: GatewayError) -> Response[bytes]:
+    """A GatewayError as Litestar's response."""
+    status, headers, body = problem_parts(exc)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def unexpected_error(exc: BaseException) -> GatewayError:
+    """What an unexpected exception is answered as (a 500 internal-error), logged with its traceback."""
+    log.exception("unhandled error", exc_info=exc)
+    return GatewayError("The gateway failed to process the request.")
+
+
+def gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
     """The exception handler for every GatewayError."""
     return problem_for(exc)
 
@@ -108,7 +126,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
 }
 
 
-def framework_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
+def framework_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """The exception handler for Litestar's own errors (unknown route, wrong method, bad parameter)."""
     error = domain_error(exc)
     if error.status_code >= 500:
@@ -144,7 +162,6 @@ def _validation_detail(exc: ValidationException) -> str:
     return "; ".join(parts) or "a required parameter is missing or invalid"
 
 
-def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
+def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """The exception handler for everything else: a gateway failure, logged with its traceback."""
-    log.exception("unhandled error", exc_info=exc)
-    return problem_for(GatewayError("The gateway failed to process the request."))
+    return problem_for(unexpected_error(exc))

@@ -1,0 +1,157 @@
+"""In-process CPU per rejection, layer by layer: the gateway's app is called directly as ASGI (no HTTP server,
+no sockets of its own but Redis's), 64 requests at a time, and the CPU time of this thread (time.thread_time)
+is divided by the requests; Redis waits cost nothing, so a busy machine changes little. Each layer is
+measured on its own and the differences are what each one adds:
+
+  redis      the acquire script call alone (RedisFront.acquire, the pipelined client)
+  service    HoldService.validate + create, the 409 caught (the Redis call included)
+  hot        the whole app, POST /v1/holds through the raw hot route (request id, metrics, log included)
+  litestar   the whole app, POST /v1/holds through Litestar's route (GATEWAY_HOT_ROUTES=false)
+  bare       bare Litestar decoding the body and answering 409 with no I/O (loadtests.bench.bare)
+
+    GATEWAY_DATABASE_URL=... GATEWAY_REDIS_URL=... python -m loadtests.cpu_layers [--rounds 3]
+
+The database must be migrated (`gateway migrate`); the gateway's settings come from GATEWAY_* as usual.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import uvloop
+
+from gateway.api.hot_holds import HotRoutes
+from gateway.app import create_app
+from gateway.config import settings_from_env
+from gateway.errors import SlotUnavailable
+from gateway.models import CreateHold
+from gateway.observability import ObservedLitestar
+from loadtests.bench import bare
+
+CONCURRENCY = 64
+_HELD = b'{"event_id":"cpu","slots":["A-1"],"holder":"owner","ttl_seconds":3600}'
+
+
+def _body(i: int) -> bytes:
+    return b'{"event_id":"cpu","slots":["A-1"],"holder":"u%d"}' % i
+
+
+async def _post(app: Any, body: bytes) -> int:
+    """One POST /v1/holds through `app`; its status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/holds",
+        "raw_path": b"/v1/holds",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def _cpu_us(requests: int, one: Callable[[int], Awaitable[None]]) -> float:
+    """CPU µs of this thread per call of `one`, CONCURRENCY at a time."""
+    started = time.thread_time()
+    for first in range(0, requests, CONCURRENCY):
+        await asyncio.gather(*(one(i) for i in range(first, min(first + CONCURRENCY, requests))))
+    return (time.thread_time() - started) / requests * 1e6
+
+
+async def main(rounds: int, requests: int) -> None:
+    settings = settings_from_env()
+    app = create_app(settings)
+    assert isinstance(app, ObservedLitestar)
+    bare_app = bare.create_app()
+    decoder = msgspec.json.Decoder(CreateHold)
+    async with app.lifespan(), bare_app.lifespan():
+        service = app.state.holds
+        front = service.front
+        assert front is not None, "needs Redis: GATEWAY_REDIS_URL"
+        hot_routes = app.asgi_handler
+        assert isinstance(hot_routes, HotRoutes), "the hot route is off (GATEWAY_HOT_ROUTES)"
+        assert await _post(app, _HELD) in {200, 201}
+
+        async def via_redis(i: int) -> None:
+            lease = front.lease("cpu", ["A-1"], f"t{i}", f"u{i}", [])
+            await front.acquire(lease, settings.lease_pending_ms, None, None)
+
+        async def via_service(i: int) -> None:
+            with contextlib.suppress(SlotUnavailable):
+                await service.create(service.validate(decoder.decode(_body(i)), None, ""))
+
+        async def via_hot(i: int) -> None:
+            assert await _post(app, _body(i)) == 409
+
+        async def via_litestar(i: int) -> None:
+            assert await _post(app, _body(i)) == 409
+
+        async def via_bare(i: int) -> None:
+            assert await _post(bare_app, _body(i)) == 409
+
+        layers: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
+            ("redis", via_redis),
+            ("service", via_service),
+            ("hot", via_hot),
+            ("litestar", via_litestar),
+            ("bare", via_bare),
+        ]
+        for _ in range(2):  # warm-up: caches, connections, the first metric series
+            for name, one in layers:
+                app.asgi_handler = hot_routes.litestar if name == "litestar" else hot_routes
+                await _cpu_us(CONCURRENCY * 4, one)
+        results: dict[str, list[float]] = {name: [] for name, _ in layers}
+        for round_ in range(1, rounds + 1):
+            for name, one in layers:
+                app.asgi_handler = hot_routes.litestar if name == "litestar" else hot_routes
+                results[name].append(await _cpu_us(requests, one))
+            print(f"round {round_}: " + "  ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()))
+        app.asgi_handler = hot_routes
+    best = {name: min(values) for name, values in results.items()}
+    print(
+        f"\nin-process CPU µs per rejection (best of {rounds} rounds of {requests}, {CONCURRENCY} at a time):"
+    )
+    for name, value in best.items():
+        print(f"  {name:9s} {value:6.0f}")
+    print(
+        f"\n  route + request id + metrics, hot:      {best['hot'] - best['service']:6.0f}"
+        f"\n  route + request id + metrics, Litestar: {best['litestar'] - best['service']:6.0f}"
+        f"\n  service without its Redis call:         {best['service'] - best['redis']:6.0f}"
+        f"\n  hot ÷ bare Litestar, CPU:               {best['hot'] / best['bare']:6.2f}"
+        f"\n  Litestar route ÷ bare Litestar, CPU:    {best['litestar'] / best['bare']:6.2f}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=6400)
+    args = parser.parse_args()
+    uvloop.run(main(args.rounds, args.requests))
