@@ -2,9 +2,10 @@
 and echoed back), one log line (route, status, latency, hold id, the layer that decided) and the HTTP
 metrics."""
 
+import binascii
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from litestar import Litestar
@@ -23,7 +24,7 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _CLIENT_REQUEST_ID.match(value):
             return bytes(value)
-    return uuid.uuid4().hex.encode()
+    return binascii.hexlify(os.urandom(16))  # 128 random bits, as a uuid4's hex, at a fifth of its CPU
 
 
 class ObservedLitestar(Litestar):
