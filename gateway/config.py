@@ -84,6 +84,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # After a lost reply to a claim, how long to keep asking the database whether it committed before
     # answering 503 outcome-unknown.
     claim_resolve_budget_s: PositiveFloat = 5.0
+    # Group commit: a worker's concurrent one-seat claims without an Idempotency-Key ride in one statement, at
+    # most this many (1: each claim alone, as before), with at most `claim_batches_in_flight` such statements
+    # running at once; claims that arrive meanwhile form the next batch.
+    claim_batch_max_size: PositiveInt = 64
+    claim_batches_in_flight: PositiveInt = 2
     # Client-side budget for one statement.
     db_command_timeout_s: PositiveFloat = 5.0
     # Server-side statement_timeout, so a stuck query is cancelled in Postgres too.
