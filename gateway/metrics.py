@@ -89,6 +89,17 @@ POSTGRES_QUERY_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS_S,
 )
 
+# Group commit: how many claims rode in one statement, and batches that an error sent back one by one.
+CLAIM_BATCH_SIZE = Histogram(
+    "gateway_claim_batch_size",
+    "Claims sent together in one group-commit statement.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+CLAIM_BATCH_FALLBACKS = Counter(
+    "gateway_claim_batch_fallbacks",
+    "Group-commit statements that failed as a whole (a deadlock, a constraint), their claims then run alone.",
+)
+
 SWEEPER_BATCHES = Counter("gateway_sweeper_batches", "Expiry statements the sweeper ran.")
 SWEEPER_ROWS = Counter("gateway_sweeper_rows", "Holds the sweeper marked expired.")
 RETENTION_ROWS = Counter(

@@ -118,6 +118,111 @@ LEFT JOIN new_hold ON true
 LEFT JOIN prior_record AS prior ON true
 LEFT JOIN owners AS o ON true;
 
+-- claim_holds_batch --
+-- Group commit: claim_hold for a batch of one worker's concurrent one-seat claims without an Idempotency-Key,
+-- in one autocommit statement (each member is what claim_hold would run alone, with $14 true). Members take
+-- distinct seats (the caller keeps a second claim of a seat for a later batch: ON CONFLICT cannot touch a
+-- row twice in one statement) and their seat rows are locked in (event, seat) order, as every claim's, so
+-- two workers' batches cannot deadlock each other. All or nothing: an error (a deadlock with another kind
+-- of statement, a unique violation) rolls every member back, and the caller runs each alone with its id.
+-- $1 hold ids, $2 tokens, $3 event ids, $4 holders, $5 seat ids, $6 ttl ms (as text: asyncpg knows text[]
+-- without asking the server, an int[] costs each new connection a type lookup), $7 client key ids, one element
+-- per member. One row per member (`member`, its 1-based position), with claim_hold's columns; a member that
+-- lost has its seat's live owner as the statement's snapshot saw it (missing if a rival committed after).
+WITH requested AS (
+    SELECT r.member, r.hold_id, r.token, r.event_id, r.holder, r.slot_id, r.ttl_ms::integer AS ttl_ms,
+           r.client_key_id,
+           -- A probe of event_inventories' key per member (LIMIT: never a scan of every event's).
+           EXISTS (
+               SELECT 1 FROM event_inventories AS i WHERE i.event_id = r.event_id LIMIT 1
+           ) AS inventory_defined
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+        WITH ORDINALITY AS r (hold_id, token, event_id, holder, slot_id, ttl_ms, client_key_id, member)
+), claimed AS (
+    INSERT INTO hold_slots AS hs (hold_id, event_id, slot_id, status, expires_at)
+    SELECT requested.hold_id, requested.event_id, requested.slot_id, 'held',
+           now() + requested.ttl_ms * interval '1 millisecond'
+    FROM requested
+    WHERE NOT requested.inventory_defined
+    ORDER BY requested.event_id, requested.slot_id  -- one lock order for every claim: opposite orders deadlock
+    ON CONFLICT (event_id, slot_id) WHERE status IN ('held', 'confirmed')
+    DO UPDATE SET hold_id = excluded.hold_id, status = 'held', expires_at = excluded.expires_at
+    WHERE hs.status = 'held' AND hs.expires_at <= now()
+    RETURNING hs.hold_id, hs.event_id, hs.slot_id
+), new_holds AS (
+    INSERT INTO holds (id, token, event_id, holder, slots, status, expires_at, client_key_id, items, seat_count)
+    SELECT r.hold_id, r.token, r.event_id, r.holder, ARRAY[r.slot_id], 'held',
+           now() + r.ttl_ms * interval '1 millisecond', r.client_key_id, NULL, NULL
+    FROM requested AS r
+    WHERE r.hold_id IN (SELECT hold_id FROM claimed)
+    ON CONFLICT (token) DO NOTHING
+    RETURNING *
+), lapsed_owners AS (
+    -- As in claim_hold: the holds whose lapsed seat rows `claimed` took over, as the snapshot saw them; once
+    -- per lapsed hold, however many members took its seats.
+    SELECT DISTINCT old.hold_id
+    FROM claimed
+    CROSS JOIN LATERAL (
+        SELECT live.hold_id FROM hold_slots AS live
+        WHERE live.event_id = claimed.event_id AND live.slot_id = claimed.slot_id
+          AND live.status IN ('held', 'confirmed') AND live.status = 'held' AND live.expires_at <= now()
+        LIMIT 1
+    ) AS old
+    WHERE claimed.hold_id IN (SELECT id FROM new_holds)
+), events AS (
+    -- One statement, so that every `hold.expired` is drawn before the `hold.created` of the member that
+    -- took the seat over.
+    INSERT INTO hold_events (type, hold_id, occurred_at, hold)
+    SELECT e.type, e.hold_id, e.occurred_at, e.hold
+    FROM (
+        SELECT 1 AS rank, 'hold.expired' AS type, h.id AS hold_id, clock_timestamp() AS occurred_at,
+               jsonb_set(to_jsonb(h) - 'token', '{status}', '"expired"') AS hold
+        FROM holds AS h WHERE h.id IN (SELECT hold_id FROM lapsed_owners)
+        UNION ALL
+        SELECT 2, 'hold.created', n.id, n.created_at, to_jsonb(n) - 'token' FROM new_holds AS n
+    ) AS e
+    ORDER BY e.rank, e.hold_id
+), owners AS (
+    -- The live owner of each lost member's seat (one probe of hold_slots_one_active_hold per member).
+    SELECT requested.member, hs.event_id AS seat_event_id, hs.slot_id, h.id, h.token, h.event_id, h.holder,
+           h.slots, h.status, h.created_at, h.expires_at, h.confirmed_at, h.cancelled_at, h.client_key_id,
+           h.items, h.seat_count, h.extensions
+    FROM requested
+    CROSS JOIN LATERAL (
+        SELECT live.event_id, live.slot_id, live.hold_id
+        FROM hold_slots AS live
+        WHERE live.event_id = requested.event_id AND live.slot_id = requested.slot_id
+          AND live.status IN ('held', 'confirmed')
+          AND NOT (live.status = 'held' AND live.expires_at <= now())
+        LIMIT 1
+    ) AS hs
+    JOIN holds AS h ON h.id = hs.hold_id
+    WHERE requested.hold_id NOT IN (SELECT id FROM new_holds)
+)
+SELECT
+    r.member,
+    n.id IS NOT NULL AS created,
+    r.inventory_defined,
+    false AS idempotency_recorded,
+    CASE WHEN c.hold_id IS NULL THEN '{}'::text[] ELSE ARRAY[c.event_id] END AS claimed_events,
+    CASE WHEN c.hold_id IS NULL THEN '{}'::text[] ELSE ARRAY[c.slot_id] END AS claimed_slots,
+    n.created_at,
+    n.expires_at,
+    now() AS db_now,
+    NULL::text AS prior_request_hash, NULL::text AS prior_hold_id, NULL::integer AS prior_status_code,
+    o.seat_event_id AS owner_seat_event_id,
+    o.slot_id AS owner_slot_id, o.id AS owner_id, o.token AS owner_token, o.event_id AS owner_event_id,
+    o.holder AS owner_holder, o.slots AS owner_slots, o.status AS owner_status,
+    o.created_at AS owner_created_at, o.expires_at AS owner_expires_at,
+    o.confirmed_at AS owner_confirmed_at, o.cancelled_at AS owner_cancelled_at,
+    o.client_key_id AS owner_client_key_id, o.items AS owner_items, o.seat_count AS owner_seat_count,
+    o.extensions AS owner_extensions
+FROM requested AS r
+LEFT JOIN claimed AS c ON c.hold_id = r.hold_id
+LEFT JOIN new_holds AS n ON n.id = r.hold_id
+LEFT JOIN owners AS o ON o.member = r.member
+ORDER BY r.member;
+
 -- lock_inventories --
 -- The inventories of events $1, locked against replacement until the claim's transaction ends (FOR KEY SHARE:
 -- claims do not wait for each other), in event order; for each with a per-holder limit, the holder's lock on

@@ -27,6 +27,7 @@ def parse_queries(text: str) -> dict[str, str]:
 QUERIES: Final = parse_queries(_QUERIES_FILE.read_text())
 
 CLAIM_HOLD: Final = QUERIES["claim_hold"]
+CLAIM_HOLDS_BATCH: Final = QUERIES["claim_holds_batch"]
 LOCK_INVENTORIES: Final = QUERIES["lock_inventories"]
 CHECK_INVENTORY: Final = QUERIES["check_inventory"]
 CLAIM_POOLS: Final = QUERIES["claim_pools"]

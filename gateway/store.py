@@ -18,6 +18,7 @@ from gateway import items, metrics, sql
 from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable, Overloaded
+from gateway.group_commit import GroupCommitter
 from gateway.models import Hold, HoldStatus, SlotStateName
 
 log = logging.getLogger(__name__)
@@ -370,6 +371,15 @@ class Store:
         self.breaker = CircuitBreaker("postgres", settings.db_retry_interval_s)
         # Events known to have an inventory: their claims skip the plain path's statement.
         self._inventory_events: set[str] = set()
+        # Concurrent one-seat claims without a key, one statement per batch (claim_holds_batch).
+        self._claims: GroupCommitter[ClaimRequest, _PlainClaim] | None = None
+        if settings.claim_batch_max_size > 1:
+            self._claims = GroupCommitter(
+                self._claim_batch,
+                key=lambda request: request.seat_pairs[0],
+                max_batch=settings.claim_batch_max_size,
+                max_in_flight=settings.claim_batches_in_flight,
+            )
 
     @classmethod
     async def open(cls, settings: Settings) -> "Store":
@@ -469,17 +479,20 @@ class Store:
         in a transaction, with several seats or a key); everything else takes the inventory path."""
         single_event = len(request.parts) == 1 and not request.parts[0].pools
         plain = single_event and request.parts[0].event_id not in self._inventory_events
+        # One statement is atomic on its own: it claims the seat and inserts the hold, or neither.
+        keyless = request.idempotency_key is None
+        alone = plain and len(request.seat_pairs) == 1 and keyless and not in_transaction
+        if alone and self._claims is not None:
+            plain_claim = await self._claims.submit(request)  # with the other claims of this pass
+            if not plain_claim.inventory_defined:
+                return plain_claim.result
+            self._note_inventory_event(request.parts[0].event_id)
+            plain = False
         async with self._connection("claim_hold" if plain else "claim_items") as conn:
             try:
                 if plain:
                     args = request.claim_hold_args(open_events_only=True)
-                    if (
-                        len(request.seat_pairs) == 1
-                        and request.idempotency_key is None
-                        and not in_transaction
-                    ):
-                        # One statement is atomic on its own: it claims the seat and inserts the hold, or
-                        # neither.
+                    if alone:
                         plain_claim = _claim_result(await conn.fetch(sql.CLAIM_HOLD, *args))
                     else:
                         plain_claim = await _claim_in_transaction(
@@ -498,6 +511,57 @@ class Store:
             except asyncpg.TransactionRollbackError:
                 # Deadlock or serialization failure: the server rolled the claim back, so the outcome is known
                 # (not committed); _connection makes it BackendUnavailable.
+                raise
+            except UNAVAILABLE_ERRORS as exc:
+                raise ClaimOutcomeUnknown(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _claim_batch(self, requests: list[ClaimRequest]) -> list["_PlainClaim | BaseException"]:
+        """claim_holds_batch: one-seat claims without a key, on distinct seats, in one statement. A lost
+        answer leaves every member's fate open (each resolves by its own token, as a claim sent alone); an
+        error answer rolled every member back, so each runs alone, with its same hold id and token."""
+        try:
+            async with self._connection("claim_holds_batch") as conn:
+                try:
+                    records = await conn.fetch(
+                        sql.CLAIM_HOLDS_BATCH,
+                        [r.hold_id for r in requests],
+                        [r.token for r in requests],
+                        [r.parts[0].event_id for r in requests],
+                        [r.holder for r in requests],
+                        [r.parts[0].seats[0] for r in requests],
+                        [str(r.ttl_ms) for r in requests],
+                        [r.client_key_id for r in requests],
+                    )
+                except asyncpg.TransactionRollbackError as exc:  # a deadlock: known, rolled back
+                    failure: asyncpg.PostgresError = exc
+                except UNAVAILABLE_ERRORS as exc:
+                    return [ClaimOutcomeUnknown(f"{type(exc).__name__}: {exc}") for _ in requests]
+                except asyncpg.PostgresError as exc:  # the server refused the statement: nothing committed
+                    failure = exc
+                else:
+                    by_member: dict[int, list[asyncpg.Record]] = {}
+                    for record in records:
+                        by_member.setdefault(record["member"], []).append(record)
+                    return [_claim_result(by_member[index]) for index in range(1, len(requests) + 1)]
+        except (BackendUnavailable, Overloaded) as exc:  # no connection: nothing was sent
+            return [exc for _ in requests]
+        metrics.CLAIM_BATCH_FALLBACKS.inc()
+        log.info("claim batch of %d failed (%s): each runs alone", len(requests), type(failure).__name__)
+        alone = [self._claim_alone(request) for request in requests]
+        return list(await asyncio.gather(*alone, return_exceptions=True))
+
+    async def _claim_alone(self, request: ClaimRequest) -> "_PlainClaim":
+        """claim_hold for one seat without a key, in one statement (a batch member run again on its own)."""
+        async with self._connection("claim_hold") as conn:
+            try:
+                return _claim_result(
+                    await conn.fetch(sql.CLAIM_HOLD, *request.claim_hold_args(open_events_only=True))
+                )
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != sql.ONE_ACTIVE_HOLD_PER_SLOT:
+                    raise
+                return _PlainClaim(ClaimResult(False, False, [], None, None, datetime.now(UTC)), False)
+            except asyncpg.TransactionRollbackError:
                 raise
             except UNAVAILABLE_ERRORS as exc:
                 raise ClaimOutcomeUnknown(f"{type(exc).__name__}: {exc}") from exc

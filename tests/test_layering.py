@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     # The protocol, admission and start-up pieces the adapters build on.
-    ("mechanisms", {"breaker", "bulkhead", "loop_lag", "migrations", "redis_pipe"}),
+    ("mechanisms", {"breaker", "bulkhead", "group_commit", "loop_lag", "migrations", "redis_pipe"}),
     # The one place each backend is spoken to.
     ("adapters", {"inventory_store", "redis_front", "store", "webhook_store"}),
     # The decisions, with the backends behind them.

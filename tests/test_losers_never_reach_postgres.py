@@ -80,10 +80,11 @@ async def test_losers_cost_no_postgres_statement_with_redis_in_front(
         )
 
     assert counts == {201: 1, 409: CONTENDERS - 1}
-    # The winner's claim: one INSERT ... ON CONFLICT that claims the slot and inserts the hold (claim_hold's
-    # first line). Before it, the event's one synchronization on this Redis (its live holds' leases, its
-    # inventory's pools and blocked seats, then its recently cancelled holds'), whoever asked first. None of
-    # the 299 losers reached Postgres.
+    # The winner's claim: one INSERT ... ON CONFLICT that claims the slot and inserts the hold (the group
+    # commit's claim_holds_batch, a batch of one here: its first line is claim_hold's too). Before it, the
+    # event's one synchronization on this Redis (its live holds' leases, its inventory's pools and blocked
+    # seats, then its recently cancelled holds'), whoever asked first. None of the 299 losers reached
+    # Postgres.
     first_lines = [line.rstrip().rpartition(":")[2].strip() for line in statements]
     assert first_lines == [
         "(SELECT event_id, slots, token, holder, items,",

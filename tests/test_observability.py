@@ -71,8 +71,11 @@ async def test_metrics_count_a_storm_by_layer_and_route(gateway: Gateway) -> Non
     assert delta(before, after, "gateway_http_requests_total", **route, status="409") == 49
     assert delta(before, after, "gateway_http_request_duration_seconds_count", **route) == 50
     assert delta(before, after, "gateway_redis_call_duration_seconds_count", operation="acquire") == 50
-    # Only the winner reached Postgres: one claim.
-    assert delta(before, after, "gateway_postgres_query_duration_seconds_count", query="claim_hold") == 1
+    # Only the winner reached Postgres: one claim, a group commit of one.
+    claims = delta(before, after, "gateway_postgres_query_duration_seconds_count", query="claim_holds_batch")
+    assert claims == 1
+    assert delta(before, after, "gateway_claim_batch_size_count") == 1
+    assert delta(before, after, "gateway_claim_batch_size_sum") == 1
     # Read from Postgres at scrape time: this test's database has the one confirmed hold.
     assert value(after, "gateway_active_holds") == 0
     assert value(after, "gateway_confirmed_slots") == 1
