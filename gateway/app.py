@@ -1,4 +1,5 @@
-"""create_app(settings): the Litestar app, its lifespan (pools, scripts, sweeper) and error rendering."""
+"""create_app(settings): the Litestar app, its lifespan (pools, scripts, the background leader's election and
+work, the LISTEN connection) and error rendering."""
 
 import asyncio
 import logging
@@ -10,7 +11,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from gateway import background, metrics
+from gateway import background, metrics, sql
 from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
 from gateway.api.hold_events import HoldEventsController
@@ -29,14 +30,16 @@ from gateway.errors import BackendUnavailable, GatewayError
 from gateway.hold_events import HoldEventFeed
 from gateway.holds import HoldService
 from gateway.inventory_store import InventoryStore
+from gateway.leader import Leadership, new_worker_id
+from gateway.listener import Listener
 from gateway.logs import install_request_id_factory
 from gateway.loop_lag import watch_loop_lag
 from gateway.observability import ObservedLitestar
 from gateway.ops import OpsService
 from gateway.redis_front import REDIS_FAILURES, RedisFront, RedisUnavailable
-from gateway.store import Store
+from gateway.store import APPLICATION_NAME, Store
 from gateway.streams import StreamHub
-from gateway.sweeper import run_sweeper
+from gateway.sweeper import run_redis_upkeep, run_sweeper
 from gateway.webhook_store import WebhookStore
 from gateway.webhooks import WebhookDispatcher, WebhookEndpoints
 
@@ -50,7 +53,8 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        store = await Store.open(settings)
+        worker_id = new_worker_id()
+        store = await Store.open(settings, f"{APPLICATION_NAME}/{worker_id}")
         front = await RedisFront.open(settings) if settings.redis_url else None
         service = HoldService(store, front, settings)
         if service.lease_sync is not None and front is not None and front.available:
@@ -60,19 +64,32 @@ def create_app(settings: Settings) -> Litestar:
         client_keys = ClientKeys(store, settings)
         with suppress(BackendUnavailable):  # unloaded, hold routes answer 503 until the next reload works
             await client_keys.refresh()
+        app.state.leadership = leadership = await _elect(store, front, settings, worker_id)
         app.state.client_keys = client_keys
         app.state.holds = service
         app.state.inventories = InventoryStore(store)
         app.state.availability = AvailabilityCache(app.state.inventories)
-        app.state.ops = OpsService(service)
+        app.state.ops = OpsService(service, leadership)
         feed = HoldEventFeed(store, settings.hold_events_interval_s)
         app.state.hold_events = feed
+        app.state.listener = listener = _listener(
+            settings,
+            store=store,
+            worker_id=worker_id,
+            feed=feed,
+            client_keys=client_keys,
+            leadership=leadership,
+        )
         streams = StreamHub(store, feed, app.state.availability, app.state.inventories, settings)
         app.state.streams = streams
         app.state.webhooks = WebhookEndpoints(WebhookStore(store))
         observed = app if isinstance(app, ObservedLitestar) else None
         dispatcher = WebhookDispatcher(
-            WebhookStore(store), settings, feed, lambda: observed.requests_served if observed else 0
+            WebhookStore(store),
+            settings,
+            feed,
+            lambda: observed.requests_served if observed else 0,
+            lambda: leadership.leading,
         )
         if settings.ops_token is None:
             log.warning(
@@ -80,11 +97,17 @@ def create_app(settings: Settings) -> Litestar:
                 "who can reach this port"
             )
         metrics.worker_started()
+        # The leader's work first: on stopping, it ends before the lease is released.
+        leader_tasks = [
+            asyncio.create_task(run_sweeper(service, leadership), name="sweeper"),
+            asyncio.create_task(feed.run_sequencer(leadership), name="hold-event-sequencer"),
+        ]
+        electing = asyncio.create_task(leadership.run(), name="background-leader")
         tasks = [
-            asyncio.create_task(run_sweeper(service), name="sweeper"),
+            asyncio.create_task(listener.run(), name="listener"),
+            asyncio.create_task(run_redis_upkeep(service), name="redis-upkeep"),
             asyncio.create_task(watch_loop_lag(), name="loop-lag"),
             asyncio.create_task(client_keys.keep_fresh(), name="client-keys"),
-            asyncio.create_task(feed.run(), name="hold-events"),
             asyncio.create_task(streams.run(), name="streams"),
             asyncio.create_task(dispatcher.run(), name="webhooks"),
         ]
@@ -93,8 +116,12 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             metrics.worker_stopped()
             await streams.close()
+            for task in [*leader_tasks, electing]:
+                await background.stop(task)
+            await leadership.release()  # another worker takes over at once, not after the lease
             for task in tasks:
                 await background.stop(task)
+            await client_keys.close()
             if front is not None:
                 await front.close()
             await store.close()
@@ -131,3 +158,33 @@ def create_app(settings: Settings) -> Litestar:
     )
     app.access_log_enabled = settings.access_log
     return app
+
+
+async def _elect(store: Store, front: RedisFront | None, settings: Settings, worker_id: str) -> Leadership:
+    """This worker's part in the background leader's election, its first claim made: the first worker of a
+    database leads from its first request on."""
+    # Nothing to be cut off from without Redis; with it, a worker that reaches it leads before one that does
+    # not (the leader drains the release outbox).
+    leadership = Leadership(store, settings, worker_id, lambda: front is None or front.available)
+    with suppress(BackendUnavailable):
+        await leadership.claim()
+    return leadership
+
+
+def _listener(
+    settings: Settings,
+    *,
+    store: Store,
+    worker_id: str,
+    feed: HoldEventFeed,
+    client_keys: ClientKeys,
+    leadership: Leadership,
+) -> Listener:
+    """The worker's LISTEN connection, wired to what it tells: the feed's head, client keys, a handover."""
+    listener = Listener(settings, store.breaker, worker_id)
+    listener.on(sql.HOLD_EVENTS_CHANNEL, feed.notified)
+    listener.on(sql.CLIENT_KEYS_CHANNEL, client_keys.changed)
+    listener.on(sql.LEADER_CHANNEL, leadership.stepped_down)
+    listener.read_on_connect(feed.read_head)
+    listener.on_connect(client_keys.changed)
+    return listener
