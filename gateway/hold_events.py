@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from asyncpg import Connection
+from asyncpg import Connection, Record
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway import sql
 from gateway.errors import BackendUnavailable
@@ -78,8 +79,20 @@ class HoldEventFeed:
     async def number(self) -> int:
         """The sequencer's pass: number what is committed, fan out its webhook deliveries and tell every
         worker the new head, in one transaction; return the head. The advisory lock still makes it one
-        numbering transaction at a time per database, should two workers both believe they lead."""
-        async with self._store.connection("number_hold_events") as conn, conn.transaction():
+        numbering transaction at a time per database, should two workers both believe they lead. With nothing
+        to number, one statement, and no transaction."""
+        async with self._store.connection("number_hold_events") as conn:
+            idle = await conn.fetchrow(sql.HOLD_EVENTS_PENDING)
+            assert idle is not None  # always one row
+            if not idle["pending"]:
+                self._moved_to(idle["head"])
+                return self.head
+            head = await self._number_pending(conn)
+        self._moved_to(head)
+        return head
+
+    async def _number_pending(self, conn: "PoolConnectionProxy[Record]") -> int:
+        async with conn.transaction():
             if await conn.fetchval(sql.TRY_SEQUENCER_LOCK, sql.SEQUENCER_LOCK_KEY):
                 record = await conn.fetchrow(sql.NUMBER_HOLD_EVENTS, NUMBER_BATCH_SIZE)
                 assert record is not None
@@ -92,7 +105,6 @@ class HoldEventFeed:
                     await conn.execute(sql.NOTIFY, sql.HOLD_EVENTS_CHANNEL, str(head))
             else:
                 head = await conn.fetchval(sql.HOLD_EVENTS_HEAD)
-        self._moved_to(head)
         return head
 
     async def read_head(self, conn: Connection | None = None) -> int:

@@ -1064,6 +1064,12 @@ SELECT (SELECT id FROM head) + (SELECT count(*) FROM numbered) AS head, (SELECT 
 -- Tell every worker listening on channel $1 (gateway.listener), with payload $2, once the transaction commits.
 SELECT pg_notify($1, $2);
 
+-- hold_events_pending --
+-- Whether committed events wait to be numbered, and the feed's head: the sequencer's pass when idle, one
+-- statement outside any transaction (both read through their partial indexes).
+SELECT EXISTS (SELECT 1 FROM hold_events WHERE id IS NULL) AS pending,
+       (SELECT coalesce(max(id), 0) FROM hold_events WHERE id IS NOT NULL) AS head;
+
 -- hold_events_head --
 -- The feed's head: the highest id numbered (0: no event yet).
 SELECT coalesce(max(id), 0) AS head FROM hold_events WHERE id IS NOT NULL;
