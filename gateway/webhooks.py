@@ -2,8 +2,9 @@
 
 At least once, in order per hold. The sequencer makes an event's deliveries (one per endpoint that existed
 when the event occurred) in the transaction that numbers it, so they are as durable as the event. Each worker
-runs a dispatcher: woken when the feed's head moves (the sequencer's NOTIFY, gateway.listener) and every
-`webhook_poll_interval_s` for retries and leases that lapsed, it leases due deliveries
+runs a dispatcher: woken when the feed's head moves (the sequencer's NOTIFY, gateway.listener), and, for
+retries and leases that lapsed, every `webhook_poll_interval_s` in the background leader (every
+`hold_events_resync_s` in the others: idle workers do not each poll), it leases due deliveries
 in one short statement (FOR UPDATE SKIP LOCKED; the lease outlives one attempt's whole budget), sends them
 outside any transaction, at most `webhook_concurrency` at once, and records each outcome in one statement. A
 delivery is the earliest still owed of its hold to its endpoint, so a hold's events arrive in feed order; a
@@ -196,7 +197,8 @@ class WebhookDispatcher:
         leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
-        self._leading = leading  # whether this worker is the background leader (it purges)
+        # Whether this worker is the background leader: it purges, and looks for due retries most often.
+        self._leading = leading
         self._settings = settings
         self._feed = feed
         self._load = RequestLoad(requests_served, settings.webhook_yield_above_rps)
@@ -288,8 +290,13 @@ class WebhookDispatcher:
 
     async def _wait(self, head: int) -> None:
         """Until the feed moves past `head`, a send ends, or webhook_poll_interval_s passes (retries come
-        due); while yielding, LOAD_WINDOW_S at most (the load may have dropped)."""
-        timeout_s = LOAD_WINDOW_S if self._yielding else self._settings.webhook_poll_interval_s
+        due, leases of dead workers lapse) in the background leader; in the other workers,
+        hold_events_resync_s if that is longer (the leader sends what comes due meanwhile, so that idle
+        workers do not each ask); while yielding, LOAD_WINDOW_S at most (the load may have dropped)."""
+        poll_s = self._settings.webhook_poll_interval_s
+        if not self._leading():
+            poll_s = max(poll_s, self._settings.hold_events_resync_s)
+        timeout_s = LOAD_WINDOW_S if self._yielding else poll_s
         waits: list[asyncio.Future[bool]] = [asyncio.ensure_future(self._finished.wait())]
         if self._free_slots > 0:
             waits.append(asyncio.ensure_future(self._feed.wait_past(head, timeout_s)))

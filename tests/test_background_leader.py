@@ -225,6 +225,7 @@ async def test_two_workers_run_the_background_work_in_one_of_them(
         await until(enough, 60, "the leader did not sweep")
         logged = statements_logged_since(log_path, offset, "two_workers_one_leader")
         background = served.background()
+        metrics = (await asyncio.to_thread(httpx.get, f"{served.url}/metrics", timeout=5)).text
 
     leader_apps = {s.app for s in logged if s.first_line.startswith(LEADER_WORK)}
     claiming_apps = {s.app for s in logged if s.first_line == CLAIM}
@@ -232,6 +233,13 @@ async def test_two_workers_run_the_background_work_in_one_of_them(
     assert leader_apps == {f"reservation-gateway/{background['leader_id']}"[:63]}
     assert len(claiming_apps) == 2, claiming_apps  # both workers are there, and elect
     assert leader_apps < claiming_apps
+    # One sample per worker: 1 in the leader, 0 in the other.
+    gauge = sorted(
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith("gateway_background_leader{")
+    )
+    assert gauge == [0.0, 1.0], metrics
 
 
 # ---- handovers: a leader killed, a leader frozen, a leader stopping ----
