@@ -1,4 +1,5 @@
-"""create_app(settings): the Litestar app, its lifespan (pools, scripts, sweeper) and error rendering."""
+"""create_app(settings): the Litestar app, its lifespan (pools, scripts, the background leader's election and
+work, the LISTEN connection) and error rendering."""
 
 import asyncio
 import logging
@@ -10,7 +11,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from gateway import background, metrics
+from gateway import background, metrics, sql
 from gateway.access_log import AccessLog, Sink, write_stderr
 from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
@@ -31,14 +32,16 @@ from gateway.errors import BackendUnavailable, GatewayError
 from gateway.hold_events import HoldEventFeed
 from gateway.holds import HoldService
 from gateway.inventory_store import InventoryStore
+from gateway.leader import Leadership, new_worker_id
+from gateway.listener import Listener
 from gateway.logs import install_request_id_factory
 from gateway.loop_lag import watch_loop_lag
 from gateway.observability import ObservedLitestar
 from gateway.ops import OpsService
 from gateway.redis_front import REDIS_FAILURES, RedisFront, RedisUnavailable
-from gateway.store import Store
+from gateway.store import APPLICATION_NAME, Store
 from gateway.streams import StreamHub
-from gateway.sweeper import run_sweeper
+from gateway.sweeper import run_redis_upkeep, run_sweeper
 from gateway.webhook_store import WebhookStore
 from gateway.webhooks import WebhookDispatcher, WebhookEndpoints
 
@@ -54,7 +57,8 @@ def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> L
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        store = await Store.open(settings)
+        worker_id = new_worker_id()
+        store = await Store.open(settings, f"{APPLICATION_NAME}/{worker_id}")
         front = await RedisFront.open(settings) if settings.redis_url else None
         service = HoldService(store, front, settings)
         if service.lease_sync is not None and front is not None and front.available:
@@ -64,47 +68,61 @@ def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> L
         client_keys = ClientKeys(store, settings)
         with suppress(BackendUnavailable):  # unloaded, hold routes answer 503 until the next reload works
             await client_keys.refresh()
+        app.state.leadership = leadership = await _elect(store, front, settings, worker_id)
         app.state.client_keys = client_keys
         app.state.holds = service
         app.state.inventories = InventoryStore(store)
         app.state.availability = AvailabilityCache(app.state.inventories)
-        app.state.ops = OpsService(service)
-        if settings.hot_routes and not isinstance(app.asgi_handler, HotRoutes):
-            # POST /v1/holds by a raw route in front of Litestar's router (gateway.api.hot_holds).
-            create_route = CreateHoldRoute(service, app.state, settings.max_body_bytes)
-            app.asgi_handler = HotRoutes(create_route.routes(), app.asgi_handler)
-        feed = HoldEventFeed(store, settings.hold_events_interval_s)
-        app.state.hold_events = feed
-        streams = StreamHub(store, feed, app.state.availability, app.state.inventories, settings)
-        app.state.streams = streams
+        app.state.ops = OpsService(service, leadership)
+        if settings.hot_routes:
+            _put_hot_routes_in_front(app, service, settings)
+        app.state.hold_events = feed = HoldEventFeed(store, settings.hold_events_interval_s)
+        app.state.listener = listener = _listener(
+            settings,
+            store=store,
+            worker_id=worker_id,
+            feed=feed,
+            client_keys=client_keys,
+            leadership=leadership,
+        )
+        app.state.streams = streams = StreamHub(
+            store, feed, app.state.availability, app.state.inventories, settings
+        )
         app.state.webhooks = WebhookEndpoints(WebhookStore(store))
         observed = app if isinstance(app, ObservedLitestar) else None
         dispatcher = WebhookDispatcher(
-            WebhookStore(store), settings, feed, lambda: observed.requests_served if observed else 0
+            WebhookStore(store),
+            settings,
+            feed,
+            lambda: observed.requests_served if observed else 0,
+            lambda: leadership.leading,
         )
-        if settings.ops_token is None:
-            log.warning(
-                "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "
-                "who can reach this port"
-            )
+        _warn_if_ops_open(settings)
         metrics.worker_started()
+        # The leader's work first: on stopping, it ends before the lease is released.
+        leader_tasks = [
+            asyncio.create_task(run_sweeper(service, leadership), name="sweeper"),
+            asyncio.create_task(feed.run_sequencer(leadership), name="hold-event-sequencer"),
+        ]
+        electing = asyncio.create_task(leadership.run(), name="background-leader")
         tasks = [
-            asyncio.create_task(run_sweeper(service), name="sweeper"),
+            asyncio.create_task(listener.run(), name="listener"),
+            asyncio.create_task(run_redis_upkeep(service), name="redis-upkeep"),
             asyncio.create_task(watch_loop_lag(), name="loop-lag"),
             asyncio.create_task(client_keys.keep_fresh(), name="client-keys"),
-            asyncio.create_task(feed.run(), name="hold-events"),
             asyncio.create_task(streams.run(), name="streams"),
             asyncio.create_task(dispatcher.run(), name="webhooks"),
+            *([] if access_log is None else [asyncio.create_task(access_log.run(), name="access-log")]),
         ]
-        if access_log is not None:
-            tasks.append(asyncio.create_task(access_log.run(), name="access-log"))
         try:
             yield
         finally:
             metrics.worker_stopped()
             await streams.close()
-            for task in tasks:
-                await background.stop(task)
+            await background.stop_all([*leader_tasks, electing])
+            await leadership.release()  # another worker takes over at once, not after the lease
+            await background.stop_all(tasks)
+            await client_keys.close()
             if front is not None:
                 await front.close()
             await store.close()
@@ -143,6 +161,21 @@ def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> L
     return app
 
 
+def _warn_if_ops_open(settings: Settings) -> None:
+    if settings.ops_token is None:
+        log.warning(
+            "GATEWAY_OPS_TOKEN is not set: /v1/holds, /v1/stats, /ops and /metrics are open to anyone "
+            "who can reach this port"
+        )
+
+
+def _put_hot_routes_in_front(app: Litestar, service: HoldService, settings: Settings) -> None:
+    """POST /v1/holds by a raw route in front of Litestar's router (gateway.api.hot_holds); once per app."""
+    if not isinstance(app.asgi_handler, HotRoutes):
+        create_route = CreateHoldRoute(service, app.state, settings.max_body_bytes)
+        app.asgi_handler = HotRoutes(create_route.routes(), app.asgi_handler)
+
+
 def _access_log(settings: Settings, sink: Sink) -> AccessLog | None:
     """The request lines the settings ask for: none if the access log is off or its level (INFO) is not
     logged."""
@@ -154,3 +187,33 @@ def _access_log(settings: Settings, sink: Sink) -> AccessLog | None:
         flush_interval_s=settings.access_log_flush_interval_s,
         sink=sink,
     )
+
+
+async def _elect(store: Store, front: RedisFront | None, settings: Settings, worker_id: str) -> Leadership:
+    """This worker's part in the background leader's election, its first claim made: the first worker of a
+    database leads from its first request on."""
+    # Nothing to be cut off from without Redis; with it, a worker that reaches it leads before one that does
+    # not (the leader drains the release outbox).
+    leadership = Leadership(store, settings, worker_id, lambda: front is None or front.available)
+    with suppress(BackendUnavailable):
+        await leadership.claim()
+    return leadership
+
+
+def _listener(
+    settings: Settings,
+    *,
+    store: Store,
+    worker_id: str,
+    feed: HoldEventFeed,
+    client_keys: ClientKeys,
+    leadership: Leadership,
+) -> Listener:
+    """The worker's LISTEN connection, wired to what it tells: the feed's head, client keys, a handover."""
+    listener = Listener(settings, store.breaker, worker_id)
+    listener.on(sql.HOLD_EVENTS_CHANNEL, feed.notified)
+    listener.on(sql.CLIENT_KEYS_CHANNEL, client_keys.changed)
+    listener.on(sql.LEADER_CHANNEL, leadership.stepped_down)
+    listener.read_on_connect(feed.read_head)
+    listener.on_connect(client_keys.changed)
+    return listener

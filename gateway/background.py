@@ -1,6 +1,7 @@
 """Stopping a worker's background tasks (the sweeper, the loop-lag watch, a Redis recovery) for good."""
 
 import asyncio
+from collections.abc import Iterable
 from contextlib import suppress
 
 # How often a task that survived its cancellation is cancelled again.
@@ -16,3 +17,9 @@ async def stop(task: "asyncio.Task[None]") -> None:
         await asyncio.wait([task], timeout=RECANCEL_INTERVAL_S)
     with suppress(asyncio.CancelledError, Exception):
         task.result()
+
+
+async def stop_all(tasks: "Iterable[asyncio.Task[None]]") -> None:
+    """stop() each of `tasks`, in order."""
+    for task in tasks:
+        await stop(task)

@@ -6,9 +6,11 @@ key gets 404 for it. While none exists the gateway is open, as before keys, and 
 
 A key is `gwk_` and 256 random bits; only its sha256 is stored (the bits make a slow hash pointless), and
 the key is shown once, when it is created. Each worker keeps every key's digest in memory, so checking a
-request costs a sha256 and a dict lookup, never a database statement; it reloads them every
-`client_keys_refresh_s`, and at once after a create or a delete of its own. Until the first load a worker
-answers hold routes 503: it never mistakes "not loaded yet" for "open".
+request costs a sha256 and a dict lookup, never a database statement. It reloads them at once after a create
+or a delete of its own, when another worker's create or delete NOTIFYs it (gateway.listener), when its
+listener reconnects (notifications sent meanwhile are lost), and every `client_keys_refresh_s` should one be
+lost anyway. Until the first load a worker answers hold routes 503: it never mistakes "not loaded yet" for
+"open".
 """
 
 import asyncio
@@ -17,6 +19,7 @@ import logging
 import secrets
 from typing import Final
 
+from gateway import background
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
 from gateway.store import ClientKeyRow, Store
@@ -38,6 +41,8 @@ class ClientKeys:
         self.store = store
         self.settings = settings
         self._ids_by_digest: dict[bytes, str] | None = None  # None until first loaded
+        self._stale = False  # told of a change not yet reloaded
+        self._reloading: asyncio.Task[None] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -70,6 +75,31 @@ class ClientKeys:
         elif not now_open and was_open is True:
             log.info("client keys exist: the hold routes need one")
 
+    def changed(self, _payload: str = "") -> None:
+        """A key was created or deleted elsewhere (CLIENT_KEYS_CHANNEL), or notifications may have been lost:
+        reload soon, once for any number of changes told meanwhile."""
+        self._stale = True
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(
+                self._reload(), name="client-keys-reload"
+            )
+
+    async def _reload(self) -> None:
+        while self._stale:
+            self._stale = False
+            try:
+                await self.refresh()
+            except BackendUnavailable as exc:
+                log.warning("client keys not reloaded: database unavailable (%s)", exc.__cause__)
+                return  # the periodic reload catches up
+            except Exception:
+                log.exception("client keys not reloaded")
+                return
+
+    async def close(self) -> None:
+        if self._reloading is not None:
+            await background.stop(self._reloading)
+
     async def keep_fresh(self) -> None:
         """Reload the keys every `client_keys_refresh_s` until cancelled; an outage only delays it."""
         while True:
@@ -93,7 +123,8 @@ class ClientKeys:
         return await self.store.list_client_keys()
 
     async def delete(self, key_id: str) -> bool:
-        """Revoke a key: refused at once by this worker, by the others within client_keys_refresh_s."""
+        """Revoke a key: refused at once by this worker, by the others once told (NOTIFY; at the latest within
+        client_keys_refresh_s)."""
         deleted = await self.store.delete_client_key(key_id)
         await self.refresh()
         if deleted:

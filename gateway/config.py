@@ -113,9 +113,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sweep_interval_s: PositiveFloat = 1.0
     sweep_batch_size: PositiveInt = 1_000
 
-    # Hold events (GET /v1/hold-events, webhooks, live streams). Each worker learns the feed's head this often
-    # (and numbers committed events, if it is the sequencer): the lag from a commit to its event being read.
+    # Background work (the sweeper, the hold event sequencer, the outbox drains, the purges) runs in one
+    # worker per database, elected through Postgres (gateway.leader): its lease lasts this long and is renewed
+    # every third of it; a leader that dies or freezes is replaced within about this long.
+    background_lease_s: Annotated[float, Meta(ge=0.3, le=3_600)] = 3.0
+
+    # Hold events (GET /v1/hold-events, webhooks, live streams). The background leader numbers committed
+    # events this often and NOTIFYs every worker of the new head: the lag from a commit to its event's read.
     hold_events_interval_s: Annotated[float, Meta(gt=0, le=60)] = 0.1
+    # Each worker also reads the head on its own this often (and on each reconnect of its LISTEN connection),
+    # should a notification be lost: the longest a lost one delays a long poll, a stream or a webhook.
+    hold_events_resync_s: Annotated[float, Meta(gt=0, le=3_600)] = 5.0
     # Events are kept at least this long (7 days), then purged by the sweeper.
     hold_events_retention_s: Annotated[int, Meta(ge=3_600)] = 604_800
 
@@ -166,9 +174,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # /metrics require it (`Authorization: Bearer <token>`); without one they are open, and the gateway
     # says so at start.
     ops_token: Annotated[str, Meta(min_length=16)] | None = None
-    # How often each worker reloads the client keys (a key created or deleted on another worker or replica
-    # takes effect here within this long; on its own worker, at once).
-    client_keys_refresh_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    # A key created or deleted takes effect at once on its own worker and, told by NOTIFY, on the others; each
+    # worker also reloads the keys this often, should a notification be lost (the longest a revoked key may
+    # still be accepted then).
+    client_keys_refresh_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
     # Page sizes of the operations listings.
     list_default_limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     # The Redis/Postgres agreement check in /v1/stats compares at most this many live slots.

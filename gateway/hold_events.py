@@ -1,9 +1,10 @@
 """The hold event feed: every state change of a hold, durably, in commit order.
 
 The statements that change a hold write its event in the same transaction (queries.sql). Here: the
-sequencer that numbers committed events (one at a time per database: whichever worker takes the advisory
-lock), each worker's knowledge of the feed's head (so that long polls, webhook delivery and live streams wait
-on memory, not on a query each), and reads of the feed.
+sequencer that numbers committed events (run by the background leader, gateway.leader, and still under an
+advisory lock: one numbering transaction at a time per database), each worker's knowledge of the feed's head
+(told by the sequencer's NOTIFY, so that long polls, webhook delivery and live streams wait on memory, not on
+a query each, and no worker polls), and reads of the feed.
 """
 
 import asyncio
@@ -12,8 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+from asyncpg import Connection, Record
+from asyncpg.pool import PoolConnectionProxy
+
 from gateway import sql
 from gateway.errors import BackendUnavailable
+from gateway.leader import Leadership
 from gateway.models import HoldEvent, HoldEventType
 from gateway.store import HoldRow, Store
 
@@ -60,8 +65,10 @@ async def purge(store: Store, older_than_s: int, batch_size: int) -> int:
 
 
 class HoldEventFeed:
-    """A worker's view of the feed: it numbers events when it holds the sequencer's lock, learns the head
-    every `interval_s`, and wakes whoever waits for an event past some position."""
+    """A worker's view of the feed: it numbers events while it is the background leader (gateway.leader),
+    learns the head from the leader's NOTIFY (gateway.listener; and from a read on each (re)connect and every
+    `hold_events_resync_s`, should a notification be lost), and wakes whoever waits for an event past some
+    position."""
 
     def __init__(self, store: Store, interval_s: float) -> None:
         self._store = store
@@ -69,10 +76,23 @@ class HoldEventFeed:
         self.head = 0  # the highest feed position this worker has seen numbered
         self._advanced = asyncio.Event()  # set, and replaced, whenever `head` moves
 
-    async def advance(self) -> int:
-        """One pass: number what is committed (if this worker is the sequencer now), then read the head."""
-        store = self._store
-        async with store.connection("number_hold_events") as conn, conn.transaction():
+    async def number(self) -> int:
+        """The sequencer's pass: number what is committed, fan out its webhook deliveries and tell every
+        worker the new head, in one transaction; return the head. The advisory lock still makes it one
+        numbering transaction at a time per database, should two workers both believe they lead. With nothing
+        to number, one statement, and no transaction."""
+        async with self._store.connection("number_hold_events") as conn:
+            idle = await conn.fetchrow(sql.HOLD_EVENTS_PENDING)
+            assert idle is not None  # always one row
+            if not idle["pending"]:
+                self._moved_to(idle["head"])
+                return self.head
+            head = await self._number_pending(conn)
+        self._moved_to(head)
+        return head
+
+    async def _number_pending(self, conn: "PoolConnectionProxy[Record]") -> int:
+        async with conn.transaction():
             if await conn.fetchval(sql.TRY_SEQUENCER_LOCK, sql.SEQUENCER_LOCK_KEY):
                 record = await conn.fetchrow(sql.NUMBER_HOLD_EVENTS, NUMBER_BATCH_SIZE)
                 assert record is not None
@@ -81,10 +101,30 @@ class HoldEventFeed:
                     # Their webhook deliveries, in the transaction that numbers them: a numbered event is
                     # never without its deliveries, whoever crashes when (gateway.webhooks sends them).
                     await conn.fetchval(sql.FAN_OUT_WEBHOOK_DELIVERIES, head - record["numbered"], head)
+                    # Delivered to the listeners when (and only if) the numbering commits.
+                    await conn.execute(sql.NOTIFY, sql.HOLD_EVENTS_CHANNEL, str(head))
             else:
                 head = await conn.fetchval(sql.HOLD_EVENTS_HEAD)
+        return head
+
+    async def read_head(self, conn: Connection | None = None) -> int:
+        """Read the head (on `conn`, the listener's connection, or a pooled one); return it."""
+        if conn is not None:
+            head: int = await conn.fetchval(sql.HOLD_EVENTS_HEAD)
+        else:
+            async with self._store.connection("hold_events_head") as pooled:
+                head = await pooled.fetchval(sql.HOLD_EVENTS_HEAD)
         self._moved_to(head)
         return head
+
+    def notified(self, payload: str) -> None:
+        """The sequencer's NOTIFY (HOLD_EVENTS_CHANNEL): the head it numbered up to."""
+        try:
+            head = int(payload)
+        except ValueError:
+            log.warning("hold event feed: a notification that is no head: %r", payload[:40])
+            return
+        self._moved_to(head)
 
     def _moved_to(self, head: int) -> None:
         if head > self.head:
@@ -106,13 +146,14 @@ class HoldEventFeed:
                 return self.head > position
         return True
 
-    async def run(self) -> None:
-        """Advance every `interval_s` until cancelled; an outage only delays the next pass."""
+    async def run_sequencer(self, leadership: Leadership) -> None:
+        """Number every `interval_s` while this worker leads, until cancelled; an outage only delays it."""
         while True:
+            await leadership.until_leading()
             try:
-                await self.advance()
+                await self.number()
             except BackendUnavailable as exc:
-                log.debug("hold event feed: database unavailable (%s)", exc.__cause__)
-            except Exception:  # anything else must not end the feed for the life of the worker
-                log.exception("hold event feed pass failed")
+                log.debug("hold event sequencer: database unavailable (%s)", exc.__cause__)
+            except Exception:  # anything else must not end the sequencer for the life of the worker
+                log.exception("hold event sequencer pass failed")
             await asyncio.sleep(self._interval_s)

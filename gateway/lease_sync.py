@@ -125,14 +125,26 @@ class LeaseSync:
         await self.rebuild_if_needed()
 
     async def tend(self) -> None:
-        """The sweeper's pass: start a recovery if one is due; else notice a restart or flush that no request
-        has met yet (rebuilding in bulk), and drain the outbox."""
+        """Each worker's Redis upkeep, every sweep interval: start a recovery if one is due; else notice a
+        restart or flush that no request has met yet (rebuilding in bulk). No Postgres statement unless a
+        rebuild is due."""
         front = self.front
         if not front.available:
             front.probe_if_due()
-            return  # the outbox waits: the recovery drains it before Redis is trusted again
+            return
         try:
             await self.rebuild_if_needed()
+        except REDIS_FAILURES as exc:
+            front.record_failure("lease upkeep", exc)
+
+    async def drain_outboxes(self) -> None:
+        """The background leader's pass (gateway.leader): drain the release and inventory outboxes. Not while
+        Redis is not trusted: the outboxes wait, and the recovery drains them before Redis is trusted again
+        (and a worker that reaches Redis takes the leadership over from one that does not)."""
+        front = self.front
+        if not front.available:
+            return
+        try:
             await self.drain_outbox()
             await self.drain_inventory_changes()
         except REDIS_FAILURES as exc:

@@ -139,6 +139,12 @@ EVENT_LOOP_LAG_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 WORKERS = Gauge("gateway_workers", "Worker processes serving.", multiprocess_mode="livesum")
+BACKGROUND_LEADER = Gauge(
+    "gateway_background_leader",
+    "1 in the worker that runs the database's background work (elected through Postgres), 0 in the others; "
+    "one sample per live worker (pid label in multiprocess mode).",
+    multiprocess_mode="liveall",
+)
 STREAM_SUBSCRIBERS = Gauge(
     "gateway_stream_subscribers", "Open live availability streams.", multiprocess_mode="livesum"
 )

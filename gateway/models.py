@@ -347,6 +347,16 @@ class Counters(msgspec.Struct, frozen=True, kw_only=True):
     rejected_blocked: int
 
 
+class BackgroundRole(msgspec.Struct, frozen=True, kw_only=True):
+    """Who runs the database's background work (the sweeper, the hold event sequencer, the outbox drains): one
+    worker, elected through Postgres; as the worker that answered knows it."""
+
+    worker_id: str  # the worker that answered (pid-random@host; Postgres shows it in application_name)
+    leader: bool  # whether that worker is the leader now
+    leader_id: str | None  # the leader as that worker last saw it (a lease ago at most)
+    term: int  # the leader's term: it grows by one at each handover
+
+
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str | None  # null: all events
     mode: Mode
@@ -356,6 +366,7 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     round_trip_ms: RoundTrips
     agreement: Agreement | None  # null when Redis is not in use or did not answer
     counters: Counters
+    background: BackgroundRole
     generated_at: datetime  # by the database's clock
     # Webhook deliveries over every endpoint (the stats of all events; null in one event's).
     webhooks: "WebhookStats | None" = None

@@ -14,8 +14,10 @@ from gateway import metrics
 from gateway.errors import BackendUnavailable, InvalidRequest, Overloaded
 from gateway.holds import HoldService
 from gateway.keys import parse_lease_value
+from gateway.leader import Leadership
 from gateway.models import (
     Agreement,
+    BackgroundRole,
     Counters,
     HoldCounts,
     HoldPage,
@@ -55,8 +57,9 @@ def _decode_cursor(cursor: str, decoder: msgspec.json.Decoder[T]) -> T:
 
 
 class OpsService:
-    def __init__(self, holds: HoldService) -> None:
+    def __init__(self, holds: HoldService, leadership: Leadership) -> None:
         self.holds = holds
+        self.leadership = leadership
         self.store = holds.store
         self.settings = holds.settings
         self.webhooks = WebhookStore(holds.store)
@@ -137,8 +140,18 @@ class OpsService:
             round_trip_ms=RoundTrips(postgres_ms=postgres_ms, redis_ms=redis_ms),
             agreement=agreement,
             counters=_counters(),
+            background=self._background(),
             generated_at=counts.db_now,
             webhooks=webhooks,
+        )
+
+    def _background(self) -> BackgroundRole:
+        leadership = self.leadership
+        return BackgroundRole(
+            worker_id=leadership.worker_id,
+            leader=leadership.leading,
+            leader_id=leadership.leader_id,
+            term=leadership.term,
         )
 
     async def _webhook_stats(self) -> WebhookStats:

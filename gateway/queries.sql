@@ -1105,17 +1105,24 @@ ORDER BY pools.position;
 SELECT id, key_sha256 FROM client_keys;
 
 -- insert_client_key --
--- A new client key. $1 id, $2 name, $3 sha256 of the key.
-INSERT INTO client_keys (id, name, key_sha256) VALUES ($1, $2, $3)
-RETURNING id, name, created_at;
+-- A new client key, and every worker told on channel $4 once it commits (they reload the keys). $1 id, $2 name,
+-- $3 sha256 of the key.
+WITH inserted AS (
+    INSERT INTO client_keys (id, name, key_sha256) VALUES ($1, $2, $3)
+    RETURNING id, name, created_at
+)
+SELECT id, name, created_at, pg_notify($4, '') AS notified FROM inserted;
 
 -- list_client_keys --
 -- The client keys, oldest first (names and ids only: the keys themselves are not stored).
 SELECT id, name, created_at FROM client_keys ORDER BY created_at, id;
 
 -- delete_client_key --
--- Revoke a client key. $1 id. Returns its id if it existed.
-DELETE FROM client_keys WHERE id = $1 RETURNING id;
+-- Revoke a client key, and every worker told on channel $2 once it commits. $1 id. Returns its id if it existed.
+WITH deleted AS (
+    DELETE FROM client_keys WHERE id = $1 RETURNING id
+)
+SELECT id, pg_notify($2, '') AS notified FROM deleted;
 
 -- ping --
 -- A round trip to the database.
@@ -1157,6 +1164,16 @@ WITH head AS (
     RETURNING e.id
 )
 SELECT (SELECT id FROM head) + (SELECT count(*) FROM numbered) AS head, (SELECT count(*) FROM numbered) AS numbered;
+
+-- notify --
+-- Tell every worker listening on channel $1 (gateway.listener), with payload $2, once the transaction commits.
+SELECT pg_notify($1, $2);
+
+-- hold_events_pending --
+-- Whether committed events wait to be numbered, and the feed's head: the sequencer's pass when idle, one
+-- statement outside any transaction (both read through their partial indexes).
+SELECT EXISTS (SELECT 1 FROM hold_events WHERE id IS NULL) AS pending,
+       (SELECT coalesce(max(id), 0) FROM hold_events WHERE id IS NOT NULL) AS head;
 
 -- hold_events_head --
 -- The feed's head: the highest id numbered (0: no event yet).
@@ -1382,3 +1399,33 @@ WITH old AS (
     RETURNING 1
 )
 SELECT count(*) FROM purged;
+
+-- claim_background_leader --
+-- Take the background leadership (gateway.leader), or keep it. $1 the worker's id, $2 the lease in seconds, $3
+-- whether the worker reaches Redis. Taken when nobody holds it, when its lease ran out by the database's clock,
+-- or from a leader that did not reach Redis by one that does; kept (renewed) by its holder. A new holder starts
+-- a new term. Returns the row as it stands afterwards, whoever holds it, with its lease's seconds left.
+WITH claimed AS (
+    INSERT INTO background_leader AS l (holder, term, redis_ok, acquired_at, expires_at)
+    VALUES ($1, 1, $3, now(), now() + $2::float8 * interval '1 second')
+    ON CONFLICT ON CONSTRAINT background_leader_pkey DO UPDATE
+    SET holder = excluded.holder,
+        term = CASE WHEN l.holder = excluded.holder THEN l.term ELSE l.term + 1 END,
+        redis_ok = excluded.redis_ok,
+        acquired_at = CASE WHEN l.holder = excluded.holder THEN l.acquired_at ELSE now() END,
+        expires_at = excluded.expires_at
+    WHERE l.holder = excluded.holder OR l.expires_at <= now() OR (excluded.redis_ok AND NOT l.redis_ok)
+    RETURNING l.holder, l.term, l.expires_at
+)
+SELECT holder, term, extract(epoch FROM expires_at - now())::float8 AS expires_in_s FROM claimed
+UNION ALL
+SELECT holder, term, extract(epoch FROM expires_at - now())::float8 FROM background_leader
+WHERE NOT EXISTS (SELECT 1 FROM claimed);
+
+-- release_background_leader --
+-- A leader that stops cleanly ends its lease now and tells the other workers on channel $2, so that one takes
+-- over at once. $1 the worker's id; nothing happens if it no longer holds the leadership.
+WITH released AS (
+    UPDATE background_leader SET expires_at = now() WHERE holder = $1 RETURNING holder
+)
+SELECT pg_notify($2, holder) AS notified FROM released;

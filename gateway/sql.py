@@ -72,6 +72,8 @@ EVENT_AVAILABILITY: Final = QUERIES["event_availability"]
 TRY_SEQUENCER_LOCK: Final = QUERIES["try_sequencer_lock"]
 NUMBER_HOLD_EVENTS: Final = QUERIES["number_hold_events"]
 HOLD_EVENTS_HEAD: Final = QUERIES["hold_events_head"]
+HOLD_EVENTS_PENDING: Final = QUERIES["hold_events_pending"]
+NOTIFY: Final = QUERIES["notify"]
 HOLD_EVENTS_AFTER: Final = QUERIES["hold_events_after"]
 PURGE_HOLD_EVENTS: Final = QUERIES["purge_hold_events"]
 EVENT_SEAT_STATES: Final = QUERIES["event_seat_states"]
@@ -79,6 +81,16 @@ INVENTORY_VERSIONS: Final = QUERIES["inventory_versions"]
 
 # Constraint names the store compares driver errors with (see db/migrations).
 ONE_ACTIVE_HOLD_PER_SLOT: Final = "hold_slots_one_active_hold"
+
+# The background leader's election (gateway.leader).
+CLAIM_BACKGROUND_LEADER: Final = QUERIES["claim_background_leader"]
+RELEASE_BACKGROUND_LEADER: Final = QUERIES["release_background_leader"]
+
+# The channels of NOTIFY that every worker LISTENs on (gateway.listener): the hold event feed's new head (the
+# payload), a client key created or deleted, a leader that stepped down (its id).
+HOLD_EVENTS_CHANNEL: Final = "gateway_hold_events"
+CLIENT_KEYS_CHANNEL: Final = "gateway_client_keys"
+LEADER_CHANNEL: Final = "gateway_background_leader"
 
 # The key of the advisory lock that makes one hold-event sequencer at a time per database.
 SEQUENCER_LOCK_KEY: Final = 0x67770001_686F6C64

@@ -40,6 +40,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 # Events a worker remembers as having an inventory, at most.
 INVENTORY_EVENTS_KEPT = 100_000
+# What pg_stat_activity shows for the gateway's connections: this, then `/` and the worker's id
+# (gateway.leader) for a worker's pool, so that an operator (and the server's log, with %a) sees which
+# worker ran what.
+APPLICATION_NAME = "reservation-gateway"
+# Postgres keeps this much of an application_name (NAMEDATALEN - 1), silently cutting the rest.
+APPLICATION_NAME_MAX_CHARS = 63
 
 
 class ClaimOutcomeUnknown(Exception):
@@ -382,8 +388,9 @@ class Store:
             )
 
     @classmethod
-    async def open(cls, settings: Settings) -> "Store":
-        """Create the pool; a database that is down now makes the pool connect lazily, not fail the boot."""
+    async def open(cls, settings: Settings, application_name: str = APPLICATION_NAME) -> "Store":
+        """Create the pool; a database that is down now makes the pool connect lazily, not fail the boot.
+        `application_name`: what pg_stat_activity and the server's log show for its connections."""
         pool = asyncpg.create_pool(
             settings.database_url,
             min_size=0,
@@ -393,7 +400,7 @@ class Store:
             init=_init_connection,
             timeout=settings.db_connect_timeout_s,
             server_settings={
-                "application_name": "reservation-gateway",
+                "application_name": application_name[:APPLICATION_NAME_MAX_CHARS],
                 "statement_timeout": str(settings.db_statement_timeout_ms),
             },
         )
@@ -680,7 +687,9 @@ class Store:
 
     async def insert_client_key(self, key_id: str, name: str, key_sha256: bytes) -> ClientKeyRow:
         async with self._connection("insert_client_key") as conn:
-            record = await conn.fetchrow(sql.INSERT_CLIENT_KEY, key_id, name, key_sha256)
+            record = await conn.fetchrow(
+                sql.INSERT_CLIENT_KEY, key_id, name, key_sha256, sql.CLIENT_KEYS_CHANNEL
+            )
         assert record is not None  # INSERT ... RETURNING
         return ClientKeyRow(record["id"], record["name"], record["created_at"])
 
@@ -692,7 +701,7 @@ class Store:
     async def delete_client_key(self, key_id: str) -> bool:
         """Revoke a client key; whether it existed."""
         async with self._connection("delete_client_key") as conn:
-            return await conn.fetchval(sql.DELETE_CLIENT_KEY, key_id) is not None
+            return await conn.fetchval(sql.DELETE_CLIENT_KEY, key_id, sql.CLIENT_KEYS_CHANNEL) is not None
 
     async def slot_state(self, event_id: str, slot_id: str) -> SlotRow:
         async with self._connection("slot_state") as conn:

@@ -364,7 +364,7 @@ class StreamHub:
         subscribed to). Later, after idle spells, it reads what it missed, unless that is too much (_pass
         skips it then)."""
         if self._feed.head == 0:
-            await self._feed.advance()  # the worker may have just started: learn the head
+            await self._feed.read_head()  # the worker may have just started: learn the head
         begun = [channel.complete_after for channel in self._channels.values()]
         self.position = min(begun, default=self._feed.head)
         self._following = True

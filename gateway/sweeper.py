@@ -1,9 +1,12 @@
-"""Background upkeep in each worker: marks lapsed holds expired, purges old idempotency records, moves holds
-that ended long ago out of the hot tables (retention), drops the leases of cancelled holds in Redis (the
-release outbox) and catches up on a restarted or flushed Redis (gateway.lease_sync's `tend`).
+"""Background upkeep. The background leader (one worker per database, gateway.leader) marks lapsed holds
+expired, purges old idempotency records and hold events, moves holds that ended long ago out of the hot
+tables (retention) and drains the release and inventory outboxes into Redis. Every worker catches up on a
+restarted or flushed Redis of its own accord, and probes a Redis it stopped trusting (gateway.lease_sync's
+`tend`: Redis calls only, unless a rebuild is due).
 
 Correctness never waits for it: reads treat a lapsed hold as expired and claims take over lapsed slots.
-Several workers sweep side by side; FOR UPDATE SKIP LOCKED keeps them off each other's rows.
+Two workers that both believe they lead (for one pass, around a handover) sweep side by side harmlessly: FOR
+UPDATE SKIP LOCKED keeps them off each other's rows, and each statement only acts on rows still due.
 """
 
 import asyncio
@@ -13,6 +16,7 @@ from gateway import hold_events, metrics
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
 from gateway.holds import HoldService
+from gateway.leader import Leadership
 from gateway.redis_front import RedisUnavailable
 from gateway.store import Store
 
@@ -66,17 +70,34 @@ async def retain(store: Store, settings: Settings) -> int:
     return moved
 
 
-async def run_sweeper(service: HoldService) -> None:
-    """Sweep every `sweep_interval_s` until cancelled; an outage only delays the next sweep."""
+async def run_sweeper(service: HoldService, leadership: Leadership) -> None:
+    """While this worker leads, sweep every `sweep_interval_s` (at once on taking over), until cancelled; an
+    outage only delays the next sweep."""
     while True:
+        await leadership.until_leading()
         try:
             await sweep_once(service.store, service.settings)
             if service.lease_sync is not None:
-                await service.lease_sync.tend()
+                await service.lease_sync.drain_outboxes()
         except BackendUnavailable as exc:
             log.warning("sweep skipped: database unavailable (%s)", exc.__cause__)
         except RedisUnavailable as exc:
             log.warning("lease releases postponed: redis unavailable (%s)", exc)
         except Exception:  # anything else must not end the sweeper for the life of the worker
             log.exception("sweep failed")
+        await asyncio.sleep(service.settings.sweep_interval_s)
+
+
+async def run_redis_upkeep(service: HoldService) -> None:
+    """Every worker, every `sweep_interval_s` until cancelled: its Redis upkeep (lease_sync's tend)."""
+    lease_sync = service.lease_sync
+    if lease_sync is None:
+        return
+    while True:
+        try:
+            await lease_sync.tend()
+        except (BackendUnavailable, RedisUnavailable) as exc:
+            log.warning("redis upkeep postponed: %s", exc)
+        except Exception:  # anything else must not end the upkeep for the life of the worker
+            log.exception("redis upkeep failed")
         await asyncio.sleep(service.settings.sweep_interval_s)

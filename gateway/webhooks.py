@@ -2,7 +2,9 @@
 
 At least once, in order per hold. The sequencer makes an event's deliveries (one per endpoint that existed
 when the event occurred) in the transaction that numbers it, so they are as durable as the event. Each worker
-runs a dispatcher: woken when the feed's head moves (and every second, for retries), it leases due deliveries
+runs a dispatcher: woken when the feed's head moves (the sequencer's NOTIFY, gateway.listener), and, for
+retries and leases that lapsed, every `webhook_poll_interval_s` in the background leader (every
+`hold_events_resync_s` in the others: idle workers do not each poll), it leases due deliveries
 in one short statement (FOR UPDATE SKIP LOCKED; the lease outlives one attempt's whole budget), sends them
 outside any transaction, at most `webhook_concurrency` at once, and records each outcome in one statement. A
 delivery is the earliest still owed of its hold to its endpoint, so a hold's events arrive in feed order; a
@@ -10,7 +12,7 @@ worker that dies mid-send leaves a lease that lapses, and another worker sends t
 `webhook-id` (a receiver drops duplicates by it). Nothing on a hold's request path waits for any of this, and
 while a worker is busy serving requests its dispatcher yields to them (RequestLoad): a delivery costs a worker
 more CPU than the hold it reports, so the sends wait, up to `webhook_max_defer_s`, and drain once the load
-drops.
+drops. Failed deliveries of events no longer kept are purged by the background leader alone (gateway.leader).
 
 An attempt: POST the event (as GET /v1/hold-events shows it) with `webhook-id` (the event's feed id),
 `webhook-timestamp` (the attempt's unix seconds) and `webhook-signature` (`v1,` base64 HMAC-SHA256 of
@@ -192,8 +194,11 @@ class WebhookDispatcher:
         settings: Settings,
         feed: HoldEventFeed,
         requests_served: Callable[[], int] = lambda: 0,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
+        # Whether this worker is the background leader: it purges, and looks for due retries most often.
+        self._leading = leading
         self._settings = settings
         self._feed = feed
         self._load = RequestLoad(requests_served, settings.webhook_yield_above_rps)
@@ -285,8 +290,13 @@ class WebhookDispatcher:
 
     async def _wait(self, head: int) -> None:
         """Until the feed moves past `head`, a send ends, or webhook_poll_interval_s passes (retries come
-        due); while yielding, LOAD_WINDOW_S at most (the load may have dropped)."""
-        timeout_s = LOAD_WINDOW_S if self._yielding else self._settings.webhook_poll_interval_s
+        due, leases of dead workers lapse) in the background leader; in the other workers,
+        hold_events_resync_s if that is longer (the leader sends what comes due meanwhile, so that idle
+        workers do not each ask); while yielding, LOAD_WINDOW_S at most (the load may have dropped)."""
+        poll_s = self._settings.webhook_poll_interval_s
+        if not self._leading():
+            poll_s = max(poll_s, self._settings.hold_events_resync_s)
+        timeout_s = LOAD_WINDOW_S if self._yielding else poll_s
         waits: list[asyncio.Future[bool]] = [asyncio.ensure_future(self._finished.wait())]
         if self._free_slots > 0:
             waits.append(asyncio.ensure_future(self._feed.wait_past(head, timeout_s)))
@@ -298,7 +308,7 @@ class WebhookDispatcher:
 
     async def _purge_if_due(self) -> None:
         now = time.monotonic()
-        if now < self._next_purge:
+        if now < self._next_purge or not self._leading():
             return
         self._next_purge = now + PURGE_INTERVAL_S
         async with self._database:

@@ -78,14 +78,17 @@ class Gateway:
         return httpx.Response(int(status_line.split()[1]), headers=response_headers, content=content)
 
 
-# Every periodic background reader kept out of a test's window (each costs statements per worker and per
-# interval, whatever the requests): the sweeper, the client-key reload, the hold event feed's pass and the
-# webhook dispatcher's look for due deliveries (which a busy worker would make every quarter of a second
-# while it yields). Each still runs once, at start.
+# Every periodic background reader kept out of a test's window (each costs statements per interval, whatever
+# the requests): the background leader's renewal, its sweeper and hold event sequencer, each worker's
+# client-key reload, its read of the feed's head on the LISTEN connection and the webhook dispatcher's look
+# for due deliveries (which a busy worker would make every quarter of a second while it yields). Each still
+# runs once, at start.
 QUIET_BACKGROUND: dict[str, object] = {
+    "background_lease_s": 3600.0,
     "sweep_interval_s": 3600.0,
     "client_keys_refresh_s": 60.0,
     "hold_events_interval_s": 60.0,
+    "hold_events_resync_s": 3600.0,
     "webhook_poll_interval_s": 60.0,
     "webhook_yield_above_rps": 0.0,
 }

@@ -244,7 +244,7 @@ async def gateway_backends(dsn: str) -> list[asyncpg.Record]:
         dsn,
         """
         SELECT pid, state, wait_event_type FROM pg_stat_activity
-        WHERE datname = current_database() AND application_name = 'reservation-gateway'
+        WHERE datname = current_database() AND application_name LIKE 'reservation-gateway/%'
         """,
     )
 
@@ -295,7 +295,7 @@ async def test_backends_terminated_mid_storm(gateway: Gateway, database_url: str
             database_url,
             """
             SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity
-            WHERE datname = current_database() AND application_name = 'reservation-gateway'
+            WHERE datname = current_database() AND application_name LIKE 'reservation-gateway/%'
             """,
         )
         terminated += sum(r["done"] for r in rows)

@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # The protocol, admission and start-up pieces the adapters build on.
     ("mechanisms", {"breaker", "bulkhead", "group_commit", "loop_lag", "migrations", "redis_pipe"}),
     # The one place each backend is spoken to.
-    ("adapters", {"inventory_store", "redis_front", "store", "webhook_store"}),
+    ("adapters", {"inventory_store", "listener", "redis_front", "store", "webhook_store"}),
     # The decisions, with the backends behind them.
     (
         "services",
@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "availability",
             "client_keys",
             "hold_events",
+            "leader",
             "lease_sync",
             "holds",
             "ops",

@@ -162,6 +162,7 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
         "inventory_pools": {"event_id", "pool_id", "capacity", "position", "held_units", "confirmed_units"},
         "hold_pools": {"hold_id", "event_id", "pool_id", "quantity", "status", "expires_at"},
         "hold_events": {"entry_id", "id", "type", "hold_id", "occurred_at", "hold"},
+        "background_leader": {"id", "holder", "term", "redis_ok", "acquired_at", "expires_at"},
         "webhook_endpoints": {
             "id",
             "url",
@@ -204,6 +205,7 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
     assert {"webhook_deliveries_pkey", "webhook_deliveries_endpoint_id_fkey"} <= constraints
     assert "WHERE (status = 'pending'::text)" in indexes["webhook_deliveries_due_idx"]
     assert "(endpoint_id, hold_id, event_id)" in indexes["webhook_deliveries_hold_idx"]
+    assert {"background_leader_pkey", "background_leader_one_row"} <= constraints
 
 
 async def test_a_database_ahead_of_the_code_is_refused(database_url: str) -> None:

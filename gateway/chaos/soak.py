@@ -53,9 +53,9 @@ from gateway.chaos.history import (
 from gateway.chaos.proxy import FaultProxy
 from gateway.embedded import LocalPostgres, LocalRedis, free_port
 from gateway.migrations import migrate_url
+from gateway.store import APPLICATION_NAME
 
 KEY_PREFIX = "chaos"
-APPLICATION_NAME = "reservation-gateway"
 # The gateway's settings the checker relies on; the rest are the defaults.
 DB_POOL_MAX_SIZE = 20
 REDIS_MAX_CONNECTIONS = 256
@@ -179,8 +179,8 @@ async def _postgres_terminate(servers: Servers, rng: random.Random) -> str:
     conn = await asyncpg.connect(servers.postgres.dsn)
     try:
         killed = await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-            APPLICATION_NAME,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE $1",
+            APPLICATION_NAME + "%",  # the workers' pools and their listeners
         )
     finally:
         await conn.close()
@@ -556,7 +556,7 @@ async def gateway_backends(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         count: int = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", APPLICATION_NAME
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1", APPLICATION_NAME + "/%"
         )
         return count
     finally:
