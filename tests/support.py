@@ -78,6 +78,9 @@ class Gateway:
         return httpx.Response(int(status_line.split()[1]), headers=response_headers, content=content)
 
 
+# How long a test gateway's lifespan shutdown may take after uvicorn's grace period, on a busy machine.
+LIFESPAN_SHUTDOWN_BUDGET_S = 30
+
 # Every periodic background reader kept out of a test's window (each costs statements per interval, whatever
 # the requests): the background leader's renewal, its sweeper and hold event sequencer, each worker's
 # client-key reload, its read of the feed's head on the LISTEN connection and the webhook dispatcher's look
@@ -132,10 +135,12 @@ async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         finally:
             server.should_exit = True
             try:
-                await asyncio.wait_for(asyncio.shield(task), GRACEFUL_SHUTDOWN_S)
+                # uvicorn gives requests still running GRACEFUL_SHUTDOWN_S, cancels them, then runs the
+                # lifespan's shutdown: wait for all of it. A forced exit skips that shutdown and leaves the
+                # app's background tasks running in the session's loop (they log into later tests and hold
+                # their connections until the loop closes): only a shutdown that hangs is forced.
+                await asyncio.wait_for(asyncio.shield(task), GRACEFUL_SHUTDOWN_S + LIFESPAN_SHUTDOWN_BUDGET_S)
             except TimeoutError:
-                # A request still running after the grace period: stop without waiting for it, as
-                # `gateway serve` does, rather than hang the suite.
                 server.force_exit = True
                 await task
 
