@@ -18,8 +18,9 @@ from gateway import keys
 from gateway.app import create_app
 from gateway.cli import GRACEFUL_SHUTDOWN_S
 from gateway.config import Settings
-from gateway.embedded import free_port
+from gateway.embedded import LocalPostgres, free_port
 from gateway.holds import HoldService
+from gateway.migrations import migrate
 from gateway.observability import ObservedLitestar
 
 
@@ -95,6 +96,22 @@ QUIET_BACKGROUND: dict[str, object] = {
     "webhook_poll_interval_s": 60.0,
     "webhook_yield_above_rps": 0.0,
 }
+
+
+async def migrated_database(server: LocalPostgres, name: str) -> str:
+    """A new database `name` on `server`, migrated; its URL."""
+    admin = await asyncpg.connect(server.dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    url = server.dsn.rpartition("/")[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
 
 
 @asynccontextmanager

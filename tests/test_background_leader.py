@@ -26,9 +26,8 @@ import pytest
 from gateway.config import Settings
 from gateway.embedded import LocalPostgres, free_port
 from gateway.listener import Listener
-from gateway.migrations import migrate
 from tests.conftest import make_settings
-from tests.support import Gateway, eventually, running_gateway
+from tests.support import Gateway, eventually, migrated_database, running_gateway
 from tests.test_cli import GATEWAY, clean_env, read_output
 
 LEASE_S = 2.0
@@ -64,21 +63,6 @@ def fx_logging_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         tmp_path_factory.mktemp("leader-postgres"), durable=False, settings=settings
     ) as server:
         yield server
-
-
-async def logged_database(server: LocalPostgres, name: str) -> str:
-    admin = await asyncpg.connect(server.dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    url = server.dsn.rpartition("/")[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
 
 
 @dataclass
@@ -208,7 +192,7 @@ async def test_two_workers_run_the_background_work_in_one_of_them(
     """`gateway serve --workers 2` sweeping every 0.2 s: every statement of the sweeper and the sequencer that
     Postgres ran over a few seconds came from one worker's connections, the leader's; both workers took part
     in the election (their claims are there too)."""
-    database_url = await logged_database(logging_postgres, "two_workers_one_leader")
+    database_url = await migrated_database(logging_postgres, "two_workers_one_leader")
     env = replica_env(database_url, redis_url, key_prefix, GATEWAY_SWEEP_INTERVAL_S="0.2")
     log_path = logging_postgres.log_path
     async with replica(env, workers=2) as served:

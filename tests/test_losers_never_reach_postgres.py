@@ -5,14 +5,19 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from gateway.embedded import LocalPostgres
-from gateway.migrations import migrate
 from tests.conftest import make_settings
-from tests.support import QUIET_BACKGROUND, Gateway, released_together, running_gateway, statuses
+from tests.support import (
+    QUIET_BACKGROUND,
+    Gateway,
+    migrated_database,
+    released_together,
+    running_gateway,
+    statuses,
+)
 
 CONTENDERS = 300
 # With log_statement=all every statement a backend runs is logged; %d puts the database on each line.
@@ -32,18 +37,7 @@ def fx_logging_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 @pytest.fixture(name="logged_database")
 async def fx_logged_database(logging_postgres: LocalPostgres, request: pytest.FixtureRequest) -> str:
     name = "counted_" + re.sub(r"\W", "_", request.node.name).lower()[:40]
-    admin = await asyncpg.connect(logging_postgres.dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    url = logging_postgres.dsn.rpartition("/")[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
+    return await migrated_database(logging_postgres, name)
 
 
 def statements_logged_since(log_path: Path, offset: int, database: str) -> list[str]:
