@@ -59,12 +59,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # pass (about a third less CPU per rejection than a pooled redis-py call); false: redis-py's pool.
     redis_pipeline: bool = True
     # Hold requests of a worker that may be at the Redis step at once; the rest wait their turn, parked
-    # (past create_queue_timeout_s: 503). A storm of losers otherwise fills the event loop and every other
-    # request, confirms included, waits behind it. Winners leave the queue before their Postgres commit.
-    # With group commit it also caps the batches of the Redis-front path (about 3 claims per statement at
-    # wrk -c64, against 6-7 db-only); 64 gave 1.6-1.7x the commits but made confirms during a rejection
-    # storm 3-6x slower (median 45 -> 141-285 ms), so it stays at 4: it bounds what it exists to bound.
-    create_concurrency: PositiveInt = 4
+    # (past create_queue_timeout_s: 503). Winners leave the queue before their Postgres commit. While a
+    # confirm, cancel or extension of the worker is in flight, at most create_concurrency_giving_way: a storm
+    # of losers otherwise fills every event-loop pass and the confirm waits behind it. Measured (wrk -c64,
+    # 2 workers): 4 throughout cost the commit path half its rate and twice its CPU per hold; 64 throughout
+    # made confirms during a rejection storm 4x slower at p99.
+    create_concurrency: PositiveInt = 64
+    create_concurrency_giving_way: PositiveInt = 4
     create_queue_timeout_s: PositiveFloat = 5.0
     # Waiting for a free Redis connection is local overload, not a Redis outage: past this, 503.
     redis_queue_timeout_s: PositiveFloat = 2.0

@@ -95,6 +95,11 @@ CLAIM_BATCH_SIZE = Histogram(
     "Claims sent together in one group-commit statement.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+CREATES_GIVING_WAY = Counter(
+    "gateway_creates_giving_way",
+    "Times a worker's creates started taking turns narrowly (create_concurrency_giving_way): a confirm, "
+    "cancel or extension arrived while its creates were mostly refused.",
+)
 CLAIM_BATCH_FALLBACKS = Counter(
     "gateway_claim_batch_fallbacks",
     "Group-commit statements that failed as a whole (a deadlock, a constraint), their claims then run alone.",

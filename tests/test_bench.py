@@ -309,7 +309,7 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
     scaled = [run.wrk.connections for run in report.scaling_concurrency if run.target == REDIS_FRONT]
     assert scaled == list(report.plan.concurrency)
     assert [run.target for run in report.scaling_concurrency if run.target != REDIS_FRONT] == [BARE]
-    assert len(report.targets) == 7
+    assert len(report.targets) == 9
     assert "## 7. General admission" not in text  # --only seats
 
 

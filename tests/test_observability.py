@@ -147,6 +147,7 @@ async def test_request_ids_are_echoed_or_made(gateway: Gateway) -> None:
 async def test_each_request_logs_one_line_with_route_status_hold_and_layer(
     gateway: Gateway, logs: pytest.LogCaptureFixture
 ) -> None:
+    logs.set_level(logging.DEBUG, logger="gateway.holds")
     won = await gateway.post(
         "/v1/holds",
         {"event_id": "show-1", "slots": ["A-1"], "holder": "alice"},
@@ -179,9 +180,10 @@ async def test_each_request_logs_one_line_with_route_status_hold_and_layer(
     )
     assert (lines["req-404"]["route"], lines["req-404"]["status"]) == ("unmatched", 404)
     assert lines["req-422"]["status"] == 422
-    # The creation itself is logged too, carrying the request id of the request that made it.
+    # The creation itself is logged too (at DEBUG: its request line is the one at INFO), carrying the
+    # request id of the request that made it.
     created = [r for r in records if r.name == "gateway.holds" and getattr(r, "hold_id", None) == hold_id]
-    assert [r.request_id for r in created] == ["req-won"]  # type: ignore[attr-defined]
+    assert [(r.request_id, r.levelno) for r in created] == [("req-won", logging.DEBUG)]  # type: ignore[attr-defined]
     # No bodies, no holders in the request lines.
     assert all("alice" not in json.dumps(line) for line in lines.values())
 

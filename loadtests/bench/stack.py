@@ -326,9 +326,17 @@ def gateway_server(
             "GATEWAY_REDIS_URL": redis_url,
             "GATEWAY_REDIS_KEY_PREFIX": key_prefix,
             **({} if access_log else {"GATEWAY_ACCESS_LOG": "false"}),
+            **_settings_under_trial(),
         }
     )
     return Server(name, argv, env, port, log_dir / f"{name}.log")
+
+
+def _settings_under_trial() -> dict[str, str]:
+    """BENCH_GATEWAY_SETTINGS="GATEWAY_X=1,GATEWAY_Y=2": settings every gateway target runs with, to try one
+    against the defaults (a report made with it does not show the gateway as shipped)."""
+    raw = os.environ.get("BENCH_GATEWAY_SETTINGS", "")
+    return dict(pair.split("=", 1) for pair in raw.split(",") if pair)
 
 
 def naive_server(name: str, log_dir: Path, *, database_url: str, workers: int) -> Server:
