@@ -7,7 +7,9 @@ matched to callers first-in first-out by hiredis's parser.
 
 Failure semantics are redis-py's as the gateway configures it: a per-call timeout, no retries. A timeout
 or a lost connection fails every call in flight on that connection and closes it (replies after a timeout
-could otherwise be matched to the wrong caller); the next call opens a new one.
+could otherwise be matched to the wrong caller); the next call opens a new one. The timeout is one timer per
+connection, not one per call: replies come in order, so the oldest call in flight is the only one that can
+be late, and the timer is set for its deadline (a timer per call was a tenth of a rejection's CPU).
 
 Every new connection first asks the server its run_id and hands it to `check_instance`, which may refuse it
 (by raising): a Redis that restarted behind a reconnect then answers no call, not even one already queued.
@@ -40,9 +42,13 @@ def run_id_of(info: bytes | str) -> str:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float, description: str) -> None:
         self._reader = hiredis.Reader()
         self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._deadlines: deque[float] = deque()  # each waiter's, by the loop's clock (inf: none)
+        self._timeout_s = timeout_s
+        self._description = description  # host:port, for errors
+        self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._flush_scheduled = False
@@ -56,25 +62,50 @@ class _Protocol(asyncio.Protocol):
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
             waiter = self._waiters.popleft()
+            self._deadlines.popleft()
             if not waiter.done():
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or RedisConnectionError("connection closed by the server")
         self._transport = None
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(RedisConnectionError(f"connection lost: {self.lost}"))
+        self._fail_all(RedisConnectionError(f"connection lost: {self.lost}"))
 
-    def send(self, packed: bytes) -> "asyncio.Future[Any]":
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def send(self, packed: bytes, *, timed: bool = True) -> "asyncio.Future[Any]":
+        """The reply's future; `timed`: failed past the timeout (the handshake has a budget of its own)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
         self._waiters.append(waiter)
+        self._deadlines.append(loop.time() + self._timeout_s if timed else float("inf"))
+        if timed and self._timer is None:
+            self._timer = loop.call_at(self._deadlines[0], self._check_deadline)
         self._pending.append(packed)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         return waiter
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if not self._deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadlines[0]:  # the late one was answered: watch the oldest left
+            if self._deadlines[0] != float("inf"):
+                self._timer = loop.call_at(self._deadlines[0], self._check_deadline)
+            return
+        self._fail_all(RedisTimeoutError(f"Timeout reading from {self._description}"))
+        self.close()
+
+    def _fail_all(self, error: Exception) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -122,12 +153,7 @@ class PipelinedRedis:
     async def execute(self, *args: str | int | bytes) -> Any:
         """Send one command and return its reply; a Redis error reply raises ResponseError."""
         protocol = await self._connection()
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                reply = await protocol.send(hiredis.pack_command(cast(Any, args)))
-        except TimeoutError:
-            protocol.close()
-            raise RedisTimeoutError(f"Timeout reading from {self._host}:{self._port}") from None
+        reply = await protocol.send(hiredis.pack_command(cast(Any, args)))
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(str(reply))
         return reply
@@ -150,14 +176,17 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, protocol = await loop.create_connection(_Protocol, self._host, self._port)
+                _, protocol = await loop.create_connection(
+                    lambda: _Protocol(self._timeout_s, f"{self._host}:{self._port}"), self._host, self._port
+                )
                 for command in self._handshake():
-                    reply = await protocol.send(hiredis.pack_command(cast(Any, command)))
+                    reply = await protocol.send(hiredis.pack_command(cast(Any, command)), timed=False)
                     if isinstance(reply, hiredis.ReplyError):
                         protocol.close()
                         raise RedisConnectionError(f"{command[0]} failed: {reply}")
                 if self._check_instance is not None:
-                    info = await protocol.send(hiredis.pack_command(cast(Any, ("INFO", "server"))))
+                    info_command = hiredis.pack_command(cast(Any, ("INFO", "server")))
+                    info = await protocol.send(info_command, timed=False)
                     try:
                         self._check_instance(run_id_of(info))
                     except BaseException:

@@ -72,6 +72,26 @@ async def test_a_frozen_redis_costs_one_timeout_then_the_connection_heals(own_re
     assert after == b"before"
 
 
+async def test_a_slow_reply_within_its_own_budget_is_no_timeout(own_redis: LocalRedis) -> None:
+    """One timer serves the connection, set for the oldest call's deadline: a call sent after an answered one
+    keeps its own, later deadline (a timer that fired at the first call's would fail it halfway through)."""
+    pipe = pipe_to(own_redis.url, timeout_s=3.0)
+    try:
+        await pipe.execute("PING")  # its deadline is the timer's, 3 s from now
+        sent_at = time.monotonic()
+        await asyncio.sleep(2.0)  # so that the timer fires while the next call is out
+        # Redis answers after 1.5 s (a pop from an empty list, given up): past the first call's deadline,
+        # within its own (2 s + 3 s).
+        slow = await pipe.execute("BLPOP", "empty-list", "1.5")
+        waited_s = time.monotonic() - sent_at
+        after = await pipe.execute("PING")
+    finally:
+        await pipe.close()
+    assert slow is None
+    assert waited_s > 3.0  # the first call's deadline passed while it was out
+    assert after == b"PONG"
+
+
 async def test_a_killed_redis_fails_fast_and_a_restarted_one_is_used_again(own_redis: LocalRedis) -> None:
     pipe = pipe_to(own_redis.url)
     await pipe.execute("SET", "k", "v")
