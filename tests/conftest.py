@@ -7,6 +7,8 @@ wheels. Neither is ever skipped: a server that cannot be reached or started fail
 
 import itertools
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -26,6 +28,22 @@ from tests.support import Gateway, running_gateway
 
 TEMPLATE_DB = "gateway_test_template"
 _database_numbers = itertools.count()
+_OWN_BASETEMP = "_gateway_own_basetemp"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temporary directory of this session's own (unless --basetemp names one): pytest's shared numbered
+    ones are pruned by every later session, and a second suite run beside this one would delete the data
+    directory of its Postgres, which then shuts down."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="gateway-tests-")
+        setattr(config, _OWN_BASETEMP, config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = getattr(config, _OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", name="postgres_admin_url")
