@@ -282,6 +282,7 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
         "## Targets",
         "## Ratios",
         "## 1. Rejection path",
+        "### Where a rejection's CPU goes",
         "## 2. Contended on-sale",
         "## 3. Commit path",
         "## 4. Scaling",
@@ -292,6 +293,8 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
     assert "FAILED" not in text
     report = msgspec.json.decode(raw.read_bytes(), type=Report)
     assert report.errors == []
+    assert set(report.rejection_layers) == {"redis", "service", "hot", "litestar", "bare"}
+    assert all(us > 0 for us in report.rejection_layers.values())
     assert {run.target for run in report.rejection} == {
         REDIS_FRONT,
         REDIS_FRONT_UNLOGGED,

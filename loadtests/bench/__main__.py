@@ -85,6 +85,8 @@ PLANS = {
         webhook_rounds=2,
         webhook_sale_holds=2_000,
         webhook_expiry_holds=100,
+        layer_rounds=2,
+        layer_requests=3_200,
     ),
     # Proves every part works, in CI: 1-second runs, 1 worker, a tiny on-sale.
     "smoke": Plan(
@@ -103,6 +105,8 @@ PLANS = {
         webhook_rounds=1,
         webhook_sale_holds=200,
         webhook_expiry_holds=20,
+        layer_rounds=1,
+        layer_requests=640,
     ),
 }
 
@@ -183,6 +187,7 @@ async def _run(plan: Plan, sections: tuple[str, ...]) -> Report:
         if SEATS in sections:
             steps += [
                 bench.redis_front_rejection,
+                bench.rejection_layers,
                 bench.db_only,
                 bench.naive,
                 bench.redis_front,

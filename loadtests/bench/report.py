@@ -298,21 +298,69 @@ def _rejection_section(report: Report, cpus: int) -> list[str]:
         ]
         for run in report.rejection
     ]
-    return lines + _table(
-        [
-            "Target",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "non-409",
-            "target CPU µs/req",
-            "Postgres CPU s",
-            "Redis CPU s",
-            "wrk took (cores)",
-            "others took (cores)",
-        ],
-        rows,
+    return (
+        lines
+        + _table(
+            [
+                "Target",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "non-409",
+                "target CPU µs/req",
+                "Postgres CPU s",
+                "Redis CPU s",
+                "wrk took (cores)",
+                "others took (cores)",
+            ],
+            rows,
+        )
+        + _layers_section(report)
     )
+
+
+# loadtests.cpu_layers's layers, each containing the one before it (but bare, and litestar: the service too).
+_LAYERS = [
+    ("redis", "Redis: the acquire script call alone (the pipelined client)"),
+    ("service", "service: validate and create, the 409 caught (its Redis call included)"),
+    ("hot", "the app through the hot route: request id, metrics, access log, problem+json (and the service)"),
+    ("litestar", "the app through Litestar's route instead (`GATEWAY_HOT_ROUTES=false`)"),
+    ("bare", "bare Litestar: decode the body, answer 409, no I/O"),
+]
+
+
+def _layers_section(report: Report) -> list[str]:
+    layers = report.rejection_layers
+    if not all(key in layers for key, _ in _LAYERS):
+        return []
+    plan = report.plan
+    adds = {"redis": layers["redis"], "service": layers["service"] - layers["redis"]}
+    adds |= {"hot": layers["hot"] - layers["service"], "litestar": layers["litestar"] - layers["service"]}
+    rows = [[what, f"{layers[key]:.0f}", f"{adds[key]:.0f}" if key in adds else ""] for key, what in _LAYERS]
+    lines = [
+        "### Where a rejection's CPU goes",
+        "",
+        "`python -m loadtests.cpu_layers`: the gateway's app (settings as shipped, Redis in front) and bare "
+        "Litestar called in process as ASGI apps, no HTTP server, 64 requests at a time; the CPU time of the "
+        f"process's thread per rejection, best of {plan.layer_rounds} round(s) of {plan.layer_requests:,} "
+        "per layer (a busy machine changes it little: waits cost no CPU).",
+        "",
+        *_table(["Layer", "CPU µs per rejection", "adds"], rows),
+    ]
+    a, d = report.find(report.rejection, REDIS_FRONT), report.find(report.rejection, BARE)
+    if a is not None and d is not None and a.wrk.requests and d.wrk.requests:
+        server_a = 1e6 * a.cost.server_cpu_s / a.wrk.requests - layers["hot"]
+        server_d = 1e6 * d.cost.server_cpu_s / d.wrk.requests - layers["bare"]
+        lines += [
+            "The rest of each request's CPU in section 1's runs is the HTTP server's (uvicorn, httptools: "
+            "sockets, parsing, writing) and the process's: about "
+            f"{server_a:.0f} µs per rejection for the gateway, {server_d:.0f} µs per request for bare "
+            "Litestar. "
+            f"In the app, a rejection costs {layers['hot']:.0f} µs against bare Litestar's "
+            f"{layers['bare']:.0f}, and its Redis call alone is {layers['redis']:.0f} of them.",
+            "",
+        ]
+    return lines
 
 
 def _per_request_us(cpu_s: float, run: Run) -> str:

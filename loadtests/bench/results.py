@@ -53,6 +53,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     webhook_rounds: int = 2  # rounds of each, webhooks off and on, alternating (off first)
     webhook_sale_holds: int = 10_000  # the flash sale with webhooks on: seats, each asked for twice
     webhook_expiry_holds: int = 200  # holds of the minimum ttl whose hold.expired is timed to the receiver
+    layer_rounds: int = 3  # loadtests.cpu_layers: rounds, and rejections per layer and round
+    layer_requests: int = 6_400
 
 
 class Cost(msgspec.Struct, frozen=True, kw_only=True):
@@ -202,6 +204,9 @@ class Report(msgspec.Struct, kw_only=True):
     scaling_workers: list[Run] = msgspec.field(default_factory=list)
     scaling_concurrency: list[Run] = msgspec.field(default_factory=list)
     bulkhead: list[Bulkhead] = msgspec.field(default_factory=list)
+    # In-process CPU µs per rejection of each layer (loadtests.cpu_layers: redis, service, hot, litestar,
+    # bare).
+    rejection_layers: dict[str, float] = msgspec.field(default_factory=dict)
     # General admission (pools): the rejection storm on a sold-out pool, the on-sale, availability reads.
     pool_rejection: list[Run] = msgspec.field(default_factory=list)
     ga_onsale: list[GaOnSale] = msgspec.field(default_factory=list)

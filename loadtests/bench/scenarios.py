@@ -35,10 +35,12 @@ from loadtests.bench.results import (
     Run,
 )
 from loadtests.bench.stack import (
+    REPO_ROOT,
     BenchError,
     Server,
     Stack,
     bare_server,
+    gateway_env,
     gateway_server,
     machine_cpu_s,
     naive_server,
@@ -396,6 +398,39 @@ class Bench:
                 self.report.rejection.append(counted)
 
             self.count_after_stop(target, run, record)
+
+    async def rejection_layers(self) -> None:
+        """Where a rejection's CPU goes, layer by layer: loadtests.cpu_layers in a process of its own (the app
+        called in process, CPU time of its thread, so this machine's other work changes little), on a database
+        of its own."""
+        database = f"bench_layers_{next(self._numbers)}"
+        url = await self.stack.create_database(database)
+        out = self.log_dir / "cpu_layers.json"
+        env = gateway_env(url, self.stack.redis.url, f"layers{secrets.token_hex(4)}")
+        try:
+            self.say("a. gateway: in-process CPU per rejection, layer by layer")
+            with (self.log_dir / "cpu_layers.log").open("wb") as log:
+                for argv in (
+                    ["-m", "gateway.cli", "migrate"],
+                    [
+                        "-m",
+                        "loadtests.cpu_layers",
+                        "--rounds",
+                        str(self.plan.layer_rounds),
+                        "--requests",
+                        str(self.plan.layer_requests),
+                        "--json",
+                        str(out),
+                    ],
+                ):
+                    process = await asyncio.create_subprocess_exec(
+                        sys.executable, *argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=log
+                    )
+                    if await process.wait() != 0:
+                        raise BenchError(f"{' '.join(argv[1:3])} failed: see {log.name}")
+            self.report.rejection_layers = msgspec.json.decode(out.read_bytes(), type=dict[str, float])
+        finally:
+            await self.stack.drop_database(database)
 
     async def db_only(self) -> None:
         async with self.target(DB_ONLY) as target:

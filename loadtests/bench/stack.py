@@ -320,7 +320,15 @@ def gateway_server(
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers", str(workers)]
     if db_only:
         argv.append("--db-only")
-    env = _clean_env(
+    env = gateway_env(database_url, redis_url, key_prefix, access_log=access_log)
+    return Server(name, argv, env, port, log_dir / f"{name}.log")
+
+
+def gateway_env(
+    database_url: str, redis_url: str, key_prefix: str, *, access_log: bool = True
+) -> dict[str, str]:
+    """The environment of a gateway process: every setting as shipped but these."""
+    return _clean_env(
         {
             "GATEWAY_DATABASE_URL": database_url,
             "GATEWAY_REDIS_URL": redis_url,
@@ -329,7 +337,6 @@ def gateway_server(
             **_settings_under_trial(),
         }
     )
-    return Server(name, argv, env, port, log_dir / f"{name}.log")
 
 
 def _settings_under_trial() -> dict[str, str]:
