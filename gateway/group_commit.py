@@ -1,10 +1,11 @@
-"""Group commit: the concurrent calls of one worker gathered into batches, one batch = one database statement.
+"""Group commit: the concurrent calls of one worker gathered into batches, one batch = one database statement
+(claims) or one Redis script call per event (post-commit lease extensions).
 
 A call waits in line; a batch takes what waits (at most `max_batch`, never two members with the same key:
 the later one waits for a later batch) once the event loop has finished its current pass, so every call made
 in that pass rides together. At most `max_in_flight` batches run at once; calls that arrive meanwhile form the
 next. Each member gets its own outcome (a result or an exception) from the batch's runner. Nothing here knows
-SQL: the store runs the statement and decides each member's outcome (see Store.claim).
+SQL or Redis: the runner sends the batch and decides each member's outcome (see Store.claim).
 """
 
 import asyncio
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gateway import metrics
+from prometheus_client import Histogram
 
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
@@ -32,11 +33,13 @@ class GroupCommitter(Generic[Item, Outcome]):
         *,
         max_batch: int,
         max_in_flight: int,
+        batch_sizes: Histogram,
     ) -> None:
         self._run = run  # one outcome per member, in order; an exception is raised to that member alone
         self._key = key  # members of one batch have distinct keys
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        self._batch_sizes = batch_sizes
         self._waiting: list[_Waiting[Item, Outcome]] = []
         self._in_flight = 0
         self._starting = 0  # batches started that have not taken their members yet
@@ -83,7 +86,7 @@ class GroupCommitter(Generic[Item, Outcome]):
             batch = self._take()
             if not batch:
                 return
-            metrics.CLAIM_BATCH_SIZE.observe(len(batch))
+            self._batch_sizes.observe(len(batch))
             try:
                 outcomes = await self._run([waiting.item for waiting in batch])
             except asyncio.CancelledError:  # the worker is shutting down: so are its callers

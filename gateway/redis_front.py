@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
@@ -89,6 +89,18 @@ Synchronize = Callable[[], Awaitable[None]]
 
 class UnexpectedReply(Exception):
     """A script answered with a code this code does not know: the Lua and the Python disagree."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """One hold's part of an extend.lua call (see RedisFront.extend)."""
+
+    lease: "Lease"
+    ttl_ms: int
+    idempotency_record_key: str | None = None
+    request_fp: str | None = None
+    set_missing: bool = True
+    confirmed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,21 +409,47 @@ class RedisFront:
         confirm, which a cancel may have overtaken); with `confirmed`, the pool entries never lapse (the seat
         leases still take `ttl_ms`). How many seats are leased to the hold. Best effort: a failure leaves the
         pending leases and entries to lapse, and Postgres still turns rivals away."""
-        keys_ = [*lease.slot_keys, *lease.pool_keys]
-        if idempotency_record_key is not None:
-            keys_.append(idempotency_record_key)
-        args = [
-            lease.value,
-            max(1, ttl_ms),
-            len(lease.slots),
-            request_fp or "",
-            self._settings.idempotency_retention_s * 1000,
-            "1" if set_missing else "0",
-            len(lease.pools),
-            "1" if confirmed else "0",
-            *lease.quantities(),
-        ]
-        return await self._best_effort("extend", keys_, args)
+        extension = Extension(lease, ttl_ms, idempotency_record_key, request_fp, set_missing, confirmed)
+        leased = await self.extend_all([extension])
+        return None if leased is None else leased[0]
+
+    async def extend_all(self, extensions: Sequence["Extension"]) -> list[int] | None:
+        """`extend` for several holds of one event, in one script call: the seats leased to each, or None if
+        Redis failed (best effort, as `extend`)."""
+        event_ids = {extension.lease.event_id for extension in extensions}
+        if len(event_ids) != 1:
+            raise ValueError(f"one call extends the holds of one event (a hash tag), not {sorted(event_ids)}")
+        keys_: list[str] = []
+        args: list[ScriptArg] = [len(extensions)]
+        for extension in extensions:
+            lease = extension.lease
+            keys_ += lease.slot_keys
+            keys_ += lease.pool_keys
+            recorded = extension.idempotency_record_key is not None and bool(extension.request_fp)
+            if recorded:
+                keys_.append(cast(str, extension.idempotency_record_key))
+            args += [
+                lease.value,
+                max(1, extension.ttl_ms),
+                len(lease.slots),
+                cast(str, extension.request_fp) if recorded else "",
+                self._settings.idempotency_retention_s * 1000,
+                "1" if extension.set_missing else "0",
+                len(lease.pools),
+                "1" if extension.confirmed else "0",
+                *lease.quantities(),
+            ]
+        try:
+            reply = await self._call("extend", keys_, args)
+        except (RedisUnavailable, Overloaded):
+            return None
+        if not (
+            isinstance(reply, list)
+            and len(reply) == len(extensions)
+            and all(isinstance(leased, int) for leased in reply)
+        ):
+            raise UnexpectedReply(f"extend.lua returned {reply!r} for {len(extensions)} holds")
+        return reply
 
     async def release(self, lease: Lease) -> int | None:
         """Drop the leases and pool entries still owned by `lease.value`; how many. Best effort: unreleased

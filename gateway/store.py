@@ -385,6 +385,7 @@ class Store:
                 key=lambda request: request.seat_pairs[0],
                 max_batch=settings.claim_batch_max_size,
                 max_in_flight=settings.claim_batches_in_flight,
+                batch_sizes=metrics.CLAIM_BATCH_SIZE,
             )
 
     @classmethod

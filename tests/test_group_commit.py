@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
+from prometheus_client import Histogram
 
-from gateway import metrics
+from gateway import keys, metrics
 from gateway.chaos.proxy import FaultProxy
 from gateway.items import EventPart
 from gateway.store import ClaimRequest, Store
@@ -31,10 +33,10 @@ class BatchSizes:
     alone: float  # batches of one member
 
 
-def batch_sizes() -> BatchSizes:
-    """What the worker's group committer reported so far (this process's histogram)."""
+def batch_sizes(histogram: Histogram = metrics.CLAIM_BATCH_SIZE) -> BatchSizes:
+    """What a group committer of the worker reported so far (this process's histogram): claims by default."""
     values: dict[str, float] = {}
-    for metric in metrics.CLAIM_BATCH_SIZE.collect():
+    for metric in histogram.collect():
         for sample in metric.samples:
             if sample.name.endswith("_bucket") and sample.labels.get("le") == "1.0":
                 values["alone"] = sample.value
@@ -238,3 +240,27 @@ async def test_a_batch_that_deadlocks_runs_its_members_alone(database_url: str, 
     assert {(r["id"], r["holder"], r["token"]) for r in holds} == {
         (request.hold_id, request.holder, request.token) for request in requests
     }
+
+
+async def test_winners_extensions_ride_together_and_each_lease_takes_its_holds_life(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """With Redis in front, the post-commit extensions of a storm's winners share extend.lua calls (fewer
+    calls than winners, one member each), and every winner's lease then lives for its hold's TTL, far past
+    the pending TTL its acquire gave it."""
+    settings = make_settings(database_url, redis_url, key_prefix, **QUIET_BACKGROUND, create_concurrency=64)
+    before = batch_sizes(metrics.EXTEND_BATCH_SIZE)
+    async with running_gateway(settings) as gateway:
+        answers = await storm([gateway], "xb")
+    after = batch_sizes(metrics.EXTEND_BATCH_SIZE)
+    winners = [seat for seat, r in answers if r.status_code == 201]
+
+    assert len(winners) == SEATS
+    assert after.members - before.members == SEATS
+    assert after.batches - before.batches < SEATS
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        ttls = [await client.pttl(keys.slot_key(key_prefix, "xb", seat)) for seat in winners]
+    finally:
+        await client.aclose()
+    assert all(ttl > settings.lease_pending_ms for ttl in ttls), ttls

@@ -12,7 +12,15 @@ import redis.asyncio as redis
 from gateway import keys
 from gateway.config import Settings
 from gateway.embedded import LocalRedis
-from gateway.redis_front import SCRIPT_NAMES, AcquireOutcome, AcquireResult, Lease, PoolSync, RedisFront
+from gateway.redis_front import (
+    SCRIPT_NAMES,
+    AcquireOutcome,
+    AcquireResult,
+    Extension,
+    Lease,
+    PoolSync,
+    RedisFront,
+)
 from gateway.resources import resource_dir
 from tests.conftest import make_settings
 
@@ -644,3 +652,42 @@ def test_a_lease_lists_its_pools_sorted_with_their_keys() -> None:
 def test_a_lease_refuses_pools_the_scripts_would_miscount(pools: list[tuple[str, int]]) -> None:
     with pytest.raises(ValueError, match="pool"):
         Lease.build("gw", "show-42", [], "tok", "alice", pools=pools)
+
+
+async def test_one_extend_call_serves_several_holds_each_on_its_own_keys(
+    front: RedisFront, client: redis.Redis
+) -> None:
+    """extend_all walks each hold's keys and arguments in turn: seats, pools, an idempotency record only where
+    a fingerprint is given, and a lease of another value left alone; one count per hold, in order."""
+    await front.sync_pools("show-1", [PoolSync("floor", 10, [])])
+    two_seats = front.lease("show-1", ["C-1", "C-2"], "token-a", "alice")
+    pooled = front.lease("show-1", ["C-3"], "token-b", "bob", pools=[("floor", 3)])
+    impostor = front.lease("show-1", ["C-1"], "token-x", "mallory")
+    lapsed = front.lease("show-1", ["C-4"], "token-c", "carol")  # its pending lease is gone: set again
+    record_key = front.idempotency_record_key("show-1", "", "alice", "key-1")
+    await _take(front, two_seats, SHORT_PENDING_MS)
+    await _take(front, pooled, SHORT_PENDING_MS)
+
+    leased = await front.extend_all(
+        [
+            Extension(two_seats, 60_000, record_key, "fp-1"),
+            Extension(impostor, 60_000),
+            Extension(pooled, 90_000, idempotency_record_key=None, request_fp="ignored without a key"),
+            Extension(lapsed, 120_000),
+        ]
+    )
+
+    assert leased == [2, 0, 1, 1]
+    assert await client.get(record_key) == "fp-1"
+    for key in two_seats.slot_keys:
+        assert await client.get(key) == two_seats.value
+        assert 5_000 < await client.pttl(key) <= 60_000
+    assert 60_000 < await client.pttl(pooled.slot_keys[0]) <= 90_000
+    assert 90_000 < await client.pttl(lapsed.slot_keys[0]) <= 120_000
+    score = await client.zscore(pooled.pool_keys[1], pooled.value)
+    assert score is not None
+    assert score > await _redis_ms(client) + 60_000
+    assert await front.pool_state("show-1", "floor") == (10, 3)
+    other_event = front.lease("show-2", ["A-1"], "token-d", "dave")
+    with pytest.raises(ValueError, match="one event"):
+        await front.extend_all([Extension(two_seats, 60_000), Extension(other_event, 60_000)])
