@@ -22,6 +22,7 @@ from typing import Final
 from gateway import background
 from gateway.config import Settings
 from gateway.errors import BackendUnavailable
+from gateway.models import new_id
 from gateway.store import ClientKeyRow, Store
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class ClientKeys:
     async def create(self, name: str) -> tuple[ClientKeyRow, str]:
         """A new key: its row, and the key itself (shown this once)."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = await self.store.insert_client_key(secrets.token_urlsafe(9), name, key_digest(key))
+        row = await self.store.insert_client_key(new_id(9), name, key_digest(key))
         await self.refresh()
         log.info("client key %s (%s) created", row.id, name, extra={"client_key_id": row.id})
         return row, key

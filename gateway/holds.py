@@ -41,7 +41,7 @@ from gateway.group_commit import GroupCommitter
 from gateway.items import EventPart
 from gateway.lease_sync import LeaseSync, lease_ttl_ms
 from gateway.logs import note_request
-from gateway.models import CreateHold, Hold, SlotState, SlotStateName
+from gateway.models import CreateHold, Hold, SlotState, SlotStateName, new_id
 from gateway.redis_front import AcquireOutcome, AcquireResult, Extension, Lease, RedisFront, RedisUnavailable
 from gateway.store import (
     ClaimOutcomeUnknown,
@@ -131,7 +131,7 @@ class RecentVerdicts:
 
 def new_hold_id() -> str:
     """128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+    return new_id(16)
 
 
 class HoldService:

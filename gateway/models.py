@@ -3,6 +3,7 @@
 import base64
 import binascii
 import re
+import secrets
 import unicodedata
 import urllib.parse
 from datetime import datetime
@@ -32,6 +33,15 @@ Identifier = Annotated[
         description=IDENTIFIER_DESCRIPTION,
     ),
 ]
+
+
+def new_id(random_bytes: int) -> str:
+    """An id the gateway makes (holds, client keys, webhook endpoints): `random_bytes` random bytes, URL-safe
+    base64, never starting with '-' (a command line would take `gateway webhooks --redeliver -x…` for an
+    option): one value in 64 is drawn again."""
+    while (made := secrets.token_urlsafe(random_bytes)).startswith("-"):
+        pass
+    return made
 
 
 def is_identifier(value: str) -> bool:

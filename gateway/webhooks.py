@@ -47,6 +47,7 @@ from gateway.models import (
     NewWebhookEndpoint,
     WebhookEndpointInfo,
     WebhookEndpointList,
+    new_id,
 )
 from gateway.webhook_store import ClaimedDelivery, WebhookStore
 
@@ -115,9 +116,7 @@ class WebhookEndpoints:
             httpx.URL(url)
         except httpx.InvalidURL as exc:
             raise InvalidRequest(f"`url` is not a URL the gateway can send to: {exc}") from None
-        row = await self._store.create_endpoint(
-            secrets.token_urlsafe(ENDPOINT_ID_BYTES), url, secret or new_secret()
-        )
+        row = await self._store.create_endpoint(new_id(ENDPOINT_ID_BYTES), url, secret or new_secret())
         host = urllib.parse.urlsplit(url).hostname  # the URL itself may carry credentials: not logged
         log.info("webhook endpoint %s created (host %s)", row.id, host, extra={"webhook_endpoint_id": row.id})
         return NewWebhookEndpoint(id=row.id, url=row.url, secret=row.secret, created_at=row.created_at)
