@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -96,6 +98,43 @@ QUIET_BACKGROUND: dict[str, object] = {
     "webhook_poll_interval_s": 60.0,
     "webhook_yield_above_rps": 0.0,
 }
+
+
+async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    """`query`'s rows, on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+# Every statement in the log, with its database and its connection's application_name (empty for none).
+_STATEMENT_LOG_SETTINGS = {"log_statement": "all", "log_line_prefix": "%m [%p] db=%d app=%a "}
+_LOGGED_STATEMENT = re.compile(r" db=(\S+) app=(\S*) LOG:  (?:statement|execute [^:]*): (.*)$")
+
+
+def statement_logging_postgres(data_dir: Path) -> LocalPostgres:
+    """A throwaway Postgres that logs every statement (start it with `with`); read with
+    statements_logged_since."""
+    return LocalPostgres(data_dir, durable=False, settings=_STATEMENT_LOG_SETTINGS)
+
+
+@dataclass(frozen=True)
+class LoggedStatement:
+    app: str  # the connection's application_name
+    first_line: str  # of the statement
+
+
+def statements_logged_since(log_path: Path, offset: int, database: str) -> list[LoggedStatement]:
+    """The statements run in `database` that the log has past byte `offset`."""
+    with log_path.open(encoding="utf-8", errors="replace") as log:
+        log.seek(offset)
+        return [
+            LoggedStatement(m.group(2), m.group(3).strip())
+            for line in log
+            if (m := _LOGGED_STATEMENT.search(line.rstrip("\n"))) and m.group(1) == database
+        ]
 
 
 async def migrated_database(server: LocalPostgres, name: str) -> str:

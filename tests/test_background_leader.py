@@ -8,7 +8,6 @@ purpose (a busy 2-core machine): with a 2 s lease, under 10 s.
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -16,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
@@ -27,7 +25,14 @@ from gateway.config import Settings
 from gateway.embedded import LocalPostgres, free_port
 from gateway.listener import Listener
 from tests.conftest import make_settings
-from tests.support import Gateway, eventually, migrated_database, running_gateway
+from tests.support import (
+    Gateway,
+    eventually,
+    migrated_database,
+    running_gateway,
+    statement_logging_postgres,
+    statements_logged_since,
+)
 from tests.test_cli import GATEWAY, clean_env, read_output
 
 LEASE_S = 2.0
@@ -36,32 +41,12 @@ HANDOVER_BOUND_S = 10.0
 # The background leader's statements (first lines): the expiry and the outbox drains, and the sequencer.
 LEADER_WORK = ("WITH due AS (", "SELECT pg_try_advisory_xact_lock($1) AS locked;")
 CLAIM = "WITH claimed AS ("
-LOGGED = re.compile(r" db=(\S+) app=(\S*) LOG:  (?:statement|execute [^:]*): (.*)$")
-
-
-@dataclass(frozen=True)
-class Logged:
-    app: str  # the connection's application_name
-    first_line: str  # of the statement
-
-
-def statements_logged_since(log_path: Path, offset: int, database: str) -> list[Logged]:
-    with log_path.open(encoding="utf-8", errors="replace") as log:
-        log.seek(offset)
-        return [
-            Logged(m.group(2), m.group(3).strip())
-            for line in log
-            if (m := LOGGED.search(line.rstrip("\n"))) and m.group(1) == database
-        ]
 
 
 @pytest.fixture(scope="module", name="logging_postgres")
 def fx_logging_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
     """A Postgres of this module's own that logs every statement with its connection's application_name."""
-    settings = {"log_statement": "all", "log_line_prefix": "%m [%p] db=%d app=%a "}
-    with LocalPostgres(
-        tmp_path_factory.mktemp("leader-postgres"), durable=False, settings=settings
-    ) as server:
+    with statement_logging_postgres(tmp_path_factory.mktemp("leader-postgres")) as server:
         yield server
 
 

@@ -27,7 +27,7 @@ from gateway.chaos.proxy import FaultProxy
 from gateway.embedded import LocalPostgres, free_port
 from gateway.migrations import migrate
 from tests.conftest import make_settings
-from tests.support import QUIET_BACKGROUND, Gateway, active_holds_per_slot, redis_keys, running_gateway
+from tests.support import QUIET_BACKGROUND, Gateway, active_holds_per_slot, fetch, redis_keys, running_gateway
 
 PLANNED_PROBLEMS = frozenset({"backend-unavailable", "overloaded", "outcome-unknown"})
 # Tight budgets, so that each fault resolves within a second or two.
@@ -85,14 +85,6 @@ def assert_no_unplanned(answers: list[Answer], allowed: dict[str, set[int]]) -> 
         assert answer.status in allowed[answer.kind], answer
         if answer.status == 503:
             assert_planned_503(answer)
-
-
-async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def assert_commits_kept(dsn: str, answers: list[Answer]) -> None:

@@ -20,7 +20,7 @@ from gateway.chaos.proxy import FaultProxy
 from gateway.items import EventPart
 from gateway.store import ClaimRequest, Store
 from tests.conftest import make_settings
-from tests.support import QUIET_BACKGROUND, Gateway, eventually, running_gateway
+from tests.support import QUIET_BACKGROUND, Gateway, eventually, fetch, running_gateway
 
 SEATS = 40
 CONTENDERS_PER_SEAT = 3
@@ -47,14 +47,6 @@ def batch_sizes(histogram: Histogram = metrics.CLAIM_BATCH_SIZE) -> BatchSizes:
 
 def fallbacks() -> float:
     return metrics.CLAIM_BATCH_FALLBACKS._value.get()  # prometheus-client's one reader
-
-
-async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def storm(gateways: list[Gateway], event_id: str) -> list[tuple[str, httpx.Response]]:

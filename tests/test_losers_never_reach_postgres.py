@@ -13,24 +13,22 @@ from tests.conftest import make_settings
 from tests.support import (
     QUIET_BACKGROUND,
     Gateway,
+    LoggedStatement,
     migrated_database,
     released_together,
     running_gateway,
+    statement_logging_postgres,
+    statements_logged_since,
     statuses,
 )
 
 CONTENDERS = 300
-# With log_statement=all every statement a backend runs is logged; %d puts the database on each line.
-LOGGED_STATEMENT = re.compile(r" db=(\S+) LOG:  (?:statement|execute [^:]*):")
 
 
 @pytest.fixture(scope="module", name="logging_postgres")
 def fx_logging_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
     """A Postgres of this module's own that logs every statement."""
-    settings = {"log_statement": "all", "log_line_prefix": "%m [%p] db=%d "}
-    with LocalPostgres(
-        tmp_path_factory.mktemp("logging-postgres"), durable=False, settings=settings
-    ) as server:
+    with statement_logging_postgres(tmp_path_factory.mktemp("logging-postgres")) as server:
         yield server
 
 
@@ -40,13 +38,9 @@ async def fx_logged_database(logging_postgres: LocalPostgres, request: pytest.Fi
     return await migrated_database(logging_postgres, name)
 
 
-def statements_logged_since(log_path: Path, offset: int, database: str) -> list[str]:
-    with log_path.open(encoding="utf-8", errors="replace") as log:
-        log.seek(offset)
-        return [line for line in log if (m := LOGGED_STATEMENT.search(line)) and m.group(1) == database]
-
-
-async def storm(gateway: Gateway, log_path: Path, database: str) -> tuple[dict[int, int], list[str]]:
+async def storm(
+    gateway: Gateway, log_path: Path, database: str
+) -> tuple[dict[int, int], list[LoggedStatement]]:
     """CONTENDERS holds on one free slot at once; the statuses, and the statements Postgres ran meanwhile."""
     await asyncio.sleep(0.3)  # let start-up statements (the first sweep) land in the log first
     offset = log_path.stat().st_size  # noqa: ASYNC240 - one stat, before the storm
@@ -79,7 +73,7 @@ async def test_losers_cost_no_postgres_statement_with_redis_in_front(
     # event's one synchronization on this Redis (its live holds' leases, its inventory's pools and blocked
     # seats, then its recently cancelled holds'), whoever asked first. None of the 299 losers reached
     # Postgres.
-    first_lines = [line.rstrip().rpartition(":")[2].strip() for line in statements]
+    first_lines = [statement.first_line for statement in statements]
     assert first_lines == [
         "(SELECT event_id, slots, token, holder, items,",
         "SELECT 'pool' AS kind, p.event_id, p.pool_id AS item_id, p.capacity, p.confirmed_units,",
@@ -106,7 +100,7 @@ async def test_the_counter_sees_every_loser_in_db_only_mode(
 
 async def storm_of(
     gateway: Gateway, log_path: Path, database: str, request: Callable[[int], Awaitable[httpx.Response]]
-) -> tuple[dict[int, int], list[str]]:
+) -> tuple[dict[int, int], list[LoggedStatement]]:
     """CONTENDERS `request`s at once; the statuses, and the statements Postgres ran meanwhile."""
     await asyncio.sleep(0.3)  # let earlier statements land in the log first
     offset = log_path.stat().st_size  # noqa: ASYNC240 - one stat, before the storm
