@@ -12,9 +12,9 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
@@ -42,7 +42,15 @@ from gateway.items import EventPart
 from gateway.lease_sync import LeaseSync, lease_ttl_ms
 from gateway.logs import note_request
 from gateway.models import CreateHold, Hold, SlotState, SlotStateName, new_id
-from gateway.redis_front import AcquireOutcome, AcquireResult, Extension, Lease, RedisFront, RedisUnavailable
+from gateway.redis_front import (
+    AcquireOutcome,
+    AcquireResult,
+    Acquisition,
+    Extension,
+    Lease,
+    RedisFront,
+    RedisUnavailable,
+)
 from gateway.store import (
     ClaimOutcomeUnknown,
     ClaimRequest,
@@ -89,9 +97,10 @@ class HoldRequest:
         return items.seat_pairs(self.parts)
 
 
-# Post-commit extensions per extend batch, and batches under way at once (those of a later pass wait for one).
-_EXTEND_BATCH_MAX_SIZE = 64
-_EXTEND_BATCHES_IN_FLIGHT = 4
+# Redis calls gathered per batch (acquisitions of creates, post-commit extensions), and batches under way at
+# once (those of a later pass wait for one).
+_REDIS_BATCH_MAX_SIZE = 64
+_REDIS_BATCHES_IN_FLIGHT = 4
 
 # How long creates give way after a confirm, cancel or extension met a storm of losers: a storm's confirms
 # come more often than this, so it stays narrow while they keep coming.
@@ -129,6 +138,28 @@ class RecentVerdicts:
             self._since = now
 
 
+_Part = TypeVar("_Part", Acquisition, Extension)
+_PartOutcome = TypeVar("_PartOutcome")
+
+
+async def _by_event(
+    parts: list[_Part], call: Callable[[list[_Part]], Awaitable[list[_PartOutcome] | None]]
+) -> list[_PartOutcome | BaseException | None]:
+    """`call` once per event of `parts` (one script call per hash tag), all sent at once; each part's outcome,
+    in order: its share of its call's reply, that call's exception, or None where the call gave None."""
+    by_event: dict[str, list[int]] = {}
+    for index, part in enumerate(parts):
+        by_event.setdefault(part.lease.event_id, []).append(index)
+    replies = await asyncio.gather(
+        *(call([parts[i] for i in indexes]) for indexes in by_event.values()), return_exceptions=True
+    )
+    outcomes: list[_PartOutcome | BaseException | None] = [None] * len(parts)
+    for indexes, reply in zip(by_event.values(), replies, strict=True):
+        for position, index in enumerate(indexes):
+            outcomes[index] = reply[position] if isinstance(reply, list) else reply
+    return outcomes
+
+
 def new_hold_id() -> str:
     """128 random bits, URL-safe."""
     return new_id(16)
@@ -153,9 +184,18 @@ class HoldService:
         self._extensions: GroupCommitter[Extension, int | None] = GroupCommitter(
             self._extend_batch,
             key=id,  # any two may ride together
-            max_batch=_EXTEND_BATCH_MAX_SIZE,
-            max_in_flight=_EXTEND_BATCHES_IN_FLIGHT,
+            max_batch=_REDIS_BATCH_MAX_SIZE,
+            max_in_flight=_REDIS_BATCHES_IN_FLIGHT,
             batch_sizes=metrics.EXTEND_BATCH_SIZE,
+        )
+        # Likewise the creates that ask Redis in one pass, one acquire.lua call per event: the script judges
+        # them one after another, as if each were a call of its own (two for one seat: the first wins).
+        self._acquisitions: GroupCommitter[Acquisition, AcquireResult] = GroupCommitter(
+            self._acquire_batch,
+            key=id,
+            max_batch=_REDIS_BATCH_MAX_SIZE,
+            max_in_flight=_REDIS_BATCHES_IN_FLIGHT,
+            batch_sizes=metrics.ACQUIRE_BATCH_SIZE,
         )
 
     def _make_way(self) -> None:
@@ -240,7 +280,9 @@ class HoldService:
         self, front: RedisFront, lease: Lease, request: HoldRequest, record_key: str | None
     ) -> AcquireResult:
         request_fp = request.request_hash if record_key is not None else None
-        return await front.acquire(lease, self.settings.lease_pending_ms, record_key, request_fp)
+        return await self._acquisitions.submit(
+            Acquisition(lease, self.settings.lease_pending_ms, record_key, request_fp)
+        )
 
     async def create(self, request: HoldRequest) -> HoldResponse:
         """Redis first, event by event (each event's keys share one hash tag, so one script call each); a
@@ -517,18 +559,14 @@ class HoldService:
         """One extend.lua call per event of the batch, sent together (one write); each member's seats leased,
         None where Redis failed."""
         assert self.front is not None
-        by_event: dict[str, list[int]] = {}
-        for index, extension in enumerate(extensions):
-            by_event.setdefault(extension.lease.event_id, []).append(index)
-        replies = await asyncio.gather(
-            *(self.front.extend_all([extensions[i] for i in indexes]) for indexes in by_event.values()),
-            return_exceptions=True,
-        )
-        outcomes: list[int | BaseException | None] = [None] * len(extensions)
-        for indexes, reply in zip(by_event.values(), replies, strict=True):
-            for position, index in enumerate(indexes):
-                outcomes[index] = reply[position] if isinstance(reply, list) else reply
-        return outcomes
+        return await _by_event(extensions, self.front.extend_all)
+
+    async def _acquire_batch(self, acquisitions: list[Acquisition]) -> list[AcquireResult | BaseException]:
+        """One acquire.lua call per event of the batch, sent together; a failed call's exception
+        (RedisUnavailable) is each of its members'."""
+        assert self.front is not None
+        outcomes = await _by_event(acquisitions, self.front.acquire_all)
+        return cast("list[AcquireResult | BaseException]", outcomes)  # acquire_all never answers None
 
     async def _release_all(self, leases: Sequence[Lease]) -> None:
         if self.front is not None:

@@ -95,6 +95,11 @@ CLAIM_BATCH_SIZE = Histogram(
     "Claims sent together in one group-commit statement.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+ACQUIRE_BATCH_SIZE = Histogram(
+    "gateway_acquire_batch_size",
+    "Creates asking Redis together (one acquire.lua call per event of the batch).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 EXTEND_BATCH_SIZE = Histogram(
     "gateway_extend_batch_size",
     "Post-commit lease extensions sent together (one extend.lua call per event of the batch).",

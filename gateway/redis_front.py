@@ -92,6 +92,16 @@ class UnexpectedReply(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Acquisition:
+    """One new hold's part of an acquire.lua call (see RedisFront.acquire)."""
+
+    lease: "Lease"
+    pending_ttl_ms: int
+    idempotency_record_key: str | None = None
+    request_fp: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Extension:
     """One hold's part of an extend.lua call (see RedisFront.extend)."""
 
@@ -378,21 +388,39 @@ class RedisFront:
     ) -> AcquireResult:
         """Take pending leases on all slots and the units of all pools of `lease`, or report why not. Raises
         RedisUnavailable."""
-        keys_ = [*lease.slot_keys, keys.sync_key(self._prefix, lease.event_id), *lease.pool_keys]
-        if idempotency_record_key is not None:
-            keys_.append(idempotency_record_key)
-        args: list[ScriptArg] = [
-            lease.value,
-            lease.holder_fingerprint,
-            pending_ttl_ms,
-            request_fp or "",
-            len(lease.slots),
-            self._run_id or "",
-            len(lease.pools),
-            *lease.quantities(),
-        ]
+        acquisition = Acquisition(lease, pending_ttl_ms, idempotency_record_key, request_fp)
+        return (await self.acquire_all([acquisition]))[0]
+
+    async def acquire_all(self, acquisitions: Sequence["Acquisition"]) -> list[AcquireResult]:
+        """`acquire` for several new holds of one event, in one script call: each judged after those before
+        it, as if alone. Raises RedisUnavailable (for all of them)."""
+        event_ids = {acquisition.lease.event_id for acquisition in acquisitions}
+        if len(event_ids) != 1:
+            raise ValueError(f"one call acquires for one event (a hash tag), not {sorted(event_ids)}")
+        keys_ = [keys.sync_key(self._prefix, acquisitions[0].lease.event_id)]
+        args: list[ScriptArg] = [self._run_id or "", len(acquisitions)]
+        for acquisition in acquisitions:
+            lease = acquisition.lease
+            keys_ += lease.slot_keys
+            keys_ += lease.pool_keys
+            request_fp = acquisition.request_fp if acquisition.idempotency_record_key is not None else None
+            if request_fp:
+                keys_.append(cast(str, acquisition.idempotency_record_key))
+            args += [
+                lease.value,
+                lease.holder_fingerprint,
+                acquisition.pending_ttl_ms,
+                request_fp or "",
+                len(lease.slots),
+                len(lease.pools),
+                *lease.quantities(),
+            ]
         reply = await self._call("acquire", keys_, args)
-        return _acquire_result(lease, reply)
+        if reply == [AcquireOutcome.NOT_SYNCED.value]:
+            return [AcquireResult(AcquireOutcome.NOT_SYNCED, [])] * len(acquisitions)
+        if not isinstance(reply, list) or len(reply) != len(acquisitions):
+            raise UnexpectedReply(f"acquire.lua returned {reply!r} for {len(acquisitions)} holds")
+        return [_acquire_result(a.lease, verdict) for a, verdict in zip(acquisitions, reply, strict=True)]
 
     async def extend(
         self,

@@ -4,7 +4,8 @@
 # and measured with wrk for DUR seconds on one path (PATH_UNDER_TEST):
 #   reject  its seat is held once, and wrk asks for it from new holders (every answer a 409);
 #   commit  every request holds a seat nobody asked for before (every answer a 201).
-# A revision may carry settings: `main:GATEWAY_ACCESS_LOG=false,GATEWAY_LOG_LEVEL=WARNING`. Each line also
+# A revision may carry settings and `gateway serve` flags: `main:GATEWAY_ACCESS_LOG=false,GATEWAY_LOG_LEVEL=WARNING`,
+# `HEAD:--db-only`. Each line also
 # gives the CPU time the gateway's processes used per request during the run (µs/req), which a busy machine
 # disturbs far less than the throughput. Compare within one run only: throughput varies about 10% from run
 # to run.
@@ -12,6 +13,7 @@
 #   loadtests/ab.sh 59380b8 HEAD                               # ROUNDS=3 DUR=12 PATH_UNDER_TEST=reject
 #   ROUNDS=5 DUR=15 PATH_UNDER_TEST=commit loadtests/ab.sh main my-branch
 #   loadtests/ab.sh HEAD HEAD:GATEWAY_ACCESS_LOG=false
+#   PATH_UNDER_TEST=commit loadtests/ab.sh HEAD HEAD:--db-only
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 python=${PYTHON:-$top/.venv/bin/python}
@@ -53,14 +55,19 @@ done
 for round in $(seq 1 "$rounds"); do
   for i in "${!trees[@]}"; do
     tree=${trees[$i]}; rev=${*:$((i + 1)):1}
-    settings=()
-    if [[ $rev == *:* ]]; then IFS=, read -ra settings <<<"${rev#*:}"; fi
+    settings=(); flags=()
+    if [[ $rev == *:* ]]; then
+      IFS=, read -ra extras <<<"${rev#*:}"
+      for extra in "${extras[@]}"; do
+        if [[ $extra == --* ]]; then flags+=("$extra"); else settings+=("$extra"); fi
+      done
+    fi
     db="ab_${round}_${i}_$$"; port=$((20000 + RANDOM % 20000))
     psql -q "$postgres/postgres" -c "CREATE DATABASE $db"
     # The revision's own package: `python -m` imports from the current directory first.
     (cd "$tree" && exec env GATEWAY_DATABASE_URL="$postgres/$db" GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0 \
       GATEWAY_REDIS_KEY_PREFIX="ab$$r${round}t$i" "${settings[@]}" \
-      setsid "$python" -m gateway.cli serve --port "$port" --workers 2 >"$work/serve.log" 2>&1) &
+      setsid "$python" -m gateway.cli serve --port "$port" --workers 2 "${flags[@]}" >"$work/serve.log" 2>&1) &
     pid=$!
     ready=no
     for _ in $(seq 1 300); do

@@ -256,3 +256,31 @@ async def test_winners_extensions_ride_together_and_each_lease_takes_its_holds_l
     finally:
         await client.aclose()
     assert all(ttl > settings.lease_pending_ms for ttl in ttls), ttls
+
+
+async def test_a_storms_acquisitions_ride_together_and_are_judged_one_after_another(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """With Redis in front, the creates of a storm ask Redis in shared acquire.lua calls (fewer calls than
+    creates); the script judges the members of a call in turn, so a seat's rivals in the very call that
+    leased it are refused there: one winner per seat, and every loser turned away by Redis, none by
+    Postgres."""
+    settings = make_settings(database_url, redis_url, key_prefix, **QUIET_BACKGROUND, create_concurrency=64)
+    async with running_gateway(settings) as gateway:
+        # The event's first create has Redis synchronize it (and ask again): that is not the storm's.
+        assert (await gateway.hold("ab", ["warm-up"], "someone")).status_code == 201
+        before = batch_sizes(metrics.ACQUIRE_BATCH_SIZE)
+        refused_before = metrics.HOLDS_REJECTED_BY_REDIS._value.get()
+        refused_by_postgres_before = metrics.HOLDS_REJECTED_BY_POSTGRES._value.get()
+        answers = await storm([gateway], "ab")
+    after = batch_sizes(metrics.ACQUIRE_BATCH_SIZE)
+    statuses = Counter(r.status_code for _, r in answers)
+
+    assert statuses == {201: SEATS, 409: SEATS * (CONTENDERS_PER_SEAT - 1)}
+    assert sorted(seat for seat, r in answers if r.status_code == 201) == sorted(
+        f"S-{s}" for s in range(SEATS)
+    )
+    assert after.members - before.members == SEATS * CONTENDERS_PER_SEAT
+    assert after.batches - before.batches < SEATS * CONTENDERS_PER_SEAT / 2
+    assert metrics.HOLDS_REJECTED_BY_REDIS._value.get() - refused_before == SEATS * (CONTENDERS_PER_SEAT - 1)
+    assert metrics.HOLDS_REJECTED_BY_POSTGRES._value.get() == refused_by_postgres_before

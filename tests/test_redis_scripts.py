@@ -16,6 +16,7 @@ from gateway.redis_front import (
     SCRIPT_NAMES,
     AcquireOutcome,
     AcquireResult,
+    Acquisition,
     Extension,
     Lease,
     PoolSync,
@@ -691,3 +692,61 @@ async def test_one_extend_call_serves_several_holds_each_on_its_own_keys(
     other_event = front.lease("show-2", ["A-1"], "token-d", "dave")
     with pytest.raises(ValueError, match="one event"):
         await front.extend_all([Extension(two_seats, 60_000), Extension(other_event, 60_000)])
+
+
+async def test_one_acquire_call_judges_several_holds_in_turn_each_on_its_own_keys(
+    front: RedisFront, client: redis.Redis
+) -> None:
+    """acquire_all walks each hold's keys and arguments in turn (seats, pools, an idempotency record only
+    where a fingerprint is given) and judges each after those before it, as separate calls would: a seat's
+    second taker in the same call conflicts, a pool's units run out within the call, a rival's refusal writes
+    nothing, and a later hold still gets what is left."""
+    await front.sync_pools("show-1", [PoolSync("floor", 5, [])])
+    record_key = front.idempotency_record_key("show-1", "", "alice", "key-1")
+    await client.set(record_key, "fp-1")
+    alice = front.lease("show-1", ["D-1", "D-2"], "token-a", "alice")
+    bob = front.lease("show-1", ["D-2", "D-3"], "token-b", "bob")  # D-2 is alice's, taken one hold earlier
+    carol = front.lease("show-1", ["D-3"], "token-c", "carol", pools=[("floor", 4)])  # D-3: bob took nothing
+    dave = front.lease("show-1", [], "token-d", "dave", pools=[("floor", 2)])  # 1 unit left after carol
+    erin = front.lease("show-1", ["D-4"], "token-e", "erin", pools=[("floor", 1)])
+    replayed = front.lease("show-1", ["D-9"], "token-r", "alice")
+
+    verdicts = await front.acquire_all(
+        [
+            Acquisition(alice, 5_000),
+            Acquisition(bob, 5_000),
+            Acquisition(carol, 5_000, idempotency_record_key=None, request_fp="ignored without a key"),
+            Acquisition(dave, 5_000),
+            Acquisition(replayed, 5_000, record_key, "fp-1"),
+            Acquisition(erin, 5_000),
+        ]
+    )
+
+    assert [v.outcome for v in verdicts] == [
+        AcquireOutcome.ACQUIRED,
+        AcquireOutcome.CONFLICT,
+        AcquireOutcome.ACQUIRED,
+        AcquireOutcome.SOLD_OUT,
+        AcquireOutcome.REPLAY,
+        AcquireOutcome.ACQUIRED,
+    ]
+    assert verdicts[1].conflicts == ["D-2"]
+    assert verdicts[3].short_pools == [("floor", 1)]
+    assert [await client.get(k) for k in alice.slot_keys] == [alice.value, alice.value]
+    assert await client.get(carol.slot_keys[0]) == carol.value
+    assert await client.get(erin.slot_keys[0]) == erin.value
+    assert await client.get(replayed.slot_keys[0]) is None
+    assert await front.pool_state("show-1", "floor") == (5, 5)
+    other_event = front.lease("show-2", ["A-1"], "token-f", "frank")
+    with pytest.raises(ValueError, match="one event"):
+        await front.acquire_all([Acquisition(alice, 5_000), Acquisition(other_event, 5_000)])
+
+
+async def test_an_unsynchronized_event_gives_no_verdict_to_any_hold_of_the_call(front: RedisFront) -> None:
+    alice = front.lease("show-7", ["A-1"], "token-a", "alice")
+    bob = front.lease("show-7", ["A-2"], "token-b", "bob")
+
+    verdicts = await front.acquire_all([Acquisition(alice, 5_000), Acquisition(bob, 5_000)])
+
+    assert [v.outcome for v in verdicts] == [AcquireOutcome.NOT_SYNCED] * 2
+    assert await front.lease_values([("show-7", "A-1"), ("show-7", "A-2")]) == [None, None]
