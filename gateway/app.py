@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> Litestar:
-    """The gateway as an ASGI app. `settings` must carry database_url (and redis_url, or run db-only). JSON
+    """The gateway as an ASGI app. `settings` must carry database_url (and a Redis, or run db-only). JSON
     request lines go to `access_log_sink` (standard error; tests keep them)."""
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url; `gateway serve` starts an embedded one")
@@ -59,7 +59,7 @@ def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> L
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         worker_id = new_worker_id()
         store = await Store.open(settings, f"{APPLICATION_NAME}/{worker_id}")
-        front = await RedisFront.open(settings) if settings.redis_url else None
+        front = await RedisFront.open(settings) if settings.redis_configured else None
         service = HoldService(store, front, settings)
         if service.lease_sync is not None and front is not None and front.available:
             # A Redis restarted or flushed since the last rebuild gets its leases back before traffic.

@@ -103,8 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with ExitStack() as servers:
         if getattr(args, "db_only", False):
-            os.environ.pop("GATEWAY_REDIS_URL", None)  # the workers read their settings from the environment
-            settings = settings_from_env(redis_url=None)
+            # The workers read their settings from the environment: no Redis there either.
+            for name in _REDIS_SETTINGS:
+                os.environ.pop(name, None)
+            settings = settings_from_env()
         settings = _with_embedded_servers(settings, servers, redis=not getattr(args, "db_only", False))
         try:
             applied = asyncio.run(migrate_url(_required(settings.database_url)))
@@ -144,9 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# Every setting that points the gateway at a Redis (`serve --db-only` drops them).
+_REDIS_SETTINGS = (
+    "GATEWAY_REDIS_URL",
+    "GATEWAY_REDIS_SENTINELS",
+    "GATEWAY_REDIS_SENTINEL_MASTER",
+    "GATEWAY_REDIS_SENTINEL_PASSWORD",
+    "GATEWAY_REDIS_PASSWORD",
+    "GATEWAY_REDIS_DB",
+)
+
+
 def _with_embedded_servers(settings: Settings, servers: ExitStack, *, redis: bool) -> Settings:
     """Start a local Postgres and Redis in `data_dir` for whichever of the two is not configured."""
-    if settings.database_url and (settings.redis_url or not redis):
+    if settings.database_url and (settings.redis_configured or not redis):
         return settings
     from gateway.embedded import LocalPostgres, LocalRedis  # noqa: PLC0415 - only needed in embedded mode
 
@@ -160,7 +173,7 @@ def _with_embedded_servers(settings: Settings, servers: ExitStack, *, redis: boo
             postgres.dsn,
         )
         overrides["database_url"] = postgres.dsn
-    if redis and not settings.redis_url:
+    if redis and not settings.redis_configured:
         redis_server = servers.enter_context(LocalRedis(data_dir / "redis", persistent=True))
         log.info(
             "no GATEWAY_REDIS_URL: started an embedded Redis in %s at %s",

@@ -13,6 +13,7 @@ ENV_PREFIX = "GATEWAY_"
 NOT_SETTINGS = frozenset({"GATEWAY_POSTGRES_BIN_DIR", "GATEWAY_REDIS_SERVER", "GATEWAY_URL"})
 
 PositiveInt = Annotated[int, Meta(ge=1)]
+_SENTINELS_PATTERN = r"\A[^,:\s]+:[0-9]{1,5}(,[^,:\s]+:[0-9]{1,5})*\Z"
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
 
@@ -25,8 +26,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # PostgreSQL DSN. Unset: `gateway serve` starts an embedded PostgreSQL in `data_dir`.
     database_url: str | None = None
-    # Redis URL. Unset: `gateway serve` starts an embedded Redis in `data_dir`.
+    # Redis URL. Unset (and no Sentinels): `gateway serve` starts an embedded Redis in `data_dir`.
     redis_url: str | None = None
+    # Redis behind Sentinel, instead of redis_url: the Sentinels (`host:port,host:port,...`) and the name of
+    # the master they watch. Every connection the gateway opens asks them for the master first, so a
+    # failover is followed at the next reconnect. The master's password and database are the next two; the
+    # Sentinels' own password, if they require one, the third.
+    redis_sentinels: Annotated[str, Meta(pattern=_SENTINELS_PATTERN)] | None = None
+    redis_sentinel_master: Annotated[str, Meta(min_length=1)] | None = None
+    redis_password: str | None = None
+    redis_db: Annotated[int, Meta(ge=0)] = 0
+    redis_sentinel_password: str | None = None
     # Where embedded servers keep their data.
     data_dir: str = ".gateway-data"
 
@@ -201,7 +211,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # loses at most this window of them; a graceful stop loses none.
     access_log_flush_interval_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
 
+    @property
+    def redis_configured(self) -> bool:
+        """Whether a Redis is set (by URL or through Sentinel): else the gateway runs db-only."""
+        return self.redis_url is not None or self.redis_sentinels is not None
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """GATEWAY_REDIS_SENTINELS as (host, port) pairs."""
+        if self.redis_sentinels is None:
+            return []
+        pairs = (address.rpartition(":") for address in self.redis_sentinels.split(","))
+        return [(host, int(port)) for host, _, port in pairs]
+
+    def _check_redis(self) -> None:
+        """One way to Redis: a URL, or Sentinels with the master's name (and its password and database)."""
+        if self.redis_sentinels is not None:
+            if self.redis_url is not None:
+                raise ValueError("set GATEWAY_REDIS_URL or GATEWAY_REDIS_SENTINELS, not both")
+            if self.redis_sentinel_master is None:
+                raise ValueError(
+                    "GATEWAY_REDIS_SENTINELS needs GATEWAY_REDIS_SENTINEL_MASTER, the master's name"
+                )
+        elif self.redis_sentinel_master is not None or self.redis_sentinel_password is not None:
+            raise ValueError("GATEWAY_REDIS_SENTINEL_MASTER and _PASSWORD go with GATEWAY_REDIS_SENTINELS")
+        elif self.redis_password is not None or self.redis_db:
+            raise ValueError(
+                "GATEWAY_REDIS_PASSWORD and GATEWAY_REDIS_DB go with GATEWAY_REDIS_SENTINELS (a "
+                "GATEWAY_REDIS_URL carries its own)"
+            )
+
     def __post_init__(self) -> None:
+        self._check_redis()
         if self.min_ttl_s > self.max_ttl_s:
             raise ValueError("min_ttl_s must not exceed max_ttl_s")
         if not self.min_ttl_s <= self.default_ttl_s <= self.max_ttl_s:

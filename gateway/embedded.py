@@ -54,7 +54,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Self
@@ -596,12 +596,15 @@ class LocalRedis(_ChildServer):
         *,
         persistent: bool = False,
         redis_server: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """`extra_args`: further `redis-server` options, such as `--replicaof 127.0.0.1 6380`."""
         self.data_dir = Path(data_dir).resolve()
         super().__init__(self.data_dir / "redis.log")
         self._port = port if port is not None else free_port()
         self.persistent = persistent
         self.redis_server = redis_server
+        self.extra_args = list(extra_args)
 
     @property
     def port(self) -> int:
@@ -624,9 +627,10 @@ class LocalRedis(_ChildServer):
             self._check_version()
         if _port_still_in_use(self._port, min(deadline, time.monotonic() + PORT_RELEASE_WAIT_S)):
             raise EmbeddedServerError(f"cannot start Redis: 127.0.0.1:{self._port} is already in use")
-        argv = [str(self.redis_server), "--port", str(self._port), "--bind", "127.0.0.1", "--daemonize", "no"]
-        argv += ["--dir", str(self.data_dir), "--logfile", str(self.log_path), "--save", ""]
-        argv += ["--appendonly", "yes" if self.persistent else "no"]
+        argv = [str(self.redis_server), *self._config_args()]
+        argv += ["--port", str(self._port), "--bind", "127.0.0.1", "--daemonize", "no"]
+        argv += ["--dir", str(self.data_dir), "--logfile", str(self.log_path), *self._persistence_args()]
+        argv += self.extra_args
         log_start = _log_size(self.log_path)
         self._spawn(argv, cwd=self.data_dir)
         while time.monotonic() < deadline:
@@ -644,6 +648,12 @@ class LocalRedis(_ChildServer):
             f"Redis did not answer PING within {timeout_s}s; end of {self.log_path}:\n"
             f"{_log_tail(self.log_path, log_start)}"
         )
+
+    def _config_args(self) -> list[str]:
+        return []
+
+    def _persistence_args(self) -> list[str]:
+        return ["--save", "", "--appendonly", "yes" if self.persistent else "no"]
 
     def stop(self, *, timeout_s: float = 30) -> None:
         """SIGTERM (Redis flushes its AOF and exits); SIGKILL after timeout_s. No-op if it is not running."""
@@ -681,3 +691,44 @@ class LocalRedis(_ChildServer):
             if ours == (major, minor):
                 return
         marker.write_text(f"{ours[0]}.{ours[1]}\n")
+
+
+class LocalSentinel(LocalRedis):
+    """A Redis Sentinel on 127.0.0.1:port watching the master `master_name` at 127.0.0.1:master_port, as a
+    child process (`redis-server <config> --sentinel`; Sentinel rewrites its config file, so it gets one of
+    its own in data_dir). A master is judged down after `down_after_ms` without an answer; `quorum`
+    Sentinels must agree."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        master_name: str,
+        master_port: int,
+        *,
+        quorum: int = 2,
+        down_after_ms: int = 1_000,
+        failover_timeout_ms: int = 10_000,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(data_dir, port)
+        self.log_path = self.data_dir / "sentinel.log"
+        self.master_name = master_name
+        self.master_port = master_port
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+
+    def _config_args(self) -> list[str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "sentinel.conf"
+        name = self.master_name
+        config.write_text(
+            f"sentinel monitor {name} 127.0.0.1 {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        return [str(config), "--sentinel"]
+
+    def _persistence_args(self) -> list[str]:
+        return []

@@ -21,10 +21,12 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final, TypeVar, cast
+from urllib.parse import quote
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -195,6 +197,7 @@ class RedisFront:
         self.breaker = CircuitBreaker("redis", settings.redis_retry_interval_s, on_change=_mode_changed)
         self._synchronize: Synchronize | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._sentinel: Sentinel | None = None  # behind Sentinel: who says where the master is
         # The run_id of the Redis instance this worker recovered against: connections to any other are
         # refused, and acquire.lua judges an event only if its sync marker holds this value. None: accept
         # the first instance (at start, and inside a recovery, which then sets it).
@@ -216,30 +219,49 @@ class RedisFront:
 
     @classmethod
     async def open(cls, settings: Settings) -> "RedisFront":
-        assert settings.redis_url is not None
         # A plain pool: every call waits for a permit at the bulkhead first, which has as many permits as
         # the pool has connections, so the pool itself never runs dry (and its blocking variant's
         # condition-variable wait would cost every call several microseconds for nothing).
-        pool = redis.ConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_connect_timeout_s,
-            retry=Retry(NoBackoff(), 0),  # no library retries: on failure, Postgres answers instead
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        pool_options: dict[str, Any] = {
+            "max_connections": settings.redis_max_connections,
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "retry": Retry(NoBackoff(), 0),  # no library retries: on failure, Postgres answers instead
+            "retry_on_timeout": False,
+            "health_check_interval": 0,
+        }
+        sentinel: Sentinel | None = None
+        if settings.redis_url is not None:
+            pipe_url = settings.redis_url
+            pool: redis.ConnectionPool = redis.ConnectionPool.from_url(settings.redis_url, **pool_options)
+        else:
+            master = settings.redis_sentinel_master
+            assert master is not None, "settings without a Redis: the gateway runs db-only"
+            sentinel = _sentinel(settings)
+            pipe_url = _credentials_url(settings)
+            pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+                master, sentinel, password=settings.redis_password, db=settings.redis_db, **pool_options
+            )
         front = cls(redis.Redis(connection_pool=pool), settings)
+        front._sentinel = sentinel
         pool.connection_kwargs["redis_connect_func"] = front._check_pool_connection
-        if settings.redis_pipeline and PipelinedRedis.supports(settings.redis_url):
+        if settings.redis_pipeline and PipelinedRedis.supports(pipe_url):
             front._pipe = PipelinedRedis(
-                settings.redis_url,
+                pipe_url,
                 timeout_s=settings.redis_timeout_s,
                 connect_timeout_s=settings.redis_connect_timeout_s,
                 check_instance=front._check_instance,
+                resolve_address=None if sentinel is None else front._master_address,
             )
         await front.start()
         return front
+
+    async def _master_address(self) -> tuple[str, int]:
+        """Where Sentinel says the master is now (MasterNotFoundError, a connection error, if none knows)."""
+        assert self._sentinel is not None
+        assert self._settings.redis_sentinel_master is not None
+        host, port = await self._sentinel.discover_master(self._settings.redis_sentinel_master)
+        return str(host), int(port)
 
     def _check_instance(self, run_id: str) -> None:
         """Every new connection: refuse a Redis other than the one recovered against (see the module doc)."""
@@ -349,6 +371,8 @@ class RedisFront:
         if self._pipe is not None:
             await self._pipe.close()
         await self._client.aclose(close_connection_pool=True)
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     @property
     def available(self) -> bool:
@@ -705,6 +729,27 @@ class RedisFront:
         pools: Sequence[tuple[str, int]] = (),
     ) -> Lease:
         return Lease.build(self._prefix, event_id, slots, token, holder, pools)
+
+
+def _sentinel(settings: Settings) -> Sentinel:
+    """The Sentinels of GATEWAY_REDIS_SENTINELS, asked with the Redis budgets and no retries (discovery moves
+    on to the next Sentinel by itself)."""
+    return Sentinel(
+        settings.sentinel_addresses,
+        sentinel_kwargs={
+            "password": settings.redis_sentinel_password,
+            "socket_timeout": settings.redis_connect_timeout_s,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+        },
+    )
+
+
+def _credentials_url(settings: Settings) -> str:
+    """The master's credentials and database as a URL without a host, for the pipelined client (which asks
+    Sentinel for the host)."""
+    password = "" if settings.redis_password is None else ":" + quote(settings.redis_password, safe="") + "@"
+    return f"redis://{password}/{settings.redis_db}"
 
 
 def _text(value: bytes | str) -> str:

@@ -13,11 +13,13 @@ be late, and the timer is set for its deadline (a timer per call was a tenth of 
 
 Every new connection first asks the server its run_id and hands it to `check_instance`, which may refuse it
 (by raising): a Redis that restarted behind a reconnect then answers no call, not even one already queued.
+Behind Sentinel, every new connection asks `resolve_address` where the master is (a demoted master that stays
+up answers READONLY: a failure like any other, and the recovery that follows closes the connection).
 """
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
@@ -28,6 +30,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Told the run_id of the server behind a new connection; raises to refuse the connection.
 CheckInstance = Callable[[str], None]
+# Where the server is now (host, port), asked before every connect (Sentinel's master).
+ResolveAddress = Callable[[], Awaitable[tuple[str, int]]]
 
 
 def run_id_of(info: bytes | str) -> str:
@@ -132,13 +136,17 @@ class PipelinedRedis:
         timeout_s: float,
         connect_timeout_s: float,
         check_instance: CheckInstance | None = None,
+        resolve_address: ResolveAddress | None = None,
     ) -> None:
+        """`url` gives the server, database and credentials; with `resolve_address`, only the database and
+        credentials (`redis://:password@/db`): the server is asked for at every connect."""
         options = parse_url(url)
         self._host: str = options.get("host", "localhost")
         self._port: int = int(options.get("port", 6379))
         self._db = int(options.get("db", 0))
         self._username: str | None = options.get("username")
         self._password: str | None = options.get("password")
+        self._resolve_address = resolve_address
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._check_instance = check_instance
@@ -176,6 +184,8 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
+                if self._resolve_address is not None:
+                    self._host, self._port = await self._resolve_address()
                 _, protocol = await loop.create_connection(
                     lambda: _Protocol(self._timeout_s, f"{self._host}:{self._port}"), self._host, self._port
                 )
