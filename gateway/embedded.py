@@ -483,6 +483,38 @@ class LocalPostgres(_ChildServer):
             f"{_log_tail(self.log_path, log_start)}"
         )
 
+    def standby(self, data_dir: Path, *, timeout_s: float = 120) -> LocalPostgres:
+        """A streaming replica of this running server, its cluster copied into data_dir by pg_basebackup
+        (`-R`: it starts as a hot standby of this one); start it with `with` or start()."""
+        assert self.bin_dir is not None, "start the primary first"
+        user = _server_os_user()
+        data_dir = Path(data_dir).resolve()
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if user is not None:
+            _chown_tree(data_dir, user)
+        argv = [
+            str(self.bin_dir / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self._port),
+            "-U",
+            "postgres",
+        ]
+        argv += ["-D", str(data_dir), "-R", "-X", "stream", "-c", "fast", "--no-sync"]
+        proc = self._popen(argv, cwd=data_dir, user=user, stdout=subprocess.PIPE)
+        try:
+            output, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            raise EmbeddedServerError(
+                f"pg_basebackup took over {timeout_s:.0f}s:\n{output.decode()}"
+            ) from None
+        if proc.returncode != 0:
+            raise EmbeddedServerError(f"pg_basebackup failed (exit {proc.returncode}):\n{output.decode()}")
+        return LocalPostgres(data_dir, durable=self.durable, settings=self.settings, bin_dir=self.bin_dir)
+
     def stop(self, mode: StopMode = "fast", *, timeout_s: float = 30) -> None:
         """Shut down like ``pg_ctl stop -m mode``; SIGKILL after timeout_s. No-op if it is not running."""
         self._terminate(_STOP_SIGNALS[mode], timeout_s)
