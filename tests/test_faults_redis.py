@@ -146,8 +146,9 @@ async def test_recovery_is_one_probe_not_a_herd(proxied_gateway: Gateway, redis_
 async def test_redis_connections_exhausted_sheds_503_overloaded(
     database_url: str, redis_proxy: FaultProxy, own_redis: LocalRedis, key_prefix: str
 ) -> None:
-    """More concurrent requests than Redis calls allowed, on a slow link: past the queue budget they get 503
-    overloaded with a Retry-After, never a hang and never a 500; there is still one winner."""
+    """More concurrent Redis calls than allowed, on a slow link: past the queue budget their requests get 503
+    overloaded with a Retry-After, never a hang and never a 500. (A worker's concurrent creates share one
+    call per event, so the storm is spread over 40 events, a call each.)"""
     settings = make_settings(
         database_url,
         redis_proxy.redis_url(own_redis.url),
@@ -160,7 +161,7 @@ async def test_redis_connections_exhausted_sheds_503_overloaded(
     async with running_gateway(settings) as gateway:
         redis_proxy.latency(300)
         started = time.monotonic()
-        responses = await released_together(40, lambda i: gateway.hold("show-1", ["A-1"], holder=f"u-{i}"))
+        responses = await released_together(40, lambda i: gateway.hold(f"show-{i}", ["A-1"], holder=f"u-{i}"))
         elapsed_s = time.monotonic() - started
         redis_proxy.heal()
 
@@ -168,7 +169,7 @@ async def test_redis_connections_exhausted_sheds_503_overloaded(
     overloaded = [r for r in responses if r.status_code == 503]
     assert overloaded, statuses(responses)
     assert {r.json()["type"] for r in overloaded} == {"/problems/overloaded"}
-    assert statuses(responses)[201] == 1
+    assert set(statuses(responses)) == {201, 503}
     assert elapsed_s < 5
 
 

@@ -70,7 +70,9 @@ async def test_metrics_count_a_storm_by_layer_and_route(gateway: Gateway) -> Non
     assert delta(before, after, "gateway_http_requests_total", **route, status="201") == 1
     assert delta(before, after, "gateway_http_requests_total", **route, status="409") == 49
     assert delta(before, after, "gateway_http_request_duration_seconds_count", **route) == 50
-    assert delta(before, after, "gateway_redis_call_duration_seconds_count", operation="acquire") == 50
+    # The storm's creates share acquire.lua calls: 50 members, in fewer calls.
+    assert delta(before, after, "gateway_acquire_batch_size_sum") == 50
+    assert 1 <= delta(before, after, "gateway_redis_call_duration_seconds_count", operation="acquire") < 50
     # Only the winner reached Postgres: one claim, a group commit of one.
     claims = delta(before, after, "gateway_postgres_query_duration_seconds_count", query="claim_holds_batch")
     assert claims == 1
