@@ -9,6 +9,15 @@ measured on its own and the differences are what each one adds:
   litestar   the whole app, POST /v1/holds through Litestar's route (GATEWAY_HOT_ROUTES=false)
   bare       bare Litestar decoding the body and answering 409 with no I/O (loadtests.bench.bare)
 
+and, for the commit path, the whole app through the hot route creating holds on fresh seats (201s):
+
+  win        Redis in front (an acquire.lua call before the claim, an extend.lua call after it, each shared
+             by the requests of one event-loop pass)
+  win_db     the same settings without Redis (db-only): the claim alone
+  win_redis  Redis's own CPU per hold during `win` (INFO cpu), which the gateway's thread does not see
+
+Postgres's CPU is another process's, in neither.
+
     GATEWAY_DATABASE_URL=... GATEWAY_REDIS_URL=... python -m loadtests.cpu_layers [--rounds 3] [--json F]
 
 The database must be migrated (`gateway migrate`); the gateway's settings come from GATEWAY_* as usual.
@@ -24,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis.asyncio as redis
 import uvloop
 
 from gateway.api.hot_holds import HotRoutes
@@ -40,6 +50,11 @@ _HELD = b'{"event_id":"cpu","slots":["A-1"],"holder":"owner","ttl_seconds":3600}
 
 def _body(i: int) -> bytes:
     return b'{"event_id":"cpu","slots":["A-1"],"holder":"u%d"}' % i
+
+
+def _fresh_body(prefix: bytes) -> Callable[[int], bytes]:
+    """A hold on a seat nobody asked for before, per call (`prefix` keeps rounds and layers apart)."""
+    return lambda i: b'{"event_id":"cpu","slots":["%s-%d"],"holder":"u%d"}' % (prefix, i, i)
 
 
 async def _post(app: Any, body: bytes) -> int:
@@ -85,14 +100,21 @@ async def _cpu_us(requests: int, one: Callable[[int], Awaitable[None]]) -> float
     return (time.thread_time() - started) / requests * 1e6
 
 
+async def _redis_cpu_s(client: redis.Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def measure(rounds: int, requests: int) -> dict[str, float]:
-    """The best CPU µs per rejection of each layer over `rounds` rounds of `requests`."""
+    """The best CPU µs per request of each layer over `rounds` rounds of `requests`."""
     settings = settings_from_env()
     app = create_app(settings)
     assert isinstance(app, ObservedLitestar)
+    db_only_app = create_app(msgspec.structs.replace(settings, redis_url=None))
     bare_app = bare.create_app()
     decoder = msgspec.json.Decoder(CreateHold)
-    async with app.lifespan(), bare_app.lifespan():
+    redis_client = redis.Redis.from_url(settings.redis_url or "")
+    async with app.lifespan(), db_only_app.lifespan(), bare_app.lifespan():
         service = app.state.holds
         front = service.front
         assert front is not None, "needs Redis: GATEWAY_REDIS_URL"
@@ -117,24 +139,41 @@ async def measure(rounds: int, requests: int) -> dict[str, float]:
         async def via_bare(i: int) -> None:
             assert await _post(bare_app, _body(i)) == 409
 
+        seats = iter(range(1_000_000))
+
+        def via_winner(target: Any) -> Callable[[int], Awaitable[None]]:
+            async def one(i: int) -> None:
+                assert await _post(target, _fresh_body(b"W%d" % next(seats))(i)) == 201
+
+            return one
+
         layers: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
             ("redis", via_redis),
             ("service", via_service),
             ("hot", via_hot),
             ("litestar", via_litestar),
             ("bare", via_bare),
+            ("win", via_winner(app)),
+            ("win_db", via_winner(db_only_app)),
         ]
         for _ in range(2):  # warm-up: caches, connections, the first metric series
             for name, one in layers:
                 app.asgi_handler = hot_routes.litestar if name == "litestar" else hot_routes
                 await _cpu_us(CONCURRENCY * 4, one)
         results: dict[str, list[float]] = {name: [] for name, _ in layers}
+        results["win_redis"] = []
         for round_ in range(1, rounds + 1):
             for name, one in layers:
                 app.asgi_handler = hot_routes.litestar if name == "litestar" else hot_routes
+                redis_before = await _redis_cpu_s(redis_client)
                 results[name].append(await _cpu_us(requests, one))
+                if name == "win":
+                    results["win_redis"].append(
+                        (await _redis_cpu_s(redis_client) - redis_before) / requests * 1e6
+                    )
             print(f"round {round_}: " + "  ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()))
         app.asgi_handler = hot_routes
+    await redis_client.aclose()
     return {name: min(values) for name, values in results.items()}
 
 
@@ -153,6 +192,7 @@ def main(rounds: int, requests: int, json_path: Path | None) -> None:
         f"\n  service without its Redis call:         {best['service'] - best['redis']:6.0f}"
         f"\n  hot ÷ bare Litestar, CPU:               {best['hot'] / best['bare']:6.2f}"
         f"\n  Litestar route ÷ bare Litestar, CPU:    {best['litestar'] / best['bare']:6.2f}"
+        f"\n  a winner, Redis front less db-only:     {best['win'] - best['win_db']:6.0f}"
     )
 
 

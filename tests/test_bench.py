@@ -285,6 +285,7 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
         "### Where a rejection's CPU goes",
         "## 2. Contended on-sale",
         "## 3. Commit path",
+        "### Where a winner's CPU goes",
         "## 4. Scaling",
         "## 5. Postgres work per rejection",
         "## 6. Bulkhead",
@@ -293,8 +294,17 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
     assert "FAILED" not in text
     report = msgspec.json.decode(raw.read_bytes(), type=Report)
     assert report.errors == []
-    assert set(report.rejection_layers) == {"redis", "service", "hot", "litestar", "bare"}
-    assert all(us > 0 for us in report.rejection_layers.values())
+    assert set(report.cpu_layers) == {
+        "redis",
+        "service",
+        "hot",
+        "litestar",
+        "bare",
+        "win",
+        "win_db",
+        "win_redis",
+    }
+    assert all(us > 0 for us in report.cpu_layers.values())
     assert {run.target for run in report.rejection} == {
         REDIS_FRONT,
         REDIS_FRONT_UNLOGGED,

@@ -187,7 +187,7 @@ async def _run(plan: Plan, sections: tuple[str, ...]) -> Report:
         if SEATS in sections:
             steps += [
                 bench.redis_front_rejection,
-                bench.rejection_layers,
+                bench.cpu_layers,
                 bench.db_only,
                 bench.naive,
                 bench.redis_front,

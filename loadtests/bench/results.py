@@ -204,9 +204,9 @@ class Report(msgspec.Struct, kw_only=True):
     scaling_workers: list[Run] = msgspec.field(default_factory=list)
     scaling_concurrency: list[Run] = msgspec.field(default_factory=list)
     bulkhead: list[Bulkhead] = msgspec.field(default_factory=list)
-    # In-process CPU µs per rejection of each layer (loadtests.cpu_layers: redis, service, hot, litestar,
-    # bare).
-    rejection_layers: dict[str, float] = msgspec.field(default_factory=dict)
+    # In-process CPU µs per request of each layer (loadtests.cpu_layers: redis, service, hot, litestar, bare
+    # for a rejection; win, win_db and Redis's own win_redis for a created hold).
+    cpu_layers: dict[str, float] = msgspec.field(default_factory=dict)
     # General admission (pools): the rejection storm on a sold-out pool, the on-sale, availability reads.
     pool_rejection: list[Run] = msgspec.field(default_factory=list)
     ga_onsale: list[GaOnSale] = msgspec.field(default_factory=list)

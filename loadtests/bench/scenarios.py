@@ -399,16 +399,16 @@ class Bench:
 
             self.count_after_stop(target, run, record)
 
-    async def rejection_layers(self) -> None:
-        """Where a rejection's CPU goes, layer by layer: loadtests.cpu_layers in a process of its own (the app
-        called in process, CPU time of its thread, so this machine's other work changes little), on a database
-        of its own."""
+    async def cpu_layers(self) -> None:
+        """Where a rejection's and a winner's CPU go, layer by layer: loadtests.cpu_layers in a process of its
+        own (the app called in process, CPU time of its thread, so this machine's other work changes little),
+        on a database of its own."""
         database = f"bench_layers_{next(self._numbers)}"
         url = await self.stack.create_database(database)
         out = self.log_dir / "cpu_layers.json"
         env = gateway_env(url, self.stack.redis.url, f"layers{secrets.token_hex(4)}")
         try:
-            self.say("a. gateway: in-process CPU per rejection, layer by layer")
+            self.say("a. gateway: in-process CPU per rejection and per winner, layer by layer")
             with (self.log_dir / "cpu_layers.log").open("wb") as log:
                 for argv in (
                     ["-m", "gateway.cli", "migrate"],
@@ -428,7 +428,7 @@ class Bench:
                     )
                     if await process.wait() != 0:
                         raise BenchError(f"{' '.join(argv[1:3])} failed: see {log.name}")
-            self.report.rejection_layers = msgspec.json.decode(out.read_bytes(), type=dict[str, float])
+            self.report.cpu_layers = msgspec.json.decode(out.read_bytes(), type=dict[str, float])
         finally:
             await self.stack.drop_database(database)
 

@@ -195,9 +195,10 @@ def _rate_versus(target: str, runs: dict[str, Run], rate: Callable[[Run], float]
     if REDIS_FRONT not in runs or DB_ONLY not in runs or not rate(runs[DB_ONLY]):
         return _not_measured(target)
     front, db_only = rate(runs[REDIS_FRONT]), rate(runs[DB_ONLY])
+    wall = "" if front >= db_only else "; the wall: section 3, where a winner's CPU goes"
     return Verdict(
         target=target,
-        measured=f"{front / db_only:.2f}x ({thousands(front)} vs {thousands(db_only)} {unit})",
+        measured=f"{front / db_only:.2f}x ({thousands(front)} vs {thousands(db_only)} {unit}{wall})",
         met=front >= db_only,
     )
 
