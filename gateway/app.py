@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -47,8 +48,13 @@ from gateway.webhooks import WebhookDispatcher, WebhookEndpoints
 
 log = logging.getLogger(__name__)
 
+# Connections per worker to GATEWAY_DATABASE_READ_URL, at most: the operations reads are few.
+READ_REPLICA_POOL_MAX_SIZE = 4
 
-def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> Litestar:
+
+def create_app(  # noqa: PLR0915 - its lifespan wires every part together, in order
+    settings: Settings, *, access_log_sink: Sink = write_stderr
+) -> Litestar:
     """The gateway as an ASGI app. `settings` must carry database_url (and a Redis, or run db-only). JSON
     request lines go to `access_log_sink` (standard error; tests keep them)."""
     if settings.database_url is None:
@@ -73,7 +79,7 @@ def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> L
         app.state.holds = service
         app.state.inventories = InventoryStore(store)
         app.state.availability = AvailabilityCache(app.state.inventories)
-        app.state.ops = OpsService(service, leadership)
+        app.state.ops = ops = OpsService(service, leadership, await _read_replica(settings, worker_id))
         if settings.hot_routes:
             _put_hot_routes_in_front(app, service, settings)
         app.state.hold_events = feed = HoldEventFeed(store, settings.hold_events_interval_s)
@@ -125,6 +131,7 @@ def create_app(settings: Settings, *, access_log_sink: Sink = write_stderr) -> L
             await client_keys.close()
             if front is not None:
                 await front.close()
+            await ops.close()
             await store.close()
 
     install_request_id_factory()
@@ -187,6 +194,19 @@ def _access_log(settings: Settings, sink: Sink) -> AccessLog | None:
         flush_interval_s=settings.access_log_flush_interval_s,
         sink=sink,
     )
+
+
+async def _read_replica(settings: Settings, worker_id: str) -> Store | None:
+    """The store of GATEWAY_DATABASE_READ_URL for the operations listings (a few connections), or None."""
+    if settings.database_read_url is None:
+        return None
+    replica = msgspec.structs.replace(
+        settings,
+        database_url=settings.database_read_url,
+        db_pool_min_size=1,
+        db_pool_max_size=min(settings.db_pool_max_size, READ_REPLICA_POOL_MAX_SIZE),
+    )
+    return await Store.open(replica, f"{APPLICATION_NAME}-reads/{worker_id}")
 
 
 async def _elect(store: Store, front: RedisFront | None, settings: Settings, worker_id: str) -> Leadership:

@@ -37,6 +37,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_password: str | None = None
     redis_db: Annotated[int, Meta(ge=0)] = 0
     redis_sentinel_password: str | None = None
+    # A replica for the operations reads that decide nothing: the listings (GET /v1/holds, an event's slots)
+    # and the hold counts of /v1/stats. They may lag it by the replication delay. Unset: the primary. Every
+    # read that decides (a seat's owner, an idempotency record, a hold by id, the rebuild) stays on
+    # database_url.
+    database_read_url: str | None = None
     # Where embedded servers keep their data.
     data_dir: str = ".gateway-data"
 

@@ -32,7 +32,7 @@ from gateway.models import (
     WebhookStats,
 )
 from gateway.redis_front import RedisUnavailable
-from gateway.store import remaining_ms
+from gateway.store import Store, remaining_ms
 from gateway.webhook_store import WebhookStore
 
 T = TypeVar("T")
@@ -57,12 +57,20 @@ def _decode_cursor(cursor: str, decoder: msgspec.json.Decoder[T]) -> T:
 
 
 class OpsService:
-    def __init__(self, holds: HoldService, leadership: Leadership) -> None:
+    def __init__(self, holds: HoldService, leadership: Leadership, reads: Store | None = None) -> None:
+        """`reads`: where the listings and hold counts are read (a replica: GATEWAY_DATABASE_READ_URL); the
+        hold service's store by default. Everything else here reads the primary."""
         self.holds = holds
         self.leadership = leadership
         self.store = holds.store
+        self.reads = reads or holds.store
         self.settings = holds.settings
         self.webhooks = WebhookStore(holds.store)
+
+    async def close(self) -> None:
+        """Close the replica's store, if the listings have one of their own."""
+        if self.reads is not self.store:
+            await self.reads.close()
 
     async def list_holds(
         self,
@@ -79,7 +87,7 @@ class OpsService:
                 "`expiring_within_seconds` applies to held holds only; omit `status` or use held"
             )
         after = None if cursor is None else _decode_cursor(cursor, _HOLD_CURSOR)
-        rows = await self.store.list_holds(
+        rows = await self.reads.list_holds(
             event_id=event_id,
             holder=holder,
             status=status,
@@ -97,7 +105,7 @@ class OpsService:
         """The event's live slots (held or confirmed) in slot order; a slot not listed is free. Read through
         the partial unique index, so a page costs the same whatever the event's history."""
         after = None if cursor is None else _decode_cursor(cursor, _SLOT_CURSOR)[0]
-        rows = await self.store.event_slots(event_id, after=after, state=state, limit=limit + 1)
+        rows = await self.reads.event_slots(event_id, after=after, state=state, limit=limit + 1)
         page = rows[:limit]
         slots = [
             SeatMapSlot(
@@ -116,7 +124,7 @@ class OpsService:
     async def stats(self, event_id: str | None) -> Stats:
         postgres_ms, redis_ms = await asyncio.gather(self._postgres_round_trip(), self._redis_round_trip())
         counts, agreement, webhooks = await asyncio.gather(
-            self.store.hold_stats(event_id),
+            self.reads.hold_stats(event_id),
             self._agreement(event_id, redis_up=redis_ms is not None),
             self._webhook_stats() if event_id is None else _nothing(),
         )
@@ -211,7 +219,7 @@ class OpsService:
     async def database_gauges(self) -> dict[str, tuple[str, float]]:
         """The gauges /metrics reads from Postgres at scrape time; empty if Postgres does not answer."""
         try:
-            counts, webhooks = await asyncio.gather(self.store.hold_stats(None), self.webhooks.counts())
+            counts, webhooks = await asyncio.gather(self.reads.hold_stats(None), self.webhooks.counts())
         except BackendUnavailable:
             return {}
         oldest = counts.oldest_lapsed_expires_at

@@ -1,16 +1,17 @@
-"""PostgreSQL failover: a primary with a synchronous streaming standby (made by pg_basebackup), the gateway on
-a multi-host URL (`target_session_attrs=read-write`), the primary killed and the standby promoted while
-holders storm fresh seats and winners confirm.
+"""PostgreSQL failover, and a replica for the operations reads.
 
-Synchronous replication is what makes "no confirmed hold lost" hold: a commit is acknowledged only once the
-standby has it. (With asynchronous replication the last commits before a crash can be lost: that is the
-database's promise, not the gateway's to keep.)
+Failover: a primary with a synchronous streaming standby (made by pg_basebackup), the gateway on a multi-host
+URL (`target_session_attrs=read-write`), the primary killed and the standby promoted while holders storm
+fresh seats and winners confirm. Synchronous replication is what makes "no confirmed hold lost" hold: a
+commit is acknowledged only once the standby has it. (With asynchronous replication the last commits before
+a crash can be lost: that is the database's promise, not the gateway's to keep.)
 """
 
 import asyncio
 import signal
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -137,3 +138,51 @@ async def test_a_primary_killed_under_load_is_followed_to_its_promoted_standby(
                 "AND status IN ('held', 'confirmed') GROUP BY slot_id HAVING count(*) > 1",
             )
             assert live == []
+
+
+async def test_the_operations_listings_read_a_replica_and_nothing_that_decides_does(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    """With GATEWAY_DATABASE_READ_URL on a standby whose replay is paused: a new hold reads back at once by
+    its id, is confirmed and turns a rival away (all on the primary), while the listing, the seat map and
+    the counts of /v1/stats do not show it yet; once replay resumes, they do."""
+    with LocalPostgres(tmp_path / "primary", durable=False) as primary:
+        database = await migrated_database(primary, "reads")
+        with primary.standby(tmp_path / "standby") as standby:
+            standby_url = database.replace(f":{primary.port}/", f":{standby.port}/")
+            settings = make_settings(
+                database, redis_url, key_prefix, **QUIET_BACKGROUND, database_read_url=standby_url
+            )
+            async with running_gateway(settings) as gateway:
+                created = await gateway.hold("rr", ["A-1"], "alice")
+                assert created.status_code == 201
+
+                async def listed() -> list[str]:
+                    page = (await gateway.client.get("/v1/holds", params={"event_id": "rr"})).json()
+                    return [hold["id"] for hold in page["holds"]]
+
+                await _until(listed, created.json()["id"], "the first hold listed from the replica")
+                await fetch(standby.dsn, "SELECT pg_wal_replay_pause()")
+                second = await gateway.hold("rr", ["A-2"], "bob")
+                assert second.status_code == 201
+                hold_id = second.json()["id"]
+                assert (await gateway.client.get(f"/v1/holds/{hold_id}")).status_code == 200
+                confirmed = await gateway.post(f"/v1/holds/{hold_id}/confirm", {"holder": "bob"})
+                assert confirmed.status_code == 200
+                assert (await gateway.hold("rr", ["A-2"], "mallory")).status_code == 409
+                assert hold_id not in await listed()
+                slots = (await gateway.client.get("/v1/events/rr/slots")).json()["slots"]
+                assert [slot["slot_id"] for slot in slots] == ["A-1"]
+                assert (await gateway.client.get("/v1/events/rr/stats")).json()["holds"]["active"] == 1
+
+                await fetch(standby.dsn, "SELECT pg_wal_replay_resume()")
+                await _until(listed, hold_id, "the second hold listed once replay resumed")
+                counts = (await gateway.client.get("/v1/events/rr/stats")).json()["holds"]
+                assert (counts["active"], counts["confirmed"]) == (1, 1)
+
+
+async def _until(listed: Callable[[], Awaitable[list[str]]], hold_id: str, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while hold_id not in await listed():
+        assert time.monotonic() < deadline, f"still not {what} after {DEADLINE_S} s"
+        await asyncio.sleep(0.05)
