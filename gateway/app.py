@@ -67,6 +67,7 @@ def create_app(  # noqa: PLR0915 - its lifespan wires every part together, in or
         store = await Store.open(settings, f"{APPLICATION_NAME}/{worker_id}")
         front = await RedisFront.open(settings) if settings.redis_configured else None
         service = HoldService(store, front, settings)
+        await _check_pod(store, settings)
         if service.lease_sync is not None and front is not None and front.available:
             # A Redis restarted or flushed since the last rebuild gets its leases back before traffic.
             with suppress(*REDIS_FAILURES, RedisUnavailable, BackendUnavailable):
@@ -194,6 +195,25 @@ def _access_log(settings: Settings, sink: Sink) -> AccessLog | None:
         flush_interval_s=settings.access_log_flush_interval_s,
         sink=sink,
     )
+
+
+async def _check_pod(store: Store, settings: Settings) -> None:
+    """A gateway of a pod serves only a database set up as that pod's (`gateway pods init`), whose fence
+    refuses the events of buckets it does not own. A database that cannot be reached now is checked by its
+    fence at each claim."""
+    if settings.pod is None:
+        return
+    try:
+        recorded = await store.pod_identity()
+    except BackendUnavailable:
+        log.warning("cannot check that the database is pod %r's now: its fence will", settings.pod)
+        return
+    if recorded != settings.pod:
+        raise RuntimeError(
+            f"GATEWAY_POD is {settings.pod!r} but its database is "
+            + ("not set up as a pod" if recorded is None else f"pod {recorded!r}'s")
+            + ": run `gateway pods init --map <the shard map>`"
+        )
 
 
 async def _read_replica(settings: Settings, worker_id: str) -> Store | None:

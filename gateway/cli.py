@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve without Redis, even if GATEWAY_REDIS_URL is set: Postgres alone turns losers away",
     )
     commands.add_parser("migrate", help="apply pending migrations and exit")
+    _add_pods_commands(commands)
     ops_args.add_commands(commands)
     chaos = commands.add_parser(
         "chaos",
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModuleNotFoundError as exc:
             return _missing_extra(args.command, exc)
         return ops_cli.run(args)  # a client of a running gateway: the server's settings do not apply
+    if args.command == "pods":
+        return _pods(args)
     if args.command == "chaos":
         try:
             from gateway.chaos import soak  # noqa: PLC0415 - keep `gateway --help` free of the soak's imports
@@ -182,6 +185,41 @@ def _with_embedded_servers(settings: Settings, servers: ExitStack, *, redis: boo
         )
         overrides["redis_url"] = redis_server.url
     return settings_from_env(**overrides)
+
+
+def _add_pods_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    pods = commands.add_parser(
+        "pods", help="event-sharded pods: set up each pod's database from the shard map, move a bucket"
+    )
+    pods.add_argument("--map", type=Path, required=True, help="the shard map file (docs/scaling.md)")
+    pods_commands = pods.add_subparsers(dest="pods_command", required=True)
+    pods_commands.add_parser("init", help="each pod's database: migrate, its name, its buckets, the fence")
+    pods_commands.add_parser("status", help="what each pod's database owns, against the map")
+    move = pods_commands.add_parser(
+        "move", help="move a bucket to another pod (refused while it has live holds); writes the next map"
+    )
+    move.add_argument("bucket", type=int)
+    move.add_argument("pod")
+
+
+def _pods(args: argparse.Namespace) -> int:
+    from gateway import pods  # noqa: PLC0415 - operator commands only
+    from gateway.shard_map import ShardMapError  # noqa: PLC0415
+
+    try:
+        if args.pods_command == "move":
+            new_map = asyncio.run(pods.move(args.map, args.bucket, args.pod))
+            print(f"bucket {args.bucket} is pod {args.pod!r}'s; {args.map} is at version {new_map.version}")
+            return 0
+        states = asyncio.run(pods.init(args.map) if args.pods_command == "init" else pods.status(args.map))
+    except (pods.PodsError, ShardMapError) as exc:
+        print(f"gateway pods: {exc}", file=sys.stderr)
+        return 1
+    for state in states:
+        verdict = "agrees with the map" if state.agrees else f"the map gives it {len(state.expected)}"
+        identity = state.identity or "not a pod"
+        print(f"pod {state.pod}: database is {identity}, owns {len(state.buckets)} buckets; {verdict}")
+    return 0 if all(state.agrees for state in states) else 1
 
 
 def _missing_extra(command: str, exc: ModuleNotFoundError) -> int:

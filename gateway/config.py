@@ -42,6 +42,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # read that decides (a seat's owner, an idempotency record, a hold by id, the rebuild) stays on
     # database_url.
     database_read_url: str | None = None
+    # Event-sharded pods (docs/scaling.md): the shard map file every gateway reads, and this gateway's pod in
+    # it (its database and Redis are that pod's). A request for another pod's event or hold gets 421
+    # wrong-pod naming it. Unset (the default): one database, every event.
+    shard_map: str | None = None
+    pod: Annotated[str, Meta(pattern=r"\A[a-z0-9]{1,16}\Z")] | None = None
     # Where embedded servers keep their data.
     data_dir: str = ".gateway-data"
 
@@ -248,6 +253,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     def __post_init__(self) -> None:
         self._check_redis()
+        if (self.shard_map is None) != (self.pod is None):
+            raise ValueError(
+                "GATEWAY_SHARD_MAP and GATEWAY_POD go together: the map, and this gateway's pod in it"
+            )
         if self.min_ttl_s > self.max_ttl_s:
             raise ValueError("min_ttl_s must not exceed max_ttl_s")
         if not self.min_ttl_s <= self.default_ttl_s <= self.max_ttl_s:

@@ -227,6 +227,18 @@ class IdempotencyKeyReused(GatewayError):
     title = "Idempotency key reused"
 
 
+class WrongPod(GatewayError):
+    """The event (or hold) belongs to another pod, whose gateways answer for it: `pod` names it and
+    `gateway_url`, when the shard map gives one, says where they are. Nothing was done here."""
+
+    status_code = 421
+    problem = "wrong-pod"
+    title = "Wrong pod"
+
+    def __init__(self, what: str, pod: str, gateway_url: str | None) -> None:
+        super().__init__(f"{what} belongs to pod {pod!r}", pod=pod, gateway_url=gateway_url)
+
+
 class RetryLater(GatewayError):
     """The request could not be served now; retry after `Retry-After` seconds."""
 
@@ -254,6 +266,14 @@ class BackendUnavailable(RetryLater):
 
     problem = "backend-unavailable"
     title = "Backend unavailable"
+
+
+class StaleShardMap(RetryLater):
+    """This pod's database does not own the event's bucket (any more): the shard map this gateway routed by is
+    out of date, and nothing was created. The gateway reads its map file again; retry shortly."""
+
+    problem = "stale-shard-map"
+    title = "Stale shard map"
 
 
 class OutcomeUnknown(RetryLater):

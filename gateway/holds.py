@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar, cast
 
 import msgspec
@@ -36,6 +37,7 @@ from gateway.errors import (
     RetryLater,
     SlotNotFound,
     SlotUnavailable,
+    WrongPod,
 )
 from gateway.group_commit import GroupCommitter
 from gateway.items import EventPart
@@ -51,6 +53,7 @@ from gateway.redis_front import (
     RedisFront,
     RedisUnavailable,
 )
+from gateway.shard_map import HOLD_ID_SEPARATOR, ShardMapFile, pod_of_hold
 from gateway.store import (
     ClaimOutcomeUnknown,
     ClaimRequest,
@@ -160,9 +163,10 @@ async def _by_event(
     return outcomes
 
 
-def new_hold_id() -> str:
-    """128 random bits, URL-safe."""
-    return new_id(16)
+def new_hold_id(pod: str | None = None) -> str:
+    """128 random bits, URL-safe; after the pod's name and a dot when the gateway serves a pod, so that a hold
+    is found by its id alone."""
+    return new_id(16) if pod is None else f"{pod}{HOLD_ID_SEPARATOR}{new_id(16)}"
 
 
 class HoldService:
@@ -170,6 +174,8 @@ class HoldService:
         self.store = store
         self.front = front
         self.settings = settings
+        # Event-sharded pods: the map this gateway routes by (None: one database serves every event).
+        self.shard_map = None if settings.shard_map is None else ShardMapFile(Path(settings.shard_map))
         self.lease_sync = None if front is None else LeaseSync(store, front, settings)
         # Bulkhead for creates: a storm waits here, parked, instead of crowding the event loop.
         self._create_turns = Bulkhead(
@@ -221,6 +227,8 @@ class HoldService:
             if len(set(body.slots)) != len(body.slots):
                 raise InvalidRequest("`slots` contains duplicates")
         parts = items.parts_from_request(body.all_items)
+        if self.shard_map is not None:
+            self._check_pod_of_events(parts)
         units = sum(part.units for part in parts)
         if units > settings.max_slots_per_hold:
             raise InvalidRequest(
@@ -246,6 +254,30 @@ class HoldService:
         return HoldRequest(
             parts, body.holder, ttl_s * 1000, idempotency_key, request_hash, token, client_key_id
         )
+
+    def _check_pod_of_events(self, parts: Sequence[EventPart]) -> None:
+        """WrongPod unless this gateway's pod owns the events (by its shard map; the pod's database checks
+        again at the claim); InvalidRequest for a hold whose events are in several pods."""
+        assert self.shard_map is not None
+        pods = {part.event_id: self.shard_map.pod_of(part.event_id) for part in parts}
+        if len(set(pods.values())) > 1:
+            named = ", ".join(f"{event!r} in pod {pod!r}" for event, pod in pods.items())
+            raise InvalidRequest(
+                f"`items` name events of several pods ({named}): a hold's events share a pod"
+            )
+        event_id, pod = next(iter(pods.items()))
+        if pod != self.settings.pod:
+            raise WrongPod(f"event {event_id!r}", pod, self.shard_map.current().pods[pod].gateway_url)
+
+    def check_pod_of_hold(self, hold_id: str) -> None:
+        """WrongPod for the id of a hold made by another pod (ids made without pods are looked up here)."""
+        pod = pod_of_hold(hold_id)
+        if self.shard_map is None or pod is None or pod == self.settings.pod:
+            return
+        pods = self.shard_map.current().pods
+        if pod not in pods:
+            raise HoldNotFound()
+        raise WrongPod(f"hold {hold_id!r}", pod, pods[pod].gateway_url)
 
     def _leases(self, front: RedisFront, hold: HoldRequest | HoldRow) -> list[Lease]:
         """The hold's Redis leases, one per event."""
@@ -470,7 +502,7 @@ class HoldService:
         """The claim, and the id of the hold it made. A lost answer is resolved, never guessed: the same claim
         runs again with the same token until Postgres answers (within claim_resolve_budget_s). The token is
         unique in Postgres, so a claim that finds its token already taken means the first one committed."""
-        hold_id = new_hold_id()
+        hold_id = new_hold_id(self.settings.pod)
         try:
             return hold_id, await self._claim_once(request, hold_id, in_transaction=False)
         except ClaimOutcomeUnknown as exc:
@@ -484,7 +516,7 @@ class HoldService:
                 reraise=True,
             ):
                 with attempt:
-                    hold_id = new_hold_id()
+                    hold_id = new_hold_id(self.settings.pod)
                     result = await self._claim_once(request, hold_id, in_transaction=True)
                     if result.created:
                         return hold_id, result  # the first claim did not commit; this one did

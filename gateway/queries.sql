@@ -1429,3 +1429,45 @@ WITH released AS (
     UPDATE background_leader SET expires_at = now() WHERE holder = $1 RETURNING holder
 )
 SELECT pg_notify($2, holder) AS notified FROM released;
+
+-- pod_identity --
+-- This database's pod and the shard map's bucket count (`gateway pods`); no row: not a pod's database.
+SELECT pod, buckets FROM pod_identity;
+
+-- set_pod_identity --
+-- Record this database as pod $1 of a map with $2 buckets.
+INSERT INTO pod_identity (pod, buckets) VALUES ($1, $2)
+ON CONFLICT ON CONSTRAINT pod_identity_pkey DO UPDATE SET pod = excluded.pod, buckets = excluded.buckets;
+
+-- pod_buckets --
+-- The buckets this pod owns, with the map version that gave each.
+SELECT bucket, map_version FROM pod_buckets ORDER BY bucket;
+
+-- own_pod_bucket --
+-- This pod owns bucket $1 from map version $2 on.
+INSERT INTO pod_buckets (bucket, map_version) VALUES ($1, $2)
+ON CONFLICT ON CONSTRAINT pod_buckets_pkey DO UPDATE SET map_version = excluded.map_version;
+
+-- release_pod_bucket --
+-- This pod gives up bucket $1 (in the mover's transaction: it waits for the claims in flight in the bucket,
+-- whose fence holds the row, and the caller then counts what they left). One row if it was owned.
+DELETE FROM pod_buckets WHERE bucket = $1 RETURNING bucket;
+
+-- bucket_contents --
+-- What would be stranded if bucket $1 (of $2) left this pod: its live seat and pool rows (held and not lapsed,
+-- or confirmed: a sold seat stays sold only where its row is) and its inventories.
+SELECT
+    (SELECT count(*) FROM hold_slots
+     WHERE gateway_bucket(event_id, $2) = $1
+       AND (status = 'confirmed' OR (status = 'held' AND expires_at > now())))
+  + (SELECT count(*) FROM hold_pools
+     WHERE gateway_bucket(event_id, $2) = $1
+       AND (status = 'confirmed' OR (status = 'held' AND expires_at > now()))) AS live_rows,
+    (SELECT count(*) FROM event_inventories WHERE gateway_bucket(event_id, $2) = $1) AS inventories;
+
+-- attach_pod_fence --
+-- The fence triggers (migration 0010's gateway_pod_fence) on every table a claim writes an event's rows to.
+CREATE OR REPLACE TRIGGER hold_slots_pod_fence BEFORE INSERT ON hold_slots
+    FOR EACH ROW EXECUTE FUNCTION gateway_pod_fence();
+CREATE OR REPLACE TRIGGER hold_pools_pod_fence BEFORE INSERT ON hold_pools
+    FOR EACH ROW EXECUTE FUNCTION gateway_pod_fence();

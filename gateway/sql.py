@@ -107,3 +107,12 @@ WEBHOOK_DELIVERED: Final = QUERIES["webhook_delivered"]
 WEBHOOK_ATTEMPT_FAILED: Final = QUERIES["webhook_attempt_failed"]
 WEBHOOK_STATS: Final = QUERIES["webhook_stats"]
 PURGE_WEBHOOK_DELIVERIES: Final = QUERIES["purge_webhook_deliveries"]
+POD_IDENTITY: Final = QUERIES["pod_identity"]
+SET_POD_IDENTITY: Final = QUERIES["set_pod_identity"]
+POD_BUCKETS: Final = QUERIES["pod_buckets"]
+OWN_POD_BUCKET: Final = QUERIES["own_pod_bucket"]
+RELEASE_POD_BUCKET: Final = QUERIES["release_pod_bucket"]
+BUCKET_CONTENTS: Final = QUERIES["bucket_contents"]
+ATTACH_POD_FENCE: Final = QUERIES["attach_pod_fence"]
+# The SQLSTATE of the pod fence's refusal (migration 0010).
+POD_FENCE_SQLSTATE: Final = "GWPOD"

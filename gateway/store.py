@@ -17,7 +17,7 @@ from asyncpg.pool import PoolConnectionProxy
 from gateway import items, metrics, sql
 from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
-from gateway.errors import BackendUnavailable, Overloaded
+from gateway.errors import BackendUnavailable, Overloaded, StaleShardMap
 from gateway.group_commit import GroupCommitter
 from gateway.models import Hold, HoldStatus, SlotStateName
 
@@ -437,6 +437,11 @@ class Store:
                 yield conn
             except UNAVAILABLE_ERRORS as exc:
                 raise BackendUnavailable(self._settings.retry_after_s) from exc
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate == sql.POD_FENCE_SQLSTATE:  # this pod does not own the event's bucket
+                    log.warning("pod fence: %s", exc)
+                    raise StaleShardMap(self._settings.retry_after_s) from exc
+                raise
             finally:
                 await self._release(conn)
         finally:
@@ -585,6 +590,12 @@ class Store:
         async with self._connection("slot_owners") as conn:
             records = await conn.fetch(sql.SLOT_OWNERS, [e for e, _ in seats], [s for _, s in seats])
         return [SlotOwner(r["seat_event_id"], r["slot_id"], HoldRow.from_record(r)) for r in records]
+
+    async def pod_identity(self) -> str | None:
+        """The pod this database records itself as (`gateway pods init`), or None."""
+        async with self._connection("pod_identity") as conn:
+            record = await conn.fetchrow(sql.POD_IDENTITY)
+        return None if record is None else str(record["pod"])
 
     async def get_hold(self, hold_id: str) -> HoldRow | None:
         async with self._connection("get_hold") as conn:

@@ -163,6 +163,8 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
         "hold_pools": {"hold_id", "event_id", "pool_id", "quantity", "status", "expires_at"},
         "hold_events": {"entry_id", "id", "type", "hold_id", "occurred_at", "hold"},
         "background_leader": {"id", "holder", "term", "redis_ok", "acquired_at", "expires_at"},
+        "pod_identity": {"id", "pod", "buckets"},
+        "pod_buckets": {"bucket", "map_version"},
         "webhook_endpoints": {
             "id",
             "url",
@@ -206,6 +208,7 @@ async def test_migrating_from_empty_gives_the_expected_schema(empty_database: as
     assert "WHERE (status = 'pending'::text)" in indexes["webhook_deliveries_due_idx"]
     assert "(endpoint_id, hold_id, event_id)" in indexes["webhook_deliveries_hold_idx"]
     assert {"background_leader_pkey", "background_leader_one_row"} <= constraints
+    assert {"pod_identity_pkey", "pod_identity_one_row", "pod_buckets_pkey"} <= constraints
 
 
 async def test_a_database_ahead_of_the_code_is_refused(database_url: str) -> None:

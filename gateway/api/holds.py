@@ -41,6 +41,7 @@ from gateway.models import (
     holder_text,
 )
 from gateway.ops import OpsService
+from gateway.shard_map import HOLD_ID_SEPARATOR, pod_of_hold
 
 MAX_LIST_LIMIT = 1000
 
@@ -167,9 +168,13 @@ def _service(state: State) -> HoldService:
     return service
 
 
-def _check_hold_id(hold_id: str) -> None:
-    if len(hold_id) != _HOLD_ID_LENGTH or not _HOLD_ID_ALPHABET.issuperset(hold_id):
+def _check_hold_id(hold_id: str, service: HoldService) -> None:
+    """404 for what no gateway makes (the random part after an optional pod name and dot); 421 wrong-pod for
+    another pod's hold."""
+    random_part = hold_id.rpartition(HOLD_ID_SEPARATOR)[2] if pod_of_hold(hold_id) else hold_id
+    if len(random_part) != _HOLD_ID_LENGTH or not _HOLD_ID_ALPHABET.issuperset(random_part):
         raise HoldNotFound()
+    service.check_pod_of_hold(hold_id)
 
 
 def check_idempotency_key(key: str | None) -> None:
@@ -291,7 +296,7 @@ class HoldsController(Controller):
     )
     async def get_hold(self, request: AnyRequest, state: State, hold_id: FromPath[str]) -> Hold:
         caller = hold_caller(request, reading=True)
-        _check_hold_id(hold_id)
+        _check_hold_id(hold_id, _service(state))
         return await _service(state).get(hold_id, caller)
 
     @post(
@@ -306,7 +311,7 @@ class HoldsController(Controller):
     ) -> Hold:
         client_key_id = hold_caller(request)
         assert client_key_id is not None  # only a read can be the ops token's
-        _check_hold_id(hold_id)
+        _check_hold_id(hold_id, _service(state))
         return await _service(state).confirm(hold_id, data.holder, client_key_id)
 
     @post(
@@ -325,7 +330,7 @@ class HoldsController(Controller):
     ) -> Hold:
         client_key_id = hold_caller(request)
         assert client_key_id is not None  # only a read can be the ops token's
-        _check_hold_id(hold_id)
+        _check_hold_id(hold_id, _service(state))
         return await _service(state).extend(hold_id, data.holder, data.ttl_seconds, client_key_id)
 
     @post(
@@ -340,5 +345,5 @@ class HoldsController(Controller):
     ) -> Hold:
         client_key_id = hold_caller(request)
         assert client_key_id is not None  # only a read can be the ops token's
-        _check_hold_id(hold_id)
+        _check_hold_id(hold_id, _service(state))
         return await _service(state).cancel(hold_id, data.holder, client_key_id)
