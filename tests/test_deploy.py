@@ -8,9 +8,11 @@ from typing import Any
 
 import yaml
 
-from gateway.config import settings_from_env
+from gateway import shard_map
+from gateway.config import Settings, settings_from_env
 
-COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "docker-compose.yml"
 _DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
 
 
@@ -28,22 +30,19 @@ def test_every_dependency_names_a_service() -> None:
 
 def test_every_gateway_is_configured_with_settings_it_accepts() -> None:
     gateways = {
-        name: {key: _DEFAULTED.sub(r"\1", str(value)) for key, value in service["environment"].items()}
+        name: _settings(service)
         for name, service in _services().items()
-        if service.get("image") == "reservation-gateway:local"
+        if service.get("image") == "reservation-gateway:local" and "environment" in service
     }
-    assert {"gateway", "gateway-sentinel"} <= set(gateways)
-    for environment in gateways.values():
-        settings = settings_from_env(environment)
+    assert {"gateway", "gateway-sentinel", "gateway-pod-a", "gateway-pod-b"} <= set(gateways)
+    for settings in gateways.values():
         assert settings.redis_configured
         assert settings.database_url is not None
 
 
 def test_the_sentinel_profile_watches_the_master_its_gateway_asks_for() -> None:
     services = _services()
-    settings = settings_from_env(
-        {key: _DEFAULTED.sub(r"\1", str(v)) for key, v in services["gateway-sentinel"]["environment"].items()}
-    )
+    settings = _settings(services["gateway-sentinel"])
     sentinel_hosts = [host for host, _ in settings.sentinel_addresses]
     assert len(sentinel_hosts) == 3
     for host in sentinel_hosts:
@@ -54,3 +53,31 @@ def test_the_sentinel_profile_watches_the_master_its_gateway_asks_for() -> None:
         assert "--sentinel" in script
     replica = services["redis-replica"]["command"]
     assert replica[-3:] == ["--replicaof", "redis", "6379"]
+
+
+def _settings(service: dict[str, Any]) -> Settings:
+    return settings_from_env(
+        {key: _DEFAULTED.sub(r"\1", str(v)) for key, v in service["environment"].items()}
+    )
+
+
+def test_the_pods_profile_serves_each_pod_of_its_shard_map_behind_sentinel() -> None:
+    """Each pod gateway serves a pod of deploy/shard-map.json (mounted where its setting says), the map's
+    pods are exactly those gateways', each pod's Redis master is watched by the profile's Sentinels under the
+    name its gateway asks for, and `pods-init` sets the databases up from the same map before they start."""
+    services = _services()
+    the_map = shard_map.load(REPO / "deploy" / "shard-map.json")
+    pod_gateways = {name: service for name, service in services.items() if name.startswith("gateway-pod-")}
+    served = set()
+    for service in pod_gateways.values():
+        settings = _settings(service)
+        assert settings.pod in the_map.pods
+        served.add(settings.pod)
+        assert f"./deploy/shard-map.json:{settings.shard_map}:ro" in service["volumes"]
+        assert service["depends_on"]["pods-init"]["condition"] == "service_completed_successfully"
+        for host, _ in settings.sentinel_addresses:
+            assert f"sentinel monitor {settings.redis_sentinel_master} " in services[host]["entrypoint"][-1]
+    assert served == set(the_map.pods)
+    init = services["pods-init"]
+    assert init["command"][-1] == "init"
+    assert f"./deploy/shard-map.json:{init['command'][3]}:ro" in init["volumes"]
