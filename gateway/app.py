@@ -18,9 +18,10 @@ from gateway.api.client_keys import ClientKeysController
 from gateway.api.health import health, ready
 from gateway.api.hold_events import HoldEventsController
 from gateway.api.holds import HoldsController
-from gateway.api.hot_holds import CreateHoldRoute, HotRoutes
+from gateway.api.hot_holds import CreateHoldRoute, HoldRoutesOfOtherPods, HotRoutes
 from gateway.api.inventory import InventoryController
 from gateway.api.ops import OpsController, ops_page, ops_page_asset, prometheus_metrics
+from gateway.api.pod_forwarding import PodForwarder
 from gateway.api.problems import framework_error, gateway_error, internal_error
 from gateway.api.schema import openapi_config, schema_page_asset
 from gateway.api.slots import SlotsController
@@ -81,8 +82,9 @@ def create_app(  # noqa: PLR0915 - its lifespan wires every part together, in or
         app.state.inventories = InventoryStore(store)
         app.state.availability = AvailabilityCache(app.state.inventories)
         app.state.ops = ops = OpsService(service, leadership, await _read_replica(settings, worker_id))
-        if settings.hot_routes:
-            _put_hot_routes_in_front(app, service, settings)
+        forwarder = None if settings.pod is None else PodForwarder(settings.pod, settings.retry_after_s)
+        if settings.hot_routes or forwarder is not None:
+            _put_hot_routes_in_front(app, service, settings, forwarder)
         app.state.hold_events = feed = HoldEventFeed(store, settings.hold_events_interval_s)
         app.state.listener = listener = _listener(
             settings,
@@ -133,6 +135,8 @@ def create_app(  # noqa: PLR0915 - its lifespan wires every part together, in or
             if front is not None:
                 await front.close()
             await ops.close()
+            if forwarder is not None:
+                await forwarder.close()
             await store.close()
 
     install_request_id_factory()
@@ -177,11 +181,17 @@ def _warn_if_ops_open(settings: Settings) -> None:
         )
 
 
-def _put_hot_routes_in_front(app: Litestar, service: HoldService, settings: Settings) -> None:
-    """POST /v1/holds by a raw route in front of Litestar's router (gateway.api.hot_holds); once per app."""
-    if not isinstance(app.asgi_handler, HotRoutes):
-        create_route = CreateHoldRoute(service, app.state, settings.max_body_bytes)
-        app.asgi_handler = HotRoutes(create_route.routes(), app.asgi_handler)
+def _put_hot_routes_in_front(
+    app: Litestar, service: HoldService, settings: Settings, forwarder: PodForwarder | None
+) -> None:
+    """POST /v1/holds by a raw route in front of Litestar's router (gateway.api.hot_holds), and with pods
+    another pod's hold routes sent on to its gateways; once per app."""
+    if isinstance(app.asgi_handler, HotRoutes):
+        return
+    max_body = settings.max_body_bytes
+    routes = CreateHoldRoute(service, app.state, max_body, forwarder).routes() if settings.hot_routes else {}
+    pods = None if forwarder is None else HoldRoutesOfOtherPods(service, forwarder, max_body)
+    app.asgi_handler = HotRoutes(routes, app.asgi_handler, pods)
 
 
 def _access_log(settings: Settings, sink: Sink) -> AccessLog | None:

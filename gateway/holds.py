@@ -269,6 +269,12 @@ class HoldService:
         if pod != self.settings.pod:
             raise WrongPod(f"event {event_id!r}", pod, self.shard_map.current().pods[pod].gateway_url)
 
+    def check_pod_of_request(self, body: CreateHold) -> None:
+        """With pods: WrongPod (or InvalidRequest) for a create this gateway's pod does not serve, before
+        anything else is checked (the pod that serves it checks the rest)."""
+        if self.shard_map is not None:
+            self._check_pod_of_events(items.parts_from_request(body.all_items))
+
     def check_pod_of_hold(self, hold_id: str) -> None:
         """WrongPod for the id of a hold made by another pod (ids made without pods are looked up here)."""
         pod = pod_of_hold(hold_id)

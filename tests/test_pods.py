@@ -127,9 +127,10 @@ def test_a_shard_map_assigns_every_bucket_once(tmp_path: Path) -> None:
 
 
 async def test_storms_on_both_pods_each_win_in_their_own_pod(two_pods: TwoPods) -> None:
-    """Holders storm events of both pods, each sent to its event's pod (as a router would): one winner per
-    seat, each hold in its own pod's database only, its id naming its pod; confirms work by id alone. A
-    request sent to the other pod's gateway is answered 421 wrong-pod, naming the pod and its gateway."""
+    """Holders storm events of both pods, each request sent to either gateway (as a load balancer that knows
+    nothing of pods would): a gateway sends another pod's requests on to that pod's gateway, so there is one
+    winner per seat, each hold in its own pod's database only, its id naming its pod; a confirm by id alone
+    works through either gateway."""
     asks = [
         (pod, event, f"S-{seat}", f"h-{pod}-{event}-{seat}-{n}")
         for pod in ("a", "b")
@@ -138,21 +139,25 @@ async def test_storms_on_both_pods_each_win_in_their_own_pod(two_pods: TwoPods) 
         for n in range(CONTENDERS_PER_SEAT)
     ]
     barrier = asyncio.Barrier(len(asks))
+    entry = [two_pods.gateways["a"], two_pods.gateways["b"]]
 
-    async def one(pod: str, event: str, seat: str, holder: str) -> tuple[str, str, httpx.Response]:
+    async def one(index: int) -> tuple[str, str, httpx.Response]:
+        pod, event, seat, holder = asks[index]
         await barrier.wait()
-        return pod, f"{event}/{seat}", await two_pods.gateways[pod].hold(event, [seat], holder)
+        return pod, f"{event}/{seat}", await entry[index % 2].hold(event, [seat], holder)
 
-    answers = await asyncio.gather(*(one(*ask) for ask in asks))
+    answers = await asyncio.gather(*(one(index) for index in range(len(asks))))
 
     assert Counter(r.status_code for _, _, r in answers) == {201: len(asks) // 3, 409: 2 * len(asks) // 3}
     winners: dict[str, list[str]] = defaultdict(list)
+    holders: dict[str, str] = {}
     per_seat: Counter[str] = Counter()
     for pod, seat, response in answers:
         if response.status_code == 201:
             hold = response.json()
             assert hold["id"].startswith(f"{pod}.")
             winners[pod].append(hold["id"])
+            holders[hold["id"]] = hold["holder"]
             per_seat[seat] += 1
     assert set(per_seat.values()) == {1}
     assert len(per_seat) == len(asks) // CONTENDERS_PER_SEAT
@@ -160,22 +165,33 @@ async def test_storms_on_both_pods_each_win_in_their_own_pod(two_pods: TwoPods) 
         stored = await fetch(two_pods.databases[pod], "SELECT id FROM holds")
         assert sorted(row["id"] for row in stored) == sorted(winners[pod])
         hold_id = winners[pod][0]
-        holder = next(
-            r.json()["holder"] for _, _, r in answers if r.status_code == 201 and r.json()["id"] == hold_id
+        through_other = await two_pods.gateways[other].post(
+            f"/v1/holds/{hold_id}/confirm", {"holder": holders[hold_id]}
         )
-        misdirected = await two_pods.gateways[other].post(f"/v1/holds/{hold_id}/confirm", {"holder": holder})
-        assert misdirected.status_code == 421
-        assert (misdirected.json()["pod"], misdirected.json()["gateway_url"]) == (
-            pod,
-            two_pods.gateways[pod].url,
-        )
-        confirmed = await two_pods.gateways[pod].post(f"/v1/holds/{hold_id}/confirm", {"holder": holder})
-        assert confirmed.status_code == 200
-        wrong_pod = await two_pods.gateways[other].hold(two_pods.events_of(pod)[0], ["Z-1"], "zoe")
-        assert wrong_pod.status_code == 421
-        assert wrong_pod.json()["type"] == "/problems/wrong-pod"
-        assert wrong_pod.json()["pod"] == pod
-    # A hold whose events are in both pods can be made by neither.
+        assert through_other.status_code == 200
+        assert through_other.json()["status"] == "confirmed"
+        read = await two_pods.gateways[other].client.get(f"/v1/holds/{hold_id}")
+        assert (read.status_code, read.json()["status"]) == (200, "confirmed")
+
+
+async def test_a_request_is_sent_on_once_at_most(two_pods: TwoPods) -> None:
+    """A request that arrives sent on by another gateway and is still not this pod's (the two gateways' maps
+    disagree) is answered 421 wrong-pod, naming the pod this gateway's map gives, never sent back."""
+    event = two_pods.events_of("b")[0]
+    answer = await two_pods.gateways["a"].post(
+        "/v1/holds", {"event_id": event, "slots": ["A-1"], "holder": "zoe"}, {"X-Gateway-Forwarded-From": "b"}
+    )
+    assert answer.status_code == 421
+    problem = answer.json()
+    assert (problem["type"], problem["pod"], problem["gateway_url"]) == (
+        "/problems/wrong-pod",
+        "b",
+        two_pods.gateways["b"].url,
+    )
+    assert await fetch(two_pods.databases["b"], "SELECT id FROM holds") == []
+
+
+async def test_a_hold_of_events_in_two_pods_is_refused(two_pods: TwoPods) -> None:
     mixed = await two_pods.gateways["a"].post(
         "/v1/holds",
         {

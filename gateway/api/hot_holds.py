@@ -19,8 +19,9 @@ from litestar.types import ASGIApp
 
 from gateway.api.auth import caller_of
 from gateway.api.holds import check_idempotency_key, content_type_error, created_headers, decode_strict
+from gateway.api.pod_forwarding import PodForwarder
 from gateway.api.problems import PROBLEM_JSON, problem_parts, unexpected_error
-from gateway.errors import BodyTooLarge, GatewayError, IncompleteRequest, MalformedRequest
+from gateway.errors import BodyTooLarge, GatewayError, IncompleteRequest, MalformedRequest, WrongPod
 from gateway.holds import HoldService
 from gateway.models import CreateHold
 
@@ -33,6 +34,7 @@ _PROBLEM = PROBLEM_JSON.encode()
 _CONTENT_TYPE = b"content-type"
 _CONTENT_LENGTH = b"content-length"
 _IDEMPOTENCY_KEY = b"idempotency-key"
+_HOLD_PATH = ROUTE + "/"
 
 _Headers = list[tuple[bytes, bytes]]
 
@@ -41,26 +43,65 @@ class HotRoutes:
     """Litestar's ASGI handler with the hot routes in front: a request for one of them (by method and path)
     is answered here, any other goes on to Litestar's middleware and router."""
 
-    def __init__(self, routes: dict[tuple[str, str], "CreateHoldRoute"], litestar: ASGIApp) -> None:
+    def __init__(
+        self,
+        routes: dict[tuple[str, str], "CreateHoldRoute"],
+        litestar: ASGIApp,
+        pods: "HoldRoutesOfOtherPods | None" = None,
+    ) -> None:
         self.routes = routes
         self.litestar = litestar
+        self.pods = pods
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         route = self.routes.get((scope.get("method"), scope["path"]))  # a websocket has no method
-        if route is None:
-            await self.litestar(scope, receive, send)
-        else:
+        if route is not None:
             await route(scope, receive, send)
+        elif self.pods is None or not await self.pods.forwarded(scope, receive, send):
+            await self.litestar(scope, receive, send)
+
+
+class HoldRoutesOfOtherPods:
+    """With pods: a hold route (`/v1/holds/{id}` and its actions) for another pod's hold id is sent on to that
+    pod's gateways (api/pod_forwarding.py) before Litestar sees it."""
+
+    def __init__(self, service: HoldService, forwarder: PodForwarder, max_body_bytes: int) -> None:
+        self.service = service
+        self.forwarder = forwarder
+        self.max_body_bytes = max_body_bytes
+
+    async def forwarded(self, scope: Any, receive: Any, send: Any) -> bool:
+        """Whether the request was another pod's and is answered (sent on, or a problem)."""
+        path: str = scope["path"]
+        if scope["type"] != "http" or not path.startswith(_HOLD_PATH):
+            return False
+        try:
+            self.service.check_pod_of_hold(path[len(_HOLD_PATH) :].partition("/")[0])
+        except WrongPod as wrong_pod:
+            try:
+                body = await read_body(scope["headers"], receive, self.max_body_bytes)
+                status, headers, content = await self.forwarder.forward(scope, body, wrong_pod)
+            except GatewayError as exc:
+                status, headers, content = _problem(exc)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+            return True
+        except GatewayError:
+            return False  # not a hold id at all: Litestar answers
+        return False
 
 
 class CreateHoldRoute:
     """The ASGI callable for POST /v1/holds, made by the lifespan once the service exists. `state` is the
     app's (settings and client keys, for the client-key check)."""
 
-    def __init__(self, service: HoldService, state: State, max_body_bytes: int) -> None:
+    def __init__(
+        self, service: HoldService, state: State, max_body_bytes: int, forwarder: PodForwarder | None = None
+    ) -> None:
         self.service = service
         self.state = state
         self.max_body_bytes = max_body_bytes
+        self.forwarder = forwarder  # with pods: another pod's creates are sent on to its gateways
         self.decoder = msgspec.json.Decoder(CreateHold)
         self.encoder = msgspec.json.Encoder()
         self.served = 0  # requests this route answered (the tests' proof that it, not Litestar, served)
@@ -87,8 +128,13 @@ class CreateHoldRoute:
         error = content_type_error(scope)
         if error is not None:
             raise error
-        body = await self._read_body(raw_headers, receive)
+        body = await read_body(raw_headers, receive, self.max_body_bytes)
         data = decode_strict(self.decoder, body)
+        if self.forwarder is not None:
+            try:
+                self.service.check_pod_of_request(data)
+            except WrongPod as wrong_pod:  # another pod's: its gateways check the rest, the client key too
+                return await self.forwarder.forward(scope, body, wrong_pod)
         client_key_id = caller_of(raw_headers, self.state)
         assert client_key_id is not None  # only a read can be the ops token's
         idempotency_key = _header(raw_headers, _IDEMPOTENCY_KEY)
@@ -103,38 +149,38 @@ class CreateHoldRoute:
         headers += [(_CONTENT_TYPE, _JSON), (_CONTENT_LENGTH, str(len(content)).encode())]
         return result.status_code, headers, content
 
-    async def _read_body(self, raw_headers: _Headers, receive: Any) -> bytes:
-        """The body, with Litestar's limits: an announced or streamed length past max_body_bytes is a 413; a
-        client gone before the end an IncompleteRequest (the Litestar route's hook answers the same)."""
-        limit = self.max_body_bytes
-        announced = _header(raw_headers, _CONTENT_LENGTH)
-        if announced is not None:
-            try:
-                length = int(announced)
-            except ValueError:
-                raise MalformedRequest() from None
-            if length > limit:
+
+async def read_body(raw_headers: _Headers, receive: Any, limit: int) -> bytes:
+    """The body, with Litestar's limits: an announced or streamed length past `limit` is a 413; a client
+    gone before the end an IncompleteRequest (the Litestar route's hook answers the same)."""
+    announced = _header(raw_headers, _CONTENT_LENGTH)
+    if announced is not None:
+        try:
+            length = int(announced)
+        except ValueError:
+            raise MalformedRequest() from None
+        if length > limit:
+            raise BodyTooLarge()
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the whole body in one message: the usual case
+        if len(body) > limit:
+            raise BodyTooLarge()
+        return body
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        if message["type"] == "http.disconnect":
+            raise IncompleteRequest()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
                 raise BodyTooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
         message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            body: bytes = message.get("body", b"")  # the whole body in one message: the usual case
-            if len(body) > limit:
-                raise BodyTooLarge()
-            return body
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            if message["type"] == "http.disconnect":
-                raise IncompleteRequest()
-            if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                total += len(chunk)
-                if total > limit:
-                    raise BodyTooLarge()
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-            message = await receive()
 
 
 def _header(raw_headers: _Headers, name: bytes) -> str | None:
