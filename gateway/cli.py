@@ -200,6 +200,10 @@ def _add_pods_commands(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     )
     move.add_argument("bucket", type=int)
     move.add_argument("pod")
+    keys = pods_commands.add_parser(
+        "keys", help="make every pod's client keys those of one pod's database (the first pod's by default)"
+    )
+    keys.add_argument("--from", dest="from_pod", default=None, help="the pod whose keys the others take")
 
 
 def _pods(args: argparse.Namespace) -> int:
@@ -207,6 +211,10 @@ def _pods(args: argparse.Namespace) -> int:
     from gateway.shard_map import ShardMapError  # noqa: PLC0415
 
     try:
+        if args.pods_command == "keys":
+            for pod, (added, revoked) in asyncio.run(pods.copy_client_keys(args.map, args.from_pod)).items():
+                print(f"pod {pod}: {added} client keys added, {revoked} revoked")
+            return 0
         if args.pods_command == "move":
             new_map = asyncio.run(pods.move(args.map, args.bucket, args.pod))
             print(f"bucket {args.bucket} is pod {args.pod!r}'s; {args.map} is at version {new_map.version}")

@@ -3,6 +3,9 @@
     gateway pods init   --map FILE            each pod's database: its name, its buckets, the fence triggers
     gateway pods status --map FILE            what each pod's database owns, against the map
     gateway pods move   --map FILE BUCKET POD the bucket to POD, and the map's next version written to FILE
+    gateway pods keys   --map FILE [--from POD]
+                                              the client keys of one pod's database (the first pod's by
+                                              default) made those of every other pod's
 
 A move refuses while the bucket has live holds (held and not lapsed, or confirmed: a sold seat stays sold
 only where its row is) or an inventory in the pod that owns it: those rows would be stranded. The owner gives
@@ -104,6 +107,47 @@ async def move(path: Path, bucket: int, to_pod: str) -> ShardMap:
         await target.close()
     shard_map.write(path, new_map)
     return new_map
+
+
+async def copy_client_keys(path: Path, from_pod: str | None = None) -> dict[str, tuple[int, int]]:
+    """Make every other pod's client keys those of `from_pod` (a request's key is checked by the database of
+    the pod that serves it, so each pod needs every key): missing keys added, keys the source no longer has
+    revoked; each pod's workers are told at once. Per pod: (added, revoked)."""
+    the_map = shard_map.load(path)
+    source_pod = from_pod or next(iter(the_map.pods))
+    if source_pod not in the_map.pods:
+        raise PodsError(f"the map has no pod {source_pod!r}")
+    source = await _connect(the_map, source_pod)
+    try:
+        keys = {record["id"]: record for record in await source.fetch(sql.CLIENT_KEYS_TO_COPY)}
+    finally:
+        await source.close()
+    changes = {}
+    for pod in the_map.pods:
+        if pod == source_pod:
+            continue
+        conn = await _connect(the_map, pod)
+        try:
+            async with conn.transaction():
+                present = {record["id"]: record for record in await conn.fetch(sql.CLIENT_KEYS_TO_COPY)}
+                stale = [key_id for key_id, record in present.items() if keys.get(key_id) != record]
+                for key_id in stale:
+                    await conn.fetchval(sql.DELETE_CLIENT_KEY, key_id, sql.CLIENT_KEYS_CHANNEL)
+                added = [
+                    record for key_id, record in keys.items() if key_id not in present or key_id in stale
+                ]
+                for record in added:
+                    await conn.fetch(
+                        sql.INSERT_CLIENT_KEY,
+                        record["id"],
+                        record["name"],
+                        record["key_sha256"],
+                        sql.CLIENT_KEYS_CHANNEL,
+                    )
+        finally:
+            await conn.close()
+        changes[pod] = (len(added), len([key_id for key_id in stale if key_id not in keys]))
+    return changes
 
 
 async def _give_up(conn: asyncpg.Connection, pod: str, bucket: int, buckets: int) -> None:

@@ -1113,6 +1113,10 @@ WITH inserted AS (
 )
 SELECT id, name, created_at, pg_notify($4, '') AS notified FROM inserted;
 
+-- client_keys_to_copy --
+-- Every client key as stored (`gateway pods keys` copies them to the other pods' databases).
+SELECT id, name, key_sha256 FROM client_keys ORDER BY id;
+
 -- list_client_keys --
 -- The client keys, oldest first (names and ids only: the keys themselves are not stored).
 SELECT id, name, created_at FROM client_keys ORDER BY created_at, id;

@@ -285,3 +285,40 @@ async def test_a_gateway_refuses_to_serve_a_pod_whose_database_is_not_that_pods(
         assert await conn.fetchval("SELECT count(*) FROM pod_identity") == 0
     finally:
         await conn.close()
+
+
+async def test_client_keys_copied_to_every_pod_work_through_either_gateway(two_pods: TwoPods) -> None:
+    """A client key made on pod a's gateway is copied to pod b (`gateway pods keys`): pod b then wants a key
+    too, a create for a pod b event with that key works through either gateway (pod b checks it), and once
+    the key is revoked on pod a and copied again, pod b refuses it."""
+    created = await two_pods.gateways["a"].client.post("/v1/client-keys", json={"name": "frontend"})
+    assert created.status_code == 201
+    other = await two_pods.gateways["a"].client.post("/v1/client-keys", json={"name": "box office"})
+    assert other.status_code == 201
+    key = {"Authorization": f"Bearer {created.json()['key']}"}
+    (event,) = two_pods.events_of("b", 1)
+    body = {"event_id": event, "slots": ["K-0"], "holder": "kim"}
+    assert (await two_pods.gateways["b"].post("/v1/holds", body)).status_code == 201  # no key there yet: open
+
+    assert await pods.copy_client_keys(two_pods.map_path) == {"b": (2, 0)}
+    body["slots"] = ["K-1"]
+    deadline = time.monotonic() + 30
+    while (answer := await two_pods.gateways["b"].post("/v1/holds", body)).status_code != 401:
+        assert answer.status_code == 201
+        assert time.monotonic() < deadline, "pod b still takes requests without a key"
+        body["slots"] = [f"K-{time.monotonic_ns()}"]
+        await asyncio.sleep(0.1)
+    assert (await two_pods.gateways["b"].post("/v1/holds", body, key)).status_code == 201
+    body["slots"] = ["K-2"]
+    assert (await two_pods.gateways["a"].post("/v1/holds", body, key)).status_code == 201
+
+    revoked = await two_pods.gateways["a"].client.delete(f"/v1/client-keys/{created.json()['id']}")
+    assert revoked.status_code == 204
+    assert await pods.copy_client_keys(two_pods.map_path) == {"b": (0, 1)}
+    body["slots"] = ["K-3"]
+    deadline = time.monotonic() + 30
+    while (answer := await two_pods.gateways["b"].post("/v1/holds", body, key)).status_code != 401:
+        assert answer.status_code == 201
+        assert time.monotonic() < deadline, "pod b still takes the revoked key"
+        body["slots"] = [f"K-{time.monotonic_ns()}"]
+        await asyncio.sleep(0.1)
