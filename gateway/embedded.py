@@ -502,17 +502,7 @@ class LocalPostgres(_ChildServer):
             "postgres",
         ]
         argv += ["-D", str(data_dir), "-R", "-X", "stream", "-c", "fast", "--no-sync"]
-        proc = self._popen(argv, cwd=data_dir, user=user, stdout=subprocess.PIPE)
-        try:
-            output, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-            raise EmbeddedServerError(
-                f"pg_basebackup took over {timeout_s:.0f}s:\n{output.decode()}"
-            ) from None
-        if proc.returncode != 0:
-            raise EmbeddedServerError(f"pg_basebackup failed (exit {proc.returncode}):\n{output.decode()}")
+        self._run_tool(argv, cwd=data_dir, user=user, timeout_s=timeout_s)
         return LocalPostgres(data_dir, durable=self.durable, settings=self.settings, bin_dir=self.bin_dir)
 
     def stop(self, mode: StopMode = "fast", *, timeout_s: float = 30) -> None:
@@ -562,18 +552,26 @@ class LocalPostgres(_ChildServer):
         argv += ["--encoding=UTF8", "--locale=C"]  # C: no dependency on the host's installed locales
         if not self.durable:
             argv.append("--no-sync")
-        proc = self._popen(argv, cwd=self.data_dir, user=user, stdout=subprocess.PIPE)
+        self._run_tool(argv, cwd=self.data_dir, user=user, timeout_s=max(timeout_s, 1))
+
+    def _run_tool(
+        self, argv: list[str], *, cwd: Path, user: pwd.struct_passwd | None, timeout_s: float
+    ) -> None:
+        """Run one of PostgreSQL's programs (initdb, pg_basebackup) to its end; EmbeddedServerError, with its
+        output, if it fails or outlasts timeout_s."""
+        tool = Path(argv[0]).name
+        proc = self._popen(argv, cwd=cwd, user=user, stdout=subprocess.PIPE)
         try:
-            output, _ = proc.communicate(timeout=max(timeout_s, 1))
+            output, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             output, _ = proc.communicate()
             raise EmbeddedServerError(
-                f"initdb took over {timeout_s:.0f}s:\n{output.decode(errors='replace')}"
+                f"{tool} took over {timeout_s:.0f}s:\n{output.decode(errors='replace')}"
             ) from None
         if proc.returncode != 0:
             raise EmbeddedServerError(
-                f"initdb failed (exit {proc.returncode}):\n{output.decode(errors='replace')}"
+                f"{tool} failed (exit {proc.returncode}):\n{output.decode(errors='replace')}"
             )
 
     def _server_argv(self) -> list[str]:

@@ -20,10 +20,10 @@ import redis.asyncio as redis
 
 from gateway import keys
 from gateway.chaos.proxy import FaultProxy
-from gateway.config import ConfigError, settings_from_env
+from gateway.config import ConfigError, Settings, settings_from_env
 from gateway.embedded import LocalRedis, LocalSentinel
 from tests.conftest import make_settings
-from tests.support import counters, fetch, running_gateway, trusted_again
+from tests.support import Gateway, counters, fetch, running_gateway, trusted_again
 
 MASTER_NAME = "gateway-main"
 # Every wait here is for a condition, with a deadline generous for a busy 2-core machine: Sentinel needs
@@ -40,9 +40,17 @@ class SentinelRedis:
     sentinels: list[LocalSentinel]
     replication: FaultProxy  # the replica's link to the master
 
-    @property
-    def sentinel_list(self) -> str:
-        return ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+    def gateway_settings(self, database_url: str, key_prefix: str, **overrides: object) -> Settings:
+        """A gateway's settings that find the master through these Sentinels."""
+        sentinels = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return make_settings(
+            database_url,
+            None,
+            key_prefix,
+            redis_sentinels=sentinels,
+            redis_sentinel_master=MASTER_NAME,
+            **overrides,
+        )
 
 
 async def _until(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
@@ -50,6 +58,20 @@ async def _until(check: Callable[[], Awaitable[bool] | bool], what: str) -> None
     while not await _value(check()):
         assert time.monotonic() < deadline, f"still not {what} after {DEADLINE_S} s"
         await asyncio.sleep(0.05)
+
+
+async def _until_trusted_elsewhere(gateway: Gateway, old_run_id: str | None) -> None:
+    """Until the gateway is back in redis-front mode on another Redis instance than `old_run_id` (the
+    promoted replica), rebuilt."""
+    front = gateway.service.front
+    assert front is not None
+
+    async def promoted_and_trusted() -> bool:
+        if (await gateway.client.get("/ready")).json()["mode"] != "redis-front":
+            return False
+        return front.run_id not in (None, old_run_id)
+
+    await _until(promoted_and_trusted, "back to redis-front on the promoted replica")
 
 
 async def _info(port: int, section: str) -> dict[str, object]:
@@ -128,14 +150,7 @@ async def test_a_master_killed_under_a_storm_is_followed_with_one_winner_per_sea
     rivals away in Redis, and the lease of a hold cancelled just before it (a cancel the replica never
     received) is gone, so that seat is free at once."""
     async with sentinel_redis(tmp_path) as servers:
-        settings = make_settings(
-            database_url,
-            None,
-            key_prefix,
-            redis_sentinels=servers.sentinel_list,
-            redis_sentinel_master=MASTER_NAME,
-            create_concurrency=64,
-        )
+        settings = servers.gateway_settings(database_url, key_prefix, create_concurrency=64)
         async with running_gateway(settings) as gateway:
             await trusted_again(gateway)
             front = gateway.service.front
@@ -193,12 +208,7 @@ async def test_a_master_killed_under_a_storm_is_followed_with_one_winner_per_sea
                 servers.master.kill(signal.SIGKILL)
                 phase = "during the failover"
 
-                async def promoted_and_trusted() -> bool:
-                    if (await gateway.client.get("/ready")).json()["mode"] != "redis-front":
-                        return False
-                    return front.run_id not in (None, old_run_id)
-
-                await _until(promoted_and_trusted, "back to redis-front on the promoted replica")
+                await _until_trusted_elsewhere(gateway, old_run_id)
                 phase = "after the failover"
                 await _until(lambda: rounds[phase] >= 2, "two rounds after the failover")
             finally:
@@ -250,14 +260,7 @@ async def test_a_demoted_master_that_stays_up_is_left_for_the_promoted_one(
     new master from Postgres, turns rivals away in Redis there."""
     async with sentinel_redis(tmp_path) as servers:
         servers.replication.heal()
-        settings = make_settings(
-            database_url,
-            None,
-            key_prefix,
-            redis_sentinels=servers.sentinel_list,
-            redis_sentinel_master=MASTER_NAME,
-        )
-        async with running_gateway(settings) as gateway:
+        async with running_gateway(servers.gateway_settings(database_url, key_prefix)) as gateway:
             await trusted_again(gateway)
             front = gateway.service.front
             assert front is not None
@@ -281,12 +284,7 @@ async def test_a_demoted_master_that_stays_up_is_left_for_the_promoted_one(
                 await old_master.aclose()
             answers = [await gateway.hold("co", [f"B-{n}"], "bob") for n in range(3)]  # meets READONLY
 
-            async def promoted_and_trusted() -> bool:
-                if (await gateway.client.get("/ready")).json()["mode"] != "redis-front":
-                    return False
-                return front.run_id not in (None, old_run_id)
-
-            await _until(promoted_and_trusted, "back to redis-front on the promoted replica")
+            await _until_trusted_elsewhere(gateway, old_run_id)
             assert front.run_id == (await _info(servers.replica.port, "server"))["run_id"]
             assert [answer.status_code for answer in answers] == [201, 201, 201]
             refused_before = (await counters(gateway))["rejected_by_redis"]
