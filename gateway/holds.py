@@ -275,6 +275,11 @@ class HoldService:
         if self.shard_map is not None:
             self._check_pod_of_events(items.parts_from_request(body.all_items))
 
+    def check_pod_of_event(self, event_id: str) -> None:
+        """With pods: WrongPod for another pod's event (its reads and inventory are that pod's)."""
+        if self.shard_map is not None:
+            self._check_pod_of_events([EventPart(event_id)])
+
     def check_pod_of_hold(self, hold_id: str) -> None:
         """WrongPod for the id of a hold made by another pod (ids made without pods are looked up here)."""
         pod = pod_of_hold(hold_id)

@@ -322,3 +322,25 @@ async def test_client_keys_copied_to_every_pod_work_through_either_gateway(two_p
         assert time.monotonic() < deadline, "pod b still takes the revoked key"
         body["slots"] = [f"K-{time.monotonic_ns()}"]
         await asyncio.sleep(0.1)
+
+
+async def test_an_events_routes_are_answered_by_its_pod_through_either_gateway(two_pods: TwoPods) -> None:
+    """An event's inventory, seat and stats routes sent to the other pod's gateway are answered by the event's
+    pod (the inventory is stored there only); its stream is not relayed: 421 names the pod."""
+    (event,) = two_pods.events_of("b", 1)
+    gateway_a = two_pods.gateways["a"]
+    inventory = await gateway_a.client.put(
+        f"/v1/events/{event}/inventory",
+        json={"seats": ["A-1", "A-2"], "pools": [{"pool_id": "floor", "capacity": 5}]},
+    )
+    assert inventory.status_code in (200, 201), inventory.text
+    assert await fetch(two_pods.databases["a"], "SELECT event_id FROM event_inventories") == []
+    stored = await fetch(two_pods.databases["b"], "SELECT event_id FROM event_inventories")
+    assert [row["event_id"] for row in stored] == [event]
+    assert (await gateway_a.hold(event, ["A-1"], "alice")).status_code == 201
+    seat = await gateway_a.client.get(f"/v1/events/{event}/slots/A-1")
+    assert (seat.status_code, seat.json()["state"]) == (200, "held")
+    stats = await gateway_a.client.get(f"/v1/events/{event}/stats")
+    assert (stats.status_code, stats.json()["holds"]["active"]) == (200, 1)
+    stream = await gateway_a.client.get(f"/v1/events/{event}/stream")
+    assert (stream.status_code, stream.json()["pod"]) == (421, "b")

@@ -23,7 +23,7 @@ from gateway.api.pod_forwarding import PodForwarder
 from gateway.api.problems import PROBLEM_JSON, problem_parts, unexpected_error
 from gateway.errors import BodyTooLarge, GatewayError, IncompleteRequest, MalformedRequest, WrongPod
 from gateway.holds import HoldService
-from gateway.models import CreateHold
+from gateway.models import CreateHold, is_identifier
 
 # The route template the metrics and the access log name (as Litestar's route for this path does).
 ROUTE = "/v1/holds"
@@ -35,6 +35,8 @@ _CONTENT_TYPE = b"content-type"
 _CONTENT_LENGTH = b"content-length"
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _HOLD_PATH = ROUTE + "/"
+_EVENT_PATH = "/v1/events/"
+_STREAM = "stream"
 
 _Headers = list[tuple[bytes, bytes]]
 
@@ -62,8 +64,10 @@ class HotRoutes:
 
 
 class HoldRoutesOfOtherPods:
-    """With pods: a hold route (`/v1/holds/{id}` and its actions) for another pod's hold id is sent on to that
-    pod's gateways (api/pod_forwarding.py) before Litestar sees it."""
+    """With pods: a hold route (`/v1/holds/{id}` and its actions) for another pod's hold id, and an event's
+    route (`/v1/events/{event_id}/...`: its slots, availability, stats, inventory) for another pod's event,
+    are sent on to that pod's gateways (api/pod_forwarding.py) before Litestar sees them. An event's stream
+    (Server-Sent Events) is not relayed: 421 wrong-pod names the pod to subscribe at."""
 
     def __init__(self, service: HoldService, forwarder: PodForwarder, max_body_bytes: int) -> None:
         self.service = service
@@ -73,12 +77,22 @@ class HoldRoutesOfOtherPods:
     async def forwarded(self, scope: Any, receive: Any, send: Any) -> bool:
         """Whether the request was another pod's and is answered (sent on, or a problem)."""
         path: str = scope["path"]
-        if scope["type"] != "http" or not path.startswith(_HOLD_PATH):
+        if scope["type"] != "http":
             return False
+        rest = ""
         try:
-            self.service.check_pod_of_hold(path[len(_HOLD_PATH) :].partition("/")[0])
+            if path.startswith(_HOLD_PATH):
+                self.service.check_pod_of_hold(path[len(_HOLD_PATH) :].partition("/")[0])
+            elif path.startswith(_EVENT_PATH):
+                event_id, _, rest = path[len(_EVENT_PATH) :].partition("/")
+                if is_identifier(event_id):
+                    self.service.check_pod_of_event(event_id)
+            else:
+                return False
         except WrongPod as wrong_pod:
             try:
+                if rest == _STREAM:
+                    raise
                 body = await read_body(scope["headers"], receive, self.max_body_bytes)
                 status, headers, content = await self.forwarder.forward(scope, body, wrong_pod)
             except GatewayError as exc:
