@@ -63,6 +63,13 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     common.add_argument("--json", action="store_true", help="print the gateway's JSON instead of tables")
     common.add_argument("--timeout", dest="timeout_s", metavar="SECONDS", type=_positive(float), default=5.0)
+    common.add_argument(
+        "--map",
+        dest="shard_map",
+        metavar="FILE",
+        help="with pods: `holds` and `stats` over all events ask every pod's gateway (the shard map's "
+        "gateway_url) and show them together",
+    )
     watch = argparse.ArgumentParser(add_help=False)
     every = "redraw every SECONDS (default 1) until Ctrl-C"
     watch.add_argument(

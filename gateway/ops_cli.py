@@ -11,13 +11,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
 from tabulate import tabulate
 
+from gateway import shard_map
 from gateway.ops_args import DEFAULT_URL, usage_error
 
 MAX_PAGE = 1000  # the gateway's largest page of /v1/holds and /v1/hold-events
@@ -133,7 +136,7 @@ def render_holds(data: Json) -> str:
         ]
         for hold in data["holds"]
     ]
-    more = ", more… (raise --limit)" if data["next_cursor"] else ""
+    more = ", more… (raise --limit)" if data["next_cursor"] or data.get("more_in_pods") else ""
     footer = f"{len(rows)} hold{'' if len(rows) == 1 else 's'}{more}"
     if not rows:
         return footer
@@ -412,7 +415,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        with httpx.Client(base_url=url, headers=headers, timeout=args.timeout_s) as client:
+        with (
+            httpx.Client(base_url=url, headers=headers, timeout=args.timeout_s) as client,
+            ExitStack() as pods,
+        ):
+            args.pod_clients = _pod_clients(args, headers, pods)
             if args.command == "events":
                 return show_events(client, args)
             if watch_s is None:
@@ -432,8 +439,52 @@ def run(args: argparse.Namespace) -> int:
 
 def _frame(client: httpx.Client, args: argparse.Namespace, indent: int | None) -> str:
     fetch, render = _HANDLERS[args.command]
+    if args.pod_clients:
+        return _pods_frame(args, indent)
     data = fetch(client, args)
     return json.dumps(data, ensure_ascii=False, indent=indent) if args.json else render(data)
+
+
+# The views over all events that --map asks of every pod.
+_FANNED_OUT = frozenset({"holds", "stats"})
+
+
+def _pod_clients(
+    args: argparse.Namespace, headers: dict[str, str], stack: ExitStack
+) -> dict[str, httpx.Client]:
+    """With --map, for `holds` and `stats` over all events: a client for each pod's gateway; else none."""
+    if getattr(args, "shard_map", None) is None or args.command not in _FANNED_OUT or args.event is not None:
+        return {}
+    the_map = shard_map.load(Path(args.shard_map))
+    missing = [pod for pod, spec in the_map.pods.items() if spec.gateway_url is None]
+    if missing:
+        raise ValueError(f"the shard map gives no gateway_url for pods {', '.join(missing)}")
+    return {
+        pod: stack.enter_context(
+            httpx.Client(base_url=cast(str, spec.gateway_url), headers=headers, timeout=args.timeout_s)
+        )
+        for pod, spec in the_map.pods.items()
+    }
+
+
+def _pods_frame(args: argparse.Namespace, indent: int | None) -> str:
+    """Every pod's answer: holds merged in expiry order (up to --limit), stats one pod after another."""
+    fetch, render = _HANDLERS[args.command]
+    answers = {pod: fetch(client, args) for pod, client in args.pod_clients.items()}
+    if args.command == "holds":
+        holds = sorted((hold for answer in answers.values() for hold in answer["holds"]), key=_expiry_order)
+        more = [pod for pod, answer in answers.items() if answer["next_cursor"] is not None]
+        if len(holds) > args.limit:
+            more = sorted({hold["id"].partition(".")[0] for hold in holds[args.limit :]} | set(more))
+        data: Json = {"holds": holds[: args.limit], "next_cursor": None, "more_in_pods": more or None}
+        return json.dumps(data, ensure_ascii=False, indent=indent) if args.json else render(data)
+    if args.json:
+        return json.dumps({"pods": answers}, ensure_ascii=False, indent=indent)
+    return "\n\n".join(f"pod {pod}\n\n{render(answer)}" for pod, answer in answers.items())
+
+
+def _expiry_order(hold: Json) -> tuple[str, str]:
+    return (hold["expires_at"], hold["id"])
 
 
 def _error(exc: Exception, url: str) -> str:

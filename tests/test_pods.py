@@ -2,6 +2,7 @@
 shard map file. Real servers throughout; pod b's Postgres is a server of its own so that it can be stopped."""
 
 import asyncio
+import json
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -14,7 +15,7 @@ import httpx
 import msgspec
 import pytest
 
-from gateway import pods, shard_map
+from gateway import cli, pods, shard_map
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.embedded import LocalPostgres
@@ -344,3 +345,38 @@ async def test_an_events_routes_are_answered_by_its_pod_through_either_gateway(t
     assert (stats.status_code, stats.json()["holds"]["active"]) == (200, 1)
     stream = await gateway_a.client.get(f"/v1/events/{event}/stream")
     assert (stream.status_code, stream.json()["pod"]) == (421, "b")
+
+
+async def test_the_cli_shows_holds_and_stats_of_every_pod(
+    two_pods: TwoPods, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gateway holds --map FILE` merges every pod's holds in expiry order; `gateway stats --map FILE` shows
+    each pod's numbers."""
+    monkeypatch.delenv("GATEWAY_URL", raising=False)
+    monkeypatch.delenv("GATEWAY_OPS_TOKEN", raising=False)
+    made = []
+    for n, pod in enumerate(["a", "b", "a", "b"]):
+        answer = await two_pods.gateways[pod].hold(
+            two_pods.events_of(pod)[0], [f"C-{n}"], f"h{n}", ttl_seconds=60 + n
+        )
+        assert answer.status_code == 201
+        made.append(answer.json()["id"])
+
+    code = await asyncio.to_thread(cli.main, ["holds", "--map", str(two_pods.map_path), "--json"])
+    listed = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [hold["id"] for hold in listed["holds"]] == made  # expiry order, across the pods
+    code = await asyncio.to_thread(
+        cli.main, ["holds", "--map", str(two_pods.map_path), "--limit", "3", "--json"]
+    )
+    assert (code, json.loads(capsys.readouterr().out)["more_in_pods"]) == (0, ["b"])
+
+    code = await asyncio.to_thread(cli.main, ["stats", "--map", str(two_pods.map_path), "--json"])
+    stats = json.loads(capsys.readouterr().out)["pods"]
+    assert code == 0
+    assert {pod: stats[pod]["holds"]["active"] for pod in ("a", "b")} == {"a": 2, "b": 2}
+    code = await asyncio.to_thread(cli.main, ["stats", "--map", str(two_pods.map_path)])
+    text = capsys.readouterr().out
+    assert (code, text.count("holds now")) == (0, 2)
+    assert text.startswith("pod a")
+    assert "\npod b\n" in text
