@@ -66,9 +66,9 @@ def create_app(  # noqa: PLR0915 - its lifespan wires every part together, in or
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         worker_id = new_worker_id()
         store = await Store.open(settings, f"{APPLICATION_NAME}/{worker_id}")
+        await _check_pod(store, settings)
         front = await RedisFront.open(settings) if settings.redis_configured else None
         service = HoldService(store, front, settings)
-        await _check_pod(store, settings)
         if service.lease_sync is not None and front is not None and front.available:
             # A Redis restarted or flushed since the last rebuild gets its leases back before traffic.
             with suppress(*REDIS_FAILURES, RedisUnavailable, BackendUnavailable):
@@ -219,6 +219,7 @@ async def _check_pod(store: Store, settings: Settings) -> None:
         log.warning("cannot check that the database is pod %r's now: its fence will", settings.pod)
         return
     if recorded != settings.pod:
+        await store.close()
         raise RuntimeError(
             f"GATEWAY_POD is {settings.pod!r} but its database is "
             + ("not set up as a pod" if recorded is None else f"pod {recorded!r}'s")
