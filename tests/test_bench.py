@@ -251,7 +251,6 @@ async def test_flushed_transactions_counts_every_transaction_of_a_closed_connect
 @pytest.mark.timeout(150)
 def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    started = time.monotonic()
     finished = subprocess.run(
         # The seat paths; general admission has its own test below.
         [
@@ -272,10 +271,8 @@ def test_smoke_run_reports_every_section(tmp_path: Path) -> None:
         timeout=140,
         check=False,
     )
-    elapsed_s = time.monotonic() - started
 
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert elapsed_s < 90
     text = out.read_text()
     for heading in (
         "## Machine",
@@ -445,7 +442,6 @@ async def test_smoke_run_reports_the_general_admission_sections(gateway: Gateway
     """Section 7 end to end: a sold-out pool storm, a GA on-sale and availability reads, each on Redis in
     front and db-only, measured by the benchmark's own gateways."""
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    started = time.monotonic()
     finished = await asyncio.to_thread(
         subprocess.run,
         [
@@ -466,10 +462,8 @@ async def test_smoke_run_reports_the_general_admission_sections(gateway: Gateway
         timeout=140,
         check=False,
     )
-    elapsed_s = time.monotonic() - started
 
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert elapsed_s < 90
     text = out.read_text()
     for heading in (
         "## 7. General admission",
@@ -581,7 +575,6 @@ async def test_smoke_run_reports_the_webhooks_section(tmp_path: Path) -> None:
     """Section 8 end to end: a round each of webhooks off and on, a flash sale whose every event arrives at
     the benchmark's receiver, and holds left to lapse."""
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    started = time.monotonic()
     finished = await asyncio.to_thread(
         subprocess.run,
         [
@@ -602,10 +595,8 @@ async def test_smoke_run_reports_the_webhooks_section(tmp_path: Path) -> None:
         timeout=140,
         check=False,
     )
-    elapsed_s = time.monotonic() - started
 
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert elapsed_s < 90
     text = out.read_text()
     for heading in (
         "## 8. Webhooks",

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "metrics",
             "models",
             "resources",
+            "shard_map",
             "sql",
         },
     ),
@@ -72,6 +73,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api.hot_holds",
             "api.inventory",
             "api.ops",
+            "api.pod_forwarding",
             "api.problems",
             "api.schema",
             "api.slots",
@@ -84,7 +86,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     # create_app and its lifespan.
     ("application", {"app"}),
     # Operator commands, embedded servers, fault injection: never loaded to serve (see NOT_SERVED).
-    ("tooling", {"chaos", "chaos.history", "chaos.proxy", "chaos.soak", "embedded", "ops_args", "ops_cli"}),
+    (
+        "tooling",
+        {"chaos", "chaos.history", "chaos.proxy", "chaos.soak", "embedded", "ops_args", "ops_cli", "pods"},
+    ),
     # The `gateway` command.
     ("command line", {"cli"}),
 ]
