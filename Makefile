@@ -44,7 +44,7 @@ $(WRK):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk
 
-bench: $(STAMP) $(WRK)  ## The side-by-side benchmark (~5 min); writes docs/benchmarks.md and .json
+bench: $(STAMP) $(WRK)  ## The side-by-side benchmark (~16 min on a quiet machine); writes docs/benchmarks.md and .json
 	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md --json docs/benchmarks.json
 
 bench-quick: $(STAMP) $(WRK)  ## The same, about a minute, written to /tmp/benchmarks-quick.md
