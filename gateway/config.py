@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.shard_map import PodName
+
 ENV_PREFIX = "GATEWAY_"
 # Prefixed variables that are not settings: read by gateway.embedded, by the tests (GATEWAY_TEST_*), or by the
 # operator commands (GATEWAY_URL, the gateway they ask: an operator may have it set when running `serve`).
@@ -46,7 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # it (its database and Redis are that pod's). A request for another pod's event or hold gets 421
     # wrong-pod naming it. Unset (the default): one database, every event.
     shard_map: str | None = None
-    pod: Annotated[str, Meta(pattern=r"\A[a-z0-9]{1,16}\Z")] | None = None
+    pod: PodName | None = None
     # Where embedded servers keep their data.
     data_dir: str = ".gateway-data"
 

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar, cast
@@ -228,7 +228,7 @@ class HoldService:
                 raise InvalidRequest("`slots` contains duplicates")
         parts = items.parts_from_request(body.all_items)
         if self.shard_map is not None:
-            self._check_pod_of_events(parts)
+            self._check_pod_of_events(part.event_id for part in parts)
         units = sum(part.units for part in parts)
         if units > settings.max_slots_per_hold:
             raise InvalidRequest(
@@ -255,11 +255,11 @@ class HoldService:
             parts, body.holder, ttl_s * 1000, idempotency_key, request_hash, token, client_key_id
         )
 
-    def _check_pod_of_events(self, parts: Sequence[EventPart]) -> None:
+    def _check_pod_of_events(self, event_ids: Iterable[str]) -> None:
         """WrongPod unless this gateway's pod owns the events (by its shard map; the pod's database checks
         again at the claim); InvalidRequest for a hold whose events are in several pods."""
         assert self.shard_map is not None
-        pods = {part.event_id: self.shard_map.pod_of(part.event_id) for part in parts}
+        pods = {event_id: self.shard_map.pod_of(event_id) for event_id in event_ids}
         if len(set(pods.values())) > 1:
             named = ", ".join(f"{event!r} in pod {pod!r}" for event, pod in pods.items())
             raise InvalidRequest(
@@ -273,12 +273,12 @@ class HoldService:
         """With pods: WrongPod (or InvalidRequest) for a create this gateway's pod does not serve, before
         anything else is checked (the pod that serves it checks the rest)."""
         if self.shard_map is not None:
-            self._check_pod_of_events(items.parts_from_request(body.all_items))
+            self._check_pod_of_events(item.event_id for item in body.all_items)
 
     def check_pod_of_event(self, event_id: str) -> None:
         """With pods: WrongPod for another pod's event (its reads and inventory are that pod's)."""
         if self.shard_map is not None:
-            self._check_pod_of_events([EventPart(event_id)])
+            self._check_pod_of_events((event_id,))
 
     def check_pod_of_hold(self, hold_id: str) -> None:
         """WrongPod for the id of a hold made by another pod (ids made without pods are looked up here)."""

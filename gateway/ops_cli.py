@@ -475,7 +475,7 @@ def _pods_frame(args: argparse.Namespace, indent: int | None) -> str:
         holds = sorted((hold for answer in answers.values() for hold in answer["holds"]), key=_expiry_order)
         more = [pod for pod, answer in answers.items() if answer["next_cursor"] is not None]
         if len(holds) > args.limit:
-            more = sorted({hold["id"].partition(".")[0] for hold in holds[args.limit :]} | set(more))
+            more = sorted({shard_map.pod_of_hold(hold["id"]) for hold in holds[args.limit :]} | set(more))
         data: Json = {"holds": holds[: args.limit], "next_cursor": None, "more_in_pods": more or None}
         return json.dumps(data, ensure_ascii=False, indent=indent) if args.json else render(data)
     if args.json:

@@ -53,10 +53,15 @@ class ShardMap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     assignments: dict[PodName, list[str]]
 
     def __post_init__(self) -> None:
-        owner: dict[int, str] = {}
-        for pod, ranges in self.assignments.items():
+        for pod in self.assignments:
             if pod not in self.pods:
                 raise ValueError(f"assignments name pod {pod!r}, which `pods` does not list")
+        self.owners()  # every bucket assigned, once
+
+    def owners(self) -> list[str]:
+        """The pod of each bucket, by bucket number."""
+        owner: dict[int, str] = {}
+        for pod, ranges in self.assignments.items():
             for bucket in _expand(ranges, self.buckets):
                 if bucket in owner:
                     raise ValueError(f"bucket {bucket} is assigned to both {owner[bucket]!r} and {pod!r}")
@@ -64,12 +69,10 @@ class ShardMap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         missing = [bucket for bucket in range(self.buckets) if bucket not in owner]
         if missing:
             raise ValueError(f"buckets {', '.join(_ranges(missing))} are assigned to no pod")
+        return [owner[bucket] for bucket in range(self.buckets)]
 
     def owner(self, bucket: int) -> str:
-        for pod, ranges in self.assignments.items():
-            if bucket in _expand(ranges, self.buckets):
-                return pod
-        raise AssertionError("every bucket has an owner")  # __post_init__ checked
+        return self.owners()[bucket]
 
     def pod_of(self, event_id: str) -> str:
         return self.owner(bucket_of(event_id, self.buckets))
@@ -128,7 +131,7 @@ class ShardMapFile:
 
     def _use(self, shard_map: ShardMap) -> None:
         self._map = shard_map
-        self._owners = [shard_map.owner(bucket) for bucket in range(shard_map.buckets)]
+        self._owners = shard_map.owners()
 
     def current(self) -> ShardMap:
         now = time.monotonic()
@@ -164,13 +167,11 @@ def _expand(ranges: list[str], buckets: int) -> set[int]:
 
 
 def _ranges(numbers: list[int]) -> list[str]:
-    """Sorted bucket numbers as ranges: [0, 1, 2, 5] -> ["0-2", "5"]."""
-    result: list[str] = []
+    """Bucket numbers as sorted ranges: [5, 0, 1, 2] -> ["0-2", "5"]."""
+    spans: list[list[int]] = []  # [first, last] of each run of consecutive numbers
     for number in sorted(numbers):
-        if result and "-" in result[-1] and int(result[-1].split("-")[1]) == number - 1:
-            result[-1] = f"{result[-1].split('-')[0]}-{number}"
-        elif result and "-" not in result[-1] and int(result[-1]) == number - 1:
-            result[-1] = f"{result[-1]}-{number}"
+        if spans and spans[-1][1] == number - 1:
+            spans[-1][1] = number
         else:
-            result.append(str(number))
-    return result
+            spans.append([number, number])
+    return [str(first) if first == last else f"{first}-{last}" for first, last in spans]
